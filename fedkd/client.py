@@ -1,0 +1,253 @@
+"""What a federated-distillation client does, without Flower.
+
+``fedkd.client_app`` turns Flower messages into calls on :class:`FDClient` and back; this module
+holds the machine-learning side (local training, co-distillation, soft predictions) so it can be
+tested and reused without a Flower runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedkd.compression import encode_probs
+from fedkd.config import FDConfig
+from fedkd.data import DataSplits, load_splits, partition_indices
+from fedkd.models import build_model
+from fedkd.protocol import RoundRequest, public_hash, select_public
+from fedkd.training import (
+    TrainConfig,
+    distill,
+    evaluate,
+    make_optimizer,
+    predict_probs,
+    resolve_device,
+    train_supervised,
+)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's view: its private partition, the public inputs, the shared test set."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    public_x: torch.Tensor  # unlabeled
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Private label histogram: what class-aware aggregation rules weigh votes by."""
+        return torch.bincount(self.train_y, minlength=self.num_classes).tolist()
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(dataset: str, seed: int, public_fraction: float) -> DataSplits:
+    # Cached per process: a Ray worker serves many clients of the same run.
+    return load_splits(dataset, seed=seed, public_fraction=public_fraction)
+
+
+@functools.lru_cache(maxsize=4)
+def _partitions(cfg_key: tuple, num_partitions: int) -> list[np.ndarray]:
+    dataset, seed, public_fraction, scheme, alpha, k, shards = cfg_key
+    splits = _splits(dataset, seed, public_fraction)
+    return partition_indices(
+        splits.train_y.numpy(),
+        num_partitions,
+        scheme,
+        alpha=alpha,
+        classes_per_partition=k,
+        shards_per_partition=shards,
+        seed=seed,
+    )
+
+
+def partition_key(cfg: FDConfig) -> tuple:
+    """The config fields that decide the partition (cache key shared by clients and server)."""
+    return (
+        cfg.dataset,
+        cfg.seed,
+        cfg.public_fraction,
+        cfg.partition,
+        cfg.alpha,
+        cfg.classes_per_partition,
+        cfg.shards_per_partition,
+    )
+
+
+def load_splits_for(cfg: FDConfig) -> DataSplits:
+    """The run's dataset splits (cached per process)."""
+    return _splits(cfg.dataset, cfg.seed, cfg.public_fraction)
+
+
+def client_partitions(cfg: FDConfig, num_partitions: int) -> list[np.ndarray]:
+    """Index arrays into ``train_x`` for every partition (cached per process)."""
+    return _partitions(partition_key(cfg), num_partitions)
+
+
+def load_client_data(cfg: FDConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """The data of simulated/demo client ``partition_id`` out of ``num_partitions``."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
+    splits = load_splits_for(cfg)
+    idx = torch.as_tensor(client_partitions(cfg, num_partitions)[partition_id], dtype=torch.long)
+    return ClientData(
+        train_x=splits.train_x[idx],
+        train_y=splits.train_y[idx],
+        public_x=splits.public_x,
+        test_x=splits.test_x,
+        test_y=splits.test_y,
+        num_classes=splits.num_classes,
+        input_shape=splits.input_shape,
+    )
+
+
+@dataclass
+class RoundOutcome:
+    """What one client round produced, ready to be put into a reply."""
+
+    payload: dict[str, np.ndarray] | None
+    metrics: dict[str, int | float | list[int]]
+
+
+class FDClient:
+    """A client's model, optimizer and data, driven one request at a time.
+
+    The object is rebuilt for every message (Ray workers are not pinned to clients); its
+    persistent part is :meth:`state_bytes`, which the ClientApp keeps in ``Context.state``.
+    """
+
+    def __init__(
+        self, cfg: FDConfig, data: ClientData, model_name: str, partition_id: int
+    ) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.model_name = model_name
+        self.partition_id = partition_id
+        self.device = resolve_device(cfg.client_device)
+        torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(cfg.seed * 10_007 + partition_id)  # reproducible initial weights
+        self.model = build_model(model_name, data.input_shape, data.num_classes).to(self.device)
+        self.train_cfg = TrainConfig(
+            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer  # type: ignore[arg-type]
+        )
+        self.optimizer = make_optimizer(self.model, self.train_cfg)
+
+    # ------------------------------------------------------------ persistence
+    def state_bytes(self) -> bytes:
+        """Model and optimizer state as one blob (kept in ``Context.state`` between rounds)."""
+        buffer = io.BytesIO()
+        torch.save({"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}, buffer)
+        return buffer.getvalue()
+
+    def load_state_bytes(self, blob: bytes) -> None:
+        """Restore what :meth:`state_bytes` saved."""
+        state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optim"])
+
+    # ------------------------------------------------------------ work
+    def _generator(self, server_round: int, salt: int = 0) -> torch.Generator:
+        # Derived from (seed, client, round): a resumed run replays the same batches.
+        seed = (self.cfg.seed * 1_000_003 + self.partition_id * 7_919 + server_round) * 4 + salt
+        return torch.Generator().manual_seed(seed)
+
+    def check_public(self, req: RoundRequest) -> None:
+        """Refuse to answer on a public set that differs from the server's (hash mismatch)."""
+        mine = public_hash(self.data.public_x.numpy())
+        if mine != req.public_hash or len(self.data.public_x) != req.public_size:
+            raise ValueError(
+                f"public set mismatch: server hash {req.public_hash} (n={req.public_size}), "
+                f"client hash {mine} (n={len(self.data.public_x)})"
+            )
+
+    def run_round(self, req: RoundRequest, *, train: bool) -> RoundOutcome:
+        """Co-distil (optional), train locally (optional), then predict on the public query."""
+        metrics: dict[str, int | float | list[int]] = {
+            "num-examples": len(self.data.train_y),
+            "class-counts": self.data.class_counts,
+            "partition-id": self.partition_id,
+        }
+        if train:
+            self._co_distil(req)
+            cfg = TrainConfig(
+                epochs=req.local_epochs,
+                batch_size=self.train_cfg.batch_size,
+                lr=req.lr,
+                optimizer=self.train_cfg.optimizer,
+            )
+            _set_lr(self.optimizer, req.lr)
+            metrics["train-loss"] = train_supervised(
+                self.model, self.data.train_x, self.data.train_y, cfg,
+                optimizer=self.optimizer, generator=self._generator(req.server_round),
+            )
+            result = evaluate(self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes)
+            metrics["test-accuracy"] = result.accuracy
+            metrics["test-loss"] = result.loss
+        payload = None
+        if req.with_predictions or not train:
+            payload = self.predict(req)
+        return RoundOutcome(payload=payload, metrics=metrics)
+
+    def predict(self, req: RoundRequest) -> dict[str, np.ndarray]:
+        """Soft labels at temperature T on the queried public rows, encoded by the codec."""
+        self.check_public(req)
+        inputs = select_public(self.data.public_x, req.public_indices)
+        probs = predict_probs(self.model, inputs, temperature=req.temperature)  # (subset, classes)
+        return encode_probs(probs.numpy(), req.codec, topk=req.topk)  # type: ignore[arg-type]
+
+    def _co_distil(self, req: RoundRequest) -> None:
+        """FedMD/DS-FL co-distillation: first move toward last round's teacher."""
+        if req.teacher_probs is None or req.teacher_indices is None or req.distill_epochs == 0:
+            return
+        self.check_public(req)
+        cfg = TrainConfig(
+            epochs=req.distill_epochs, batch_size=self.train_cfg.batch_size, lr=req.lr,
+            optimizer=self.train_cfg.optimizer,
+        )
+        distill(
+            self.model,
+            self.data.public_x[torch.as_tensor(req.teacher_indices)],
+            torch.as_tensor(req.teacher_probs),
+            self.cfg.kd_spec(),
+            cfg,
+            optimizer=self.optimizer,
+            generator=self._generator(req.server_round, salt=1),
+        )
+
+    def evaluate(self) -> dict[str, int | float]:
+        """Local model on the shared test set."""
+        result = evaluate(self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes)
+        return {"num-examples": result.num_examples, "test-accuracy": result.accuracy, "test-loss": result.loss}
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The server may change the learning rate per round; the optimizer state stays."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_from_global(
+    client: FDClient, global_state: dict[str, torch.Tensor], *, server_round: int, epochs: int, lr: float
+) -> tuple[dict[str, torch.Tensor], dict[str, int | float]]:
+    """The FedAvg baseline's client step: load the global weights, train locally, return them.
+
+    Same model, data and local training as the FD client, so the two strategies differ only in
+    what crosses the wire. The optimizer starts fresh each round, as in McMahan et al. (2017).
+    """
+    client.model.load_state_dict(global_state)
+    cfg = TrainConfig(epochs=epochs, batch_size=client.train_cfg.batch_size, lr=lr,
+                      optimizer=client.train_cfg.optimizer)
+    loss = train_supervised(
+        client.model, client.data.train_x, client.data.train_y, cfg,
+        optimizer=make_optimizer(client.model, cfg), generator=client._generator(server_round),
+    )
+    metrics = {"num-examples": len(client.data.train_y), "train-loss": loss}
+    return {k: v.detach().cpu() for k, v in client.model.state_dict().items()}, metrics

@@ -1,0 +1,105 @@
+"""The fedkd Flower ClientApp: train, query (soft predictions) and evaluate handlers.
+
+The same app runs in Flower's Ray simulation and on real devices under a SuperNode. Who the
+client is comes from ``Context.node_config`` (``partition-id``/``num-partitions`` for simulated
+and demo clients, optionally ``model`` to pick the architecture); how the run is configured comes
+from ``Context.run_config`` (see :mod:`fedkd.config`). Model and optimizer state persist in
+``Context.state`` because simulation workers are not pinned to clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedkd import protocol as P
+from fedkd.client import FDClient, load_client_data, train_from_global
+from fedkd.config import FDConfig, from_run_config
+
+log = logging.getLogger(__name__)
+STATE_KEY = "fedkd-client"  # Context.state ConfigRecord holding the model/optimizer blob
+
+
+def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
+    """Build the ClientApp; ``run_config`` overrides ``Context.run_config`` (simulation driver).
+
+    Under Flower's Python simulation entry point the context's run-config is empty, so the
+    driver binds the run's configuration here instead; under ``flwr run`` it comes from the
+    app's ``pyproject.toml`` and ``--run-config``.
+    """
+    app = ClientApp()
+
+    def config_of(context: Context) -> FDConfig:
+        return from_run_config(run_config if run_config is not None else context.run_config)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = config_of(context)
+        if P.ARRAYS in msg.content.array_records:  # FedAvg baseline
+            return _fedavg_train(msg, context, cfg)
+        return _fd_round(msg, context, cfg, train=True)
+
+    @app.query("soft_labels")
+    def query(msg: Message, context: Context) -> Message:
+        return _fd_round(msg, context, config_of(context), train=False)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        client = _restore(context, config_of(context))
+        return Message(RecordDict({P.METRICS: MetricRecord(client.evaluate())}), reply_to=msg)
+
+    return app
+
+
+def _identity(context: Context, cfg: FDConfig) -> tuple[int, int, str]:
+    """(partition id, number of partitions, model name) of this node."""
+    node = context.node_config
+    partition_id = int(node.get("partition-id", 0))
+    num_partitions = int(node.get("num-partitions", cfg.num_clients))
+    model = str(node.get("model", cfg.model_for_partition(partition_id)))
+    return partition_id, num_partitions, model
+
+
+def _restore(context: Context, cfg: FDConfig) -> FDClient:
+    partition_id, num_partitions, model = _identity(context, cfg)
+    data = load_client_data(cfg, partition_id, num_partitions)
+    client = FDClient(cfg, data, model, partition_id)
+    if STATE_KEY in context.state.config_records:
+        client.load_state_bytes(context.state.config_records[STATE_KEY]["blob"])  # type: ignore[arg-type]
+    return client
+
+
+def _save(context: Context, client: FDClient) -> None:
+    context.state[STATE_KEY] = ConfigRecord({"blob": client.state_bytes()})
+
+
+def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> Message:
+    req = P.parse_request(msg.content)
+    client = _restore(context, cfg)
+    outcome = client.run_round(req, train=train)
+    if train:
+        _save(context, client)
+    content = P.reply_content(outcome.payload, outcome.metrics, model_name=client.model_name, codec=req.codec)
+    return Message(content, reply_to=msg)
+
+
+def _fedavg_train(msg: Message, context: Context, cfg: FDConfig) -> Message:
+    partition_id, num_partitions, _ = _identity(context, cfg)
+    data = load_client_data(cfg, partition_id, num_partitions)
+    client = FDClient(cfg, data, cfg.student_model, partition_id)
+    flwr_cfg = msg.content.config_records.get(P.CONFIG, ConfigRecord())
+    server_round = int(flwr_cfg.get("server-round", 0))
+    weights, metrics = train_from_global(
+        client, msg.content.array_records[P.ARRAYS].to_torch_state_dict(),
+        server_round=server_round, epochs=cfg.local_epochs, lr=cfg.lr,
+    )
+    content = RecordDict({P.ARRAYS: ArrayRecord(weights), P.METRICS: MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+# `flwr run .` loads this object (pyproject: [tool.flwr.app.components] clientapp).
+app = make_client_app()

@@ -1,0 +1,233 @@
+"""The one typed configuration of a federated-distillation run.
+
+Flower's run-config is flat (``bool | int | float | str`` under kebab-case keys), Hydra's is
+nested. Both meet here: :class:`FDConfig` is the typed, validated form that client and server
+code read, :func:`to_run_config` / :func:`from_run_config` convert it to and from Flower's flat
+mapping, and ``simulations`` converts Hydra's tree into it. Validation happens when the object
+is built, so a bad value fails before any work, with a message that names the key and what is
+allowed.
+
+The module is pure Python: clients on small devices import it without Hydra or Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from fedkd.compression import CODECS
+from fedkd.data import available_datasets
+from fedkd.kd import KDSpec
+from fedkd.models import available_models
+
+PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "shard")
+STRATEGIES = ("fd", "fedavg")
+OPTIMIZERS = ("sgd", "adam")
+DIVERGENCES = ("kl", "reverse_kl", "symmetric_kl", "soft_ce", "mse")
+# Aggregation rules live server-side (strategies.aggregation); their names are repeated here
+# only so that a client-only install can validate a config. A test keeps the two in sync.
+AGGREGATION_RULES = (
+    "mean",
+    "logit_mean",
+    "weighted",
+    "class_weighted",
+    "confidence",
+    "era",
+    "sharpen",
+    "median",
+    "trimmed_mean",
+)
+
+RunConfigValue = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and the allowed values."""
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field whose help text travels in its metadata (used by the docs page)."""
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class FDConfig:
+    """Everything a federated-distillation (or FedAvg baseline) run needs.
+
+    Field names map to Flower run-config keys by replacing ``_`` with ``-``
+    (``num_rounds`` ↔ ``num-rounds``).
+    """
+
+    # --- federation -----------------------------------------------------------------------
+    strategy: str = _doc("'fd' (federated distillation) or 'fedavg' (Flower's FedAvg baseline)", default="fd")
+    num_rounds: int = _doc("Server rounds", default=10)
+    num_clients: int = _doc("Clients (partitions) in the federation", default=10)
+    fraction_train: float = _doc("Fraction of connected clients sampled per round", default=1.0)
+    min_train_nodes: int = _doc("Minimum clients sampled per round", default=2)
+    min_replies: int = _doc("Valid replies needed for a round to count", default=1)
+    round_timeout: float = _doc("Seconds to wait for replies in a message phase", default=600.0)
+    seed: int = _doc("Seed for data split, partitions, sampling and models", default=0)
+    # --- data -----------------------------------------------------------------------------
+    dataset: str = _doc("Dataset name (see fedkd.data.available_datasets())", default="digits")
+    partition: str = _doc("iid | dirichlet | pathological | shard", default="dirichlet")
+    alpha: float = _doc("Dirichlet concentration (smaller = more skewed)", default=0.5)
+    classes_per_partition: int = _doc("Classes per client (pathological)", default=2)
+    shards_per_partition: int = _doc("Shards per client (shard)", default=2)
+    public_fraction: float = _doc("Share of the data held out as the public unlabeled set", default=0.3)
+    public_subset: int = _doc("Public samples queried per round; 0 = all (DS-FL: fresh subset)", default=0)
+    # --- models ---------------------------------------------------------------------------
+    client_models: str = _doc("Comma-separated model names, assigned round-robin by partition id", default="mlp,cnn")
+    student_model: str = _doc("Server-side student architecture (FedAvg: every client's model)", default="cnn")
+    # --- local training -------------------------------------------------------------------
+    local_epochs: int = _doc("Local supervised epochs per round", default=5)
+    batch_size: int = _doc("Mini-batch size (clients and student)", default=32)
+    lr: float = _doc("Client learning rate", default=0.1)
+    optimizer: str = _doc("sgd | adam", default="sgd")
+    # --- distillation ---------------------------------------------------------------------
+    temperature: float = _doc("Softmax temperature of the uploaded soft labels and of KD", default=2.0)
+    aggregation: str = _doc("Teacher aggregation rule (strategies.aggregation)", default="mean")
+    era_temperature: float = _doc("ERA sharpening temperature (<1 sharpens)", default=0.5)
+    trim_ratio: float = _doc("Share trimmed at each end by trimmed_mean", default=0.2)
+    divergence: str = _doc("KD divergence: kl | reverse_kl | symmetric_kl | soft_ce | mse", default="kl")
+    t2_scaling: bool = _doc("Multiply the KD loss by T² (Hinton et al. 2015)", default=True)
+    server_epochs: int = _doc("Student distillation epochs per round on the public set", default=5)
+    server_lr: float = _doc("Student learning rate", default=0.05)
+    co_distillation: bool = _doc("Send the teacher back; clients distil toward it before training", default=False)
+    client_distill_epochs: int = _doc("Client distillation epochs toward the received teacher", default=1)
+    codec: str = _doc("Uplink soft-label codec: none | fp16 | int8 | topk", default="none")
+    topk: int = _doc("k for the topk codec", default=3)
+    separate_query: bool = _doc("Ask for soft labels in a second message phase instead of the train reply", default=False)
+    # --- runtime --------------------------------------------------------------------------
+    device: str = _doc("Server device: auto | cpu | cuda", default="auto")
+    client_device: str = _doc("Client device: auto | cpu | cuda", default="cpu")
+    torch_threads: int = _doc("torch CPU threads per process (1 suits small models and one Ray worker per core)", default=1)
+    run_dir: str = _doc("Directory for metrics.json, plots and checkpoints ('' = no files)", default="")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def client_model_names(self) -> tuple[str, ...]:
+        """The architectures clients cycle through (FedAvg needs one shared architecture)."""
+        if self.strategy == "fedavg":
+            return (self.student_model,)
+        return tuple(name.strip() for name in self.client_models.split(",") if name.strip())
+
+    def model_for_partition(self, partition_id: int) -> str:
+        """Round-robin architecture assignment: heterogeneous federations by config alone."""
+        names = self.client_model_names
+        return names[partition_id % len(names)]
+
+    def kd_spec(self) -> KDSpec:
+        """The distillation settings as the KD core's spec."""
+        return KDSpec(
+            temperature=self.temperature, divergence=self.divergence, t2_scaling=self.t2_scaling  # type: ignore[arg-type]
+        )
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid config key '{key}': {message}")
+
+
+def _one_of(cfg: FDConfig, name: str, allowed: tuple[str, ...] | list[str]) -> None:
+    value = getattr(cfg, name)
+    _require(value in allowed, _key(name), f"got {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _validate(cfg: FDConfig) -> None:
+    """Check every field; raise :class:`ConfigError` naming the first bad key."""
+    _check_types(cfg)
+    _one_of(cfg, "strategy", STRATEGIES)
+    _one_of(cfg, "dataset", available_datasets())
+    _one_of(cfg, "partition", PARTITION_SCHEMES)
+    _one_of(cfg, "optimizer", OPTIMIZERS)
+    _one_of(cfg, "aggregation", AGGREGATION_RULES)
+    _one_of(cfg, "divergence", DIVERGENCES)
+    _one_of(cfg, "codec", tuple(CODECS))
+    _one_of(cfg, "device", ("auto", "cpu", "cuda"))
+    _one_of(cfg, "client_device", ("auto", "cpu", "cuda"))
+    models = available_models()
+    for name in (*cfg.client_model_names, cfg.student_model):
+        _require(name in models, "client-models" if name != cfg.student_model else "student-model",
+                 f"unknown model {name!r}; allowed: {', '.join(models)}")
+    _require(len(cfg.client_model_names) > 0, "client-models", "needs at least one model name")
+    positive = ("num_rounds", "num_clients", "min_train_nodes", "min_replies", "local_epochs",
+                "batch_size", "server_epochs", "topk", "torch_threads", "classes_per_partition", "shards_per_partition")
+    for name in positive:
+        _require(getattr(cfg, name) >= 1, _key(name), f"must be >= 1, got {getattr(cfg, name)}")
+    for name in ("lr", "server_lr", "temperature", "era_temperature", "alpha", "round_timeout"):
+        _require(getattr(cfg, name) > 0, _key(name), f"must be > 0, got {getattr(cfg, name)}")
+    _require(0.0 < cfg.fraction_train <= 1.0, "fraction-train", f"must be in (0, 1], got {cfg.fraction_train}")
+    _require(0.0 < cfg.public_fraction < 1.0, "public-fraction", f"must be in (0, 1), got {cfg.public_fraction}")
+    _require(0.0 <= cfg.trim_ratio < 0.5, "trim-ratio", f"must be in [0, 0.5), got {cfg.trim_ratio}")
+    _require(cfg.public_subset >= 0, "public-subset", f"must be >= 0, got {cfg.public_subset}")
+    _require(cfg.client_distill_epochs >= 0, "client-distill-epochs", "must be >= 0")
+    _require(cfg.min_train_nodes <= cfg.num_clients, "min-train-nodes",
+             f"samples {cfg.min_train_nodes} clients but only num-clients={cfg.num_clients} exist")
+    _require(cfg.min_replies <= cfg.num_clients, "min-replies",
+             f"needs {cfg.min_replies} replies but only num-clients={cfg.num_clients} exist")
+
+
+def _check_types(cfg: FDConfig) -> None:
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        expected = _FIELD_TYPES[f.name]
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        _require(ok, _key(f.name), f"expected {expected.__name__}, got {type(value).__name__} {value!r}")
+
+
+_FIELD_TYPES: dict[str, type] = {
+    f.name: {"bool": bool, "int": int, "float": float, "str": str}[str(f.type)] for f in fields(FDConfig)
+}
+
+
+def _key(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def config_keys() -> list[str]:
+    """All run-config keys, in declaration order."""
+    return [_key(f.name) for f in fields(FDConfig)]
+
+
+def to_run_config(cfg: FDConfig) -> dict[str, RunConfigValue]:
+    """Flat Flower run-config (kebab-case keys) for ``pyproject.toml`` or ``--run-config``."""
+    return {_key(f.name): getattr(cfg, f.name) for f in fields(cfg)}
+
+
+def from_run_config(mapping: Mapping[str, Any], **overrides: Any) -> FDConfig:
+    """Build an :class:`FDConfig` from a flat run-config, ignoring keys that are not ours.
+
+    Flower merges the app's run-config with federation settings, so foreign keys are
+    expected; a key that *looks* like ours but is misspelled cannot be told apart, which is
+    why :func:`check_unknown_keys` exists for user-facing entry points.
+    """
+    by_key = {_key(f.name): f.name for f in fields(FDConfig)}
+    values = {by_key[k]: _coerce(by_key[k], v) for k, v in mapping.items() if k in by_key}
+    values.update(overrides)
+    return FDConfig(**values)
+
+
+def check_unknown_keys(mapping: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for keys that are not run-config keys of fedkd."""
+    known = set(config_keys())
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Flower passes TOML ints for floats (``lr = 1``); widen those, leave the rest to validation."""
+    if _FIELD_TYPES[name] is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def replace(cfg: FDConfig, **changes: Any) -> FDConfig:
+    """A validated copy with some fields changed."""
+    return dataclasses.replace(cfg, **changes)

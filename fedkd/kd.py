@@ -1,0 +1,497 @@
+"""The one knowledge-distillation loss core (pure torch).
+
+Every distillation in fedkd goes through this module: the federated student that learns from the
+clients' averaged soft predictions (Federated Distillation) and the continual learner that keeps
+its old outputs (Learning without Forgetting) both call :func:`distillation_loss`, so a fix or a
+new divergence lands everywhere at once.
+
+Conventions
+-----------
+* The *teacher* distribution ``p`` and the *student* distribution ``q`` are compared per row;
+  ``"kl"`` means the forward divergence ``KL(p || q)`` used by Hinton et al. (2015).
+* Everything is computed in log space (``log_softmax``) so logits of magnitude ``1e4`` and
+  teachers with exact zeros (one-hot labels, clipped client predictions) never produce NaN.
+* The teacher is always detached: gradients flow to the student only.
+
+This module imports only torch; it must stay importable without Flower, Ray or Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "REVERSE_KL_LOG_FLOOR",
+    "Divergence",
+    "FeatureHintLoss",
+    "KDSpec",
+    "Reduction",
+    "distillation_loss",
+    "kd_objective",
+    "log_soft_targets",
+    "soft_targets",
+    "validate_distribution",
+    "validate_labels",
+]
+
+Divergence = Literal["kl", "reverse_kl", "symmetric_kl", "soft_ce", "mse"]
+Reduction = Literal["batchmean", "sum", "none"]
+
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+
+# Reverse KL, KL(q || p), is infinite wherever the teacher puts exactly zero mass and the student
+# does not. Teacher log-probabilities are floored at log(1e-8) in that direction only, so a
+# one-hot teacher gives a large but finite, smooth penalty. Where p >= 1e-8 the value is exact.
+REVERSE_KL_LOG_FLOOR: float = math.log(1e-8)
+
+
+@dataclass(frozen=True)
+class KDSpec:
+    """How to distil a teacher distribution into a student.
+
+    Raises ``ValueError`` (naming the field) for a non-positive temperature, an unknown
+    divergence, or a ``balance`` outside ``[0, 1]``.
+    """
+
+    temperature: float = 2.0
+    """Softening temperature T applied to the student (and, by default, to the teacher).
+    T > 1 spreads mass onto non-argmax classes, exposing the teacher's "dark knowledge"
+    (Hinton et al., 2015)."""
+
+    divergence: Divergence = "kl"
+    """Row-wise discrepancy between teacher ``p`` and student ``q``: ``"kl"`` = KL(p||q)
+    (mass-covering, Hinton et al.); ``"reverse_kl"`` = KL(q||p) (mode-seeking);
+    ``"symmetric_kl"`` = balance·KL(p||q) + (1-balance)·KL(q||p); ``"soft_ce"`` =
+    -Σ p log q, the "modified cross-entropy" of LwF (same gradient as KL, offset by H(p));
+    ``"mse"`` = Σ (p - q)², squared error between the softened probabilities."""
+
+    t2_scaling: bool = True
+    """Multiply the loss by T² (default True). Softening at T scales the gradients of the soft
+    term by 1/T²; Hinton et al. (2015) multiply by T² so changing T does not silently re-weight
+    the soft term against a hard-label loss. Learning without Forgetting (Li & Hoiem, 2017)
+    uses no T² factor: set False to reproduce it."""
+
+    balance: float = 0.5
+    """Weight of the forward KL in ``"symmetric_kl"``; ignored by the other divergences."""
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"KDSpec.temperature must be a finite number > 0, got {t!r}")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(
+                f"KDSpec.divergence must be one of {DIVERGENCES}, got {self.divergence!r}"
+            )
+        b = self.balance
+        if isinstance(b, bool) or not isinstance(b, int | float) or not 0.0 <= b <= 1.0:
+            raise ValueError(f"KDSpec.balance must be in [0, 1], got {b!r}")
+        if not isinstance(self.t2_scaling, bool):
+            raise ValueError(f"KDSpec.t2_scaling must be a bool, got {self.t2_scaling!r}")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_temperature(temperature: float, name: str) -> None:
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}")
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+
+def validate_distribution(probs: Tensor, *, atol: float = 1e-4, name: str = "teacher") -> None:
+    """Check that ``probs`` is a batch of probability distributions.
+
+    Federated teachers arrive over the wire as probabilities; a malformed row (a client that sent
+    logits, NaN from a diverged model) would otherwise poison the aggregate silently.
+
+    Parameters
+    ----------
+    probs : Tensor
+        ``(rows, classes)`` candidate distributions.
+    atol : float
+        Allowed absolute deviation of each row sum from 1.
+    name : str
+        Used in error messages.
+
+    Raises
+    ------
+    ValueError
+        If ``probs`` is not 2-D, is non-finite, has negative entries, or a row does not sum to 1.
+    """
+    if probs.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (rows, classes), got shape {tuple(probs.shape)}")
+    _check_finite(probs, name)
+    if bool((probs < 0).any()):
+        raise ValueError(f"{name} has negative entries; expected probabilities")
+    sums = probs.sum(dim=1, dtype=torch.float64)  # (rows,)
+    bad = (sums - 1.0).abs() > atol
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{name} rows must sum to 1 (atol={atol}); row {row} sums to {float(sums[row]):.6g}"
+            " — did you pass logits with teacher_is_probs=True?"
+        )
+
+
+def validate_labels(labels: Tensor, num_classes: int, *, rows: int | None = None) -> None:
+    """Check that ``labels`` are integer class indices in ``[0, num_classes)``.
+
+    Raises ``ValueError`` early, instead of the opaque index error (or CUDA device-side assert)
+    that ``cross_entropy`` gives for an out-of-range label.
+
+    Parameters
+    ----------
+    labels : Tensor
+        ``(rows,)`` integer class indices.
+    num_classes : int
+        Number of output columns.
+    rows : int, optional
+        Expected number of labels (the batch size of the logits).
+    """
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be 1-D (rows,), got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
+    if rows is not None and labels.shape[0] != rows:
+        raise ValueError(f"labels has {labels.shape[0]} rows but the logits have {rows}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must be in [0, {num_classes}), got range "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
+def _column_index(class_mask: Tensor | Sequence[int], num_classes: int) -> Tensor:
+    """Turn a class mask (indices or bool mask) into a validated 1-D index tensor."""
+    mask = torch.as_tensor(class_mask)
+    if mask.dim() != 1 or mask.numel() == 0:
+        raise ValueError(
+            f"class_mask must be a non-empty 1-D index list or bool mask, got shape "
+            f"{tuple(mask.shape)}"
+        )
+    if mask.dtype == torch.bool:
+        if mask.numel() != num_classes:
+            raise ValueError(
+                f"bool class_mask has length {mask.numel()} but there are {num_classes} classes"
+            )
+        if not bool(mask.any()):
+            raise ValueError("class_mask selects no class")
+        return mask.nonzero().squeeze(1)
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        raise ValueError(f"class_mask must hold integer indices or bools, got {mask.dtype}")
+    mask = mask.long()
+    if int(mask.min()) < 0 or int(mask.max()) >= num_classes:
+        raise ValueError(
+            f"class_mask indices must be in [0, {num_classes}), got range "
+            f"[{int(mask.min())}, {int(mask.max())}]"
+        )
+    if mask.unique().numel() != mask.numel():
+        raise ValueError("class_mask has duplicate indices")
+    return mask
+
+
+# --------------------------------------------------------------------------- soft targets
+
+
+def log_soft_targets(teacher: Tensor, temperature: float, *, is_probs: bool = False) -> Tensor:
+    """Log of the softened teacher distribution, computed stably in log space.
+
+    Parameters
+    ----------
+    teacher : Tensor
+        ``(rows, classes)`` logits, or probabilities when ``is_probs``.
+    temperature : float
+        Softening temperature T > 0.
+    is_probs : bool
+        Treat ``teacher`` as probabilities: ``p^(1/T)`` renormalised, i.e. ``softmax(log p / T)``.
+        Exact zeros stay zero (their log is ``-inf``).
+
+    Returns
+    -------
+    Tensor
+        ``(rows, classes)`` log-probabilities; ``-inf`` only where a probability teacher is 0.
+    """
+    _check_temperature(temperature, "temperature")
+    log_t = torch.log(teacher) if is_probs else teacher  # log(0) = -inf, kept on purpose
+    return F.log_softmax(log_t / temperature, dim=-1)
+
+
+def soft_targets(teacher: Tensor, temperature: float, *, is_probs: bool = False) -> Tensor:
+    """Softened teacher distribution (Hinton et al., 2015).
+
+    Logits become ``softmax(z / T)``. Probabilities become ``p^(1/T)`` renormalised, computed
+    as ``softmax(log p / T)``: the same distribution the sender's logits would give at T when
+    ``p`` itself was ``softmax(z)``. Exact zeros stay zero.
+
+    Parameters
+    ----------
+    teacher : Tensor
+        ``(rows, classes)`` logits, or probabilities when ``is_probs``.
+    temperature : float
+        Softening temperature T > 0.
+    is_probs : bool
+        Whether ``teacher`` holds probabilities rather than logits.
+
+    Returns
+    -------
+    Tensor
+        ``(rows, classes)`` rows summing to 1.
+    """
+    return log_soft_targets(teacher, temperature, is_probs=is_probs).exp()
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _row_divergence(log_q: Tensor, log_p: Tensor, spec: KDSpec) -> Tensor:
+    """Per-row divergence between teacher ``log_p`` and student ``log_q``, both (rows, classes).
+
+    ``log_q`` is always finite; ``log_p`` may be ``-inf`` where the teacher is exactly zero.
+    """
+    p = log_p.exp()  # (rows, classes); exact 0 where log_p = -inf
+    q = log_q.exp()
+    present = p > 0
+    safe_log_p = torch.where(present, log_p, torch.zeros_like(log_p))  # no -inf past here
+
+    def forward_kl() -> Tensor:  # KL(p || q); 0·log 0 = 0
+        return torch.where(present, p * (safe_log_p - log_q), torch.zeros_like(p)).sum(dim=1)
+
+    def reverse_kl() -> Tensor:  # KL(q || p), teacher log floored (see REVERSE_KL_LOG_FLOOR)
+        return (q * (log_q - log_p.clamp_min(REVERSE_KL_LOG_FLOOR))).sum(dim=1)
+
+    if spec.divergence == "kl":
+        return forward_kl()
+    if spec.divergence == "reverse_kl":
+        return reverse_kl()
+    if spec.divergence == "symmetric_kl":
+        return spec.balance * forward_kl() + (1.0 - spec.balance) * reverse_kl()
+    if spec.divergence == "soft_ce":
+        return -(p * log_q).sum(dim=1)
+    return (p - q).pow(2).sum(dim=1)  # "mse"
+
+
+def _check_pair(student_logits: Tensor, teacher: Tensor) -> None:
+    if student_logits.dim() != 2 or student_logits.shape != teacher.shape:
+        raise ValueError(
+            "student_logits and teacher must both be 2-D (rows, classes) of the same shape; got "
+            f"student {tuple(student_logits.shape)} and teacher {tuple(teacher.shape)}"
+        )
+    if student_logits.shape[0] == 0 or student_logits.shape[1] == 0:
+        raise ValueError(f"empty batch: student_logits has shape {tuple(student_logits.shape)}")
+    if not student_logits.dtype.is_floating_point:
+        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher: Tensor,
+    spec: KDSpec = KDSpec(),  # frozen dataclass: safe as a default
+    *,
+    teacher_is_probs: bool = False,
+    teacher_temperature: float | None = None,
+    class_mask: Tensor | Sequence[int] | None = None,
+    reduction: Reduction = "batchmean",
+) -> Tensor:
+    """Distillation loss of a student against a (detached) teacher.
+
+    The student is softened at ``spec.temperature``; the teacher at ``teacher_temperature``
+    (``None`` means ``spec.temperature``). Federated teachers arrive as probabilities the
+    senders already softened, so Federated Distillation passes ``teacher_is_probs=True,
+    teacher_temperature=1.0`` and the teacher is used as is. The loss is multiplied by
+    ``spec.temperature ** 2`` when ``spec.t2_scaling`` (Hinton et al., 2015).
+
+    Parameters
+    ----------
+    student_logits : Tensor
+        ``(rows, classes)`` raw student outputs; gradients flow here.
+    teacher : Tensor
+        ``(rows, classes)`` teacher logits, or probabilities when ``teacher_is_probs``
+        (validated with :func:`validate_distribution`). Detached; cast to the student's dtype
+        and device.
+    spec : KDSpec
+        Temperature, divergence, T² scaling and symmetric balance.
+    teacher_is_probs : bool
+        Whether ``teacher`` holds probabilities rather than logits.
+    teacher_temperature : float, optional
+        Temperature applied to the teacher; ``None`` uses ``spec.temperature``.
+    class_mask : Tensor or sequence of int, optional
+        Column subset (indices, or a bool mask of length ``classes``). Student and teacher are
+        both restricted to these columns and renormalised over them — LwF distils only the old
+        classes' outputs (Li & Hoiem, 2017).
+    reduction : {"batchmean", "sum", "none"}
+        ``"batchmean"`` sums over classes and averages over rows (the true per-example
+        divergence); ``"sum"`` sums everything; ``"none"`` returns the ``(rows,)`` vector.
+
+    Returns
+    -------
+    Tensor
+        Scalar, or ``(rows,)`` for ``reduction="none"``.
+
+    Raises
+    ------
+    ValueError
+        On shape mismatch, empty or non-finite inputs, a teacher that is not a distribution,
+        non-positive temperature, a bad ``class_mask``, or an unknown reduction.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    teacher = teacher.detach().to(device=student_logits.device, dtype=student_logits.dtype)
+    _check_pair(student_logits, teacher)
+    t_teacher = spec.temperature if teacher_temperature is None else teacher_temperature
+    _check_temperature(t_teacher, "teacher_temperature")
+    _check_finite(student_logits, "student_logits")
+    if teacher_is_probs:
+        validate_distribution(teacher, name="teacher")
+    else:
+        _check_finite(teacher, "teacher")
+
+    if class_mask is not None:
+        cols = _column_index(class_mask, student_logits.shape[1]).to(student_logits.device)
+        student_logits = student_logits.index_select(1, cols)  # (rows, kept)
+        teacher = teacher.index_select(1, cols)
+        if teacher_is_probs and bool((teacher.sum(dim=1) <= 0).any()):
+            raise ValueError("teacher has a row with zero mass on the class_mask columns")
+
+    log_q = F.log_softmax(student_logits / spec.temperature, dim=1)  # (rows, classes)
+    log_p = log_soft_targets(teacher, t_teacher, is_probs=teacher_is_probs)
+    per_row = _row_divergence(log_q, log_p, spec)  # (rows,)
+    if spec.t2_scaling:
+        per_row = per_row * spec.temperature**2
+    if reduction == "none":
+        return per_row
+    return per_row.sum() if reduction == "sum" else per_row.mean()
+
+
+def kd_objective(
+    student_logits: Tensor,
+    labels: Tensor,
+    teacher: Tensor,
+    spec: KDSpec,
+    *,
+    lam: float,
+    label_smoothing: float = 0.0,
+    teacher_is_probs: bool = False,
+    teacher_temperature: float | None = None,
+    class_mask: Tensor | Sequence[int] | None = None,
+) -> Tensor:
+    """Hard-label cross-entropy plus ``lam`` times the distillation loss.
+
+    ``CE(student_logits, labels) + lam * distillation_loss(...)`` — the combined objective of
+    Hinton et al. (2015) and of LwF (Li & Hoiem, 2017, where ``lam`` is λ_o). The CE term uses
+    all columns at T = 1; ``class_mask`` restricts only the distillation term.
+
+    Parameters
+    ----------
+    student_logits : Tensor
+        ``(rows, classes)`` raw student outputs.
+    labels : Tensor
+        ``(rows,)`` integer labels in ``[0, classes)``.
+    teacher, spec, teacher_is_probs, teacher_temperature, class_mask
+        As in :func:`distillation_loss`.
+    lam : float
+        Weight (>= 0) of the distillation term.
+    label_smoothing : float
+        Label smoothing in ``[0, 1)`` for the CE term.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss (averaged over rows).
+    """
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if student_logits.dim() != 2:
+        raise ValueError(
+            f"student_logits must be 2-D (rows, classes), got {tuple(student_logits.shape)}"
+        )
+    validate_labels(labels, student_logits.shape[1], rows=student_logits.shape[0])
+    kd = distillation_loss(
+        student_logits,
+        teacher,
+        spec,
+        teacher_is_probs=teacher_is_probs,
+        teacher_temperature=teacher_temperature,
+        class_mask=class_mask,
+    )
+    ce = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    return ce + lam * kd
+
+
+# --------------------------------------------------------------------------- feature hints
+
+
+class FeatureHintLoss(nn.Module):
+    """FitNets-style hint loss between intermediate features (Romero et al., 2015).
+
+    When the widths differ, a learnable linear regressor maps the student's features to the
+    teacher's width (FitNets' "regressor"); when they are equal the map is the identity, so the
+    loss has no parameters. Put this module's parameters in the student's optimizer.
+
+    Parameters
+    ----------
+    student_dim, teacher_dim : int
+        Feature widths (after flattening all but the batch dimension).
+    kind : {"mse", "cosine"}
+        ``"mse"``: mean squared error over all elements. ``"cosine"``: mean over rows of
+        ``1 - cos(student, teacher)``, insensitive to feature scale.
+    """
+
+    def __init__(
+        self, student_dim: int, teacher_dim: int, kind: Literal["mse", "cosine"] = "mse"
+    ) -> None:
+        super().__init__()
+        if student_dim <= 0 or teacher_dim <= 0:
+            raise ValueError(
+                f"student_dim and teacher_dim must be > 0, got {student_dim} and {teacher_dim}"
+            )
+        if kind not in ("mse", "cosine"):
+            raise ValueError(f"kind must be 'mse' or 'cosine', got {kind!r}")
+        self.student_dim = student_dim
+        self.teacher_dim = teacher_dim
+        self.kind = kind
+        self.projection: nn.Module = (
+            nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+        )
+
+    def forward(self, student_features: Tensor, teacher_features: Tensor) -> Tensor:
+        """Hint loss of ``(rows, student_dim)`` features against ``(rows, teacher_dim)`` ones.
+
+        Trailing dimensions are flattened; the teacher is detached.
+        """
+        if student_features.dim() < 2 or teacher_features.dim() < 2:
+            raise ValueError(
+                "features must be at least 2-D (rows, ...); got student "
+                f"{tuple(student_features.shape)} and teacher {tuple(teacher_features.shape)}"
+            )
+        s = student_features.flatten(1)  # (rows, student_dim)
+        t = teacher_features.detach().flatten(1).to(s.dtype)  # (rows, teacher_dim)
+        if (
+            s.shape[0] != t.shape[0]
+            or s.shape[1] != self.student_dim
+            or t.shape[1] != self.teacher_dim
+        ):
+            raise ValueError(
+                f"expected student (rows, {self.student_dim}) and teacher (rows, "
+                f"{self.teacher_dim}) features; got student {tuple(student_features.shape)} and "
+                f"teacher {tuple(teacher_features.shape)}"
+            )
+        _check_finite(s, "student_features")
+        _check_finite(t, "teacher_features")
+        s = self.projection(s)  # (rows, teacher_dim)
+        if self.kind == "mse":
+            return F.mse_loss(s, t)
+        return (1.0 - F.cosine_similarity(s, t, dim=1)).mean()

@@ -1,0 +1,228 @@
+"""The client/server message contract of federated distillation, in one place.
+
+Every record key, message type and metric name that crosses the wire is defined here, so the
+ClientApp (``fedkd.client_app``) and the server (``strategies``) cannot drift apart. Flower's
+records are built and read by the helpers below; nothing else spells a key.
+
+One round (see ``docs/algorithm.md``)::
+
+    server --train-->  client   content: config (round, epochs, lr, T, codec, public-*),
+                                         [public-indices], [teacher]   (co-distillation)
+    server <--reply--  client   content: soft-labels (codec arrays), metrics, meta
+    server --query-->  client   only when ``separate-query``: predictions without training
+
+FedAvg baseline messages use Flower's own keys (``arrays``/``config``/``metrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from flwr.app import Array, RecordDict
+
+# ---------------------------------------------------------------- message types
+TRAIN = "train"
+QUERY = "query.soft_labels"  # a query with a named action, as Flower's Message API allows
+EVALUATE = "evaluate"
+
+# ---------------------------------------------------------------- record keys (content)
+CONFIG = "config"  # ConfigRecord: round settings
+PUBLIC_INDICES = "public-indices"  # ArrayRecord: {"idx": int32 (subset,)} when not the whole set
+TEACHER = "teacher"  # ArrayRecord: {"probs": (subset, classes), "idx": (subset,)} co-distillation
+SOFT_LABELS = "soft-labels"  # ArrayRecord: codec arrays, see fedkd.compression
+METRICS = "metrics"  # MetricRecord
+META = "meta"  # ConfigRecord: non-numeric reply metadata
+ARRAYS = "arrays"  # FedAvg: model weights (Flower's default key)
+
+# ---------------------------------------------------------------- config entries
+ROUND = "server-round"
+LOCAL_EPOCHS = "local-epochs"
+LR = "lr"
+TEMPERATURE = "temperature"
+CODEC = "codec"
+TOPK = "topk"
+PUBLIC_ALL = "public-all"  # bool: the whole public set, in its stored order
+PUBLIC_SIZE = "public-size"  # int: total public-set size the server holds
+PUBLIC_HASH = "public-hash"  # str: content hash of the public inputs (devices check theirs)
+WITH_PREDICTIONS = "with-predictions"  # bool: train reply also carries soft labels
+DISTILL_EPOCHS = "distill-epochs"  # client epochs toward the received teacher
+
+# ---------------------------------------------------------------- metric names (reply)
+NUM_EXAMPLES = "num-examples"  # Flower's conventional weight key
+CLASS_COUNTS = "class-counts"  # list[int] (classes,)
+TRAIN_LOSS = "train-loss"
+TEST_ACCURACY = "test-accuracy"  # client's local model on the shared test set
+TEST_LOSS = "test-loss"
+PARTITION_ID = "partition-id"
+
+# ---------------------------------------------------------------- meta entries (reply)
+MODEL_NAME = "model"
+
+# ---------------------------------------------------------------- per-round metric names
+ROUND_METRICS = (
+    "round",
+    "student_accuracy",
+    "student_loss",
+    "client_accuracy",
+    "teacher_accuracy",
+    "bytes_up",
+    "bytes_down",
+    "cum_bytes",
+    "valid_replies",
+    "rejected",
+    "wall_seconds",
+)
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    """What the server asks of a client in one round (decoded from a train/query message)."""
+
+    server_round: int
+    local_epochs: int
+    lr: float
+    temperature: float
+    codec: str
+    topk: int
+    public_indices: np.ndarray | None  # (subset,) int; None = the whole public set
+    public_size: int
+    public_hash: str
+    with_predictions: bool
+    distill_epochs: int
+    teacher_probs: np.ndarray | None  # (subset, classes) co-distillation target
+    teacher_indices: np.ndarray | None  # (subset,) public indices the teacher refers to
+
+
+def public_hash(public_x: np.ndarray) -> str:
+    """Content hash of the public inputs: devices prove they hold the same public set.
+
+    Hashing the float32 bytes (shape included) is exact: any difference in preprocessing
+    shows up, which is what we want before mixing soft labels from different devices.
+    """
+    import hashlib
+
+    arr = np.ascontiguousarray(public_x, dtype=np.float32)
+    digest = hashlib.sha256(str(arr.shape).encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def select_public(public_x: np.ndarray, indices: np.ndarray | None) -> np.ndarray:
+    """The queried public rows, in the order the server asked for."""
+    return public_x if indices is None else public_x[indices]
+
+
+def config_entries(mapping: Mapping[str, object]) -> dict[str, object]:
+    """Plain dict copy of a ConfigRecord/MetricRecord (Flower records are mappings)."""
+    return dict(mapping.items())
+
+
+# ---------------------------------------------------------------- builders and parsers
+def request_content(req: RoundRequest) -> RecordDict:
+    """Encode a :class:`RoundRequest` as message content (server side)."""
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+    config = ConfigRecord(
+        {
+            ROUND: req.server_round,
+            LOCAL_EPOCHS: req.local_epochs,
+            LR: req.lr,
+            TEMPERATURE: req.temperature,
+            CODEC: req.codec,
+            TOPK: req.topk,
+            PUBLIC_ALL: req.public_indices is None,
+            PUBLIC_SIZE: req.public_size,
+            PUBLIC_HASH: req.public_hash,
+            WITH_PREDICTIONS: req.with_predictions,
+            DISTILL_EPOCHS: req.distill_epochs,
+        }
+    )
+    content = RecordDict({CONFIG: config})
+    if req.public_indices is not None:
+        idx = np.ascontiguousarray(req.public_indices, dtype=np.int32)
+        content[PUBLIC_INDICES] = ArrayRecord({"idx": _array(idx)})
+    if req.teacher_probs is not None and req.teacher_indices is not None:
+        content[TEACHER] = ArrayRecord(
+            {
+                "probs": _array(np.ascontiguousarray(req.teacher_probs, dtype=np.float32)),
+                "idx": _array(np.ascontiguousarray(req.teacher_indices, dtype=np.int32)),
+            }
+        )
+    return content
+
+
+def parse_request(content: RecordDict) -> RoundRequest:
+    """Decode message content into a :class:`RoundRequest` (client side).
+
+    Raises ``KeyError``/``ValueError`` with the missing key named when the server sent
+    something this client does not understand.
+    """
+    cfg = content.config_records[CONFIG]
+    indices = None
+    if not bool(cfg[PUBLIC_ALL]):
+        indices = content.array_records[PUBLIC_INDICES]["idx"].numpy().astype(np.int64)
+    teacher_probs = teacher_idx = None
+    if TEACHER in content.array_records:
+        teacher = content.array_records[TEACHER]
+        teacher_probs = teacher["probs"].numpy()
+        teacher_idx = teacher["idx"].numpy().astype(np.int64)
+    return RoundRequest(
+        server_round=int(cfg[ROUND]),
+        local_epochs=int(cfg[LOCAL_EPOCHS]),
+        lr=float(cfg[LR]),
+        temperature=float(cfg[TEMPERATURE]),
+        codec=str(cfg[CODEC]),
+        topk=int(cfg[TOPK]),
+        public_indices=indices,
+        public_size=int(cfg[PUBLIC_SIZE]),
+        public_hash=str(cfg[PUBLIC_HASH]),
+        with_predictions=bool(cfg[WITH_PREDICTIONS]),
+        distill_epochs=int(cfg[DISTILL_EPOCHS]),
+        teacher_probs=teacher_probs,
+        teacher_indices=teacher_idx,
+    )
+
+
+def reply_content(
+    payload: Mapping[str, np.ndarray] | None,
+    metrics: Mapping[str, int | float | list[int] | list[float]],
+    *,
+    model_name: str,
+    codec: str,
+) -> RecordDict:
+    """Encode a client's reply: encoded soft labels (optional), metrics and metadata."""
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    content = RecordDict(
+        {
+            METRICS: MetricRecord(dict(metrics)),
+            META: ConfigRecord({MODEL_NAME: model_name, CODEC: codec}),
+        }
+    )
+    if payload is not None:
+        content[SOFT_LABELS] = ArrayRecord({k: _array(v) for k, v in payload.items()})
+    return content
+
+
+def _array(arr: np.ndarray) -> Array:
+    from flwr.app import Array
+
+    return Array(np.ascontiguousarray(arr))
+
+
+def wire_nbytes(obj: object) -> int:
+    """Serialized size of a Flower message/record tree: the bytes that cross the wire.
+
+    Flower 1.41 ships messages as content-addressed objects (the message, its records, each
+    array); the sum of their deflated sizes is what a node up- or downloads, gRPC framing
+    aside. Uses only the public ``deflate()``/``children`` of Flower's inflatable objects.
+    """
+    total = len(obj.deflate())  # type: ignore[attr-defined]
+    for child in (obj.children or {}).values():  # type: ignore[attr-defined]
+        total += wire_nbytes(child)
+    return total

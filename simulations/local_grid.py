@@ -1,0 +1,111 @@
+"""An in-process Flower ``Grid``: runs a real ServerApp against real ClientApps, no Ray.
+
+For fast tests, debugging with a plain debugger, and the benchmark that isolates framework
+overhead. Each message is delivered by calling the ClientApp in this process, with one
+persistent ``Context`` per node (as a SuperNode keeps), so handler code paths are the same
+as under the Ray simulation engine or a deployed SuperNode.
+
+This module touches two Flower internals (kept here, nowhere else): the process-wide task
+identity that ``Message(...)`` reads, and the message id a SuperLink would assign. Both are
+checked against flwr 1.41; if Flower moves them, only this file changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.task_identity import TaskIdentity  # internal, see module docstring
+
+SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
+RUN_ID = 1
+
+
+class LocalGrid(Grid):
+    """Delivers every message synchronously to an in-process ClientApp."""
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        *,
+        run_config: Mapping[str, Any] | None = None,
+        node_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.client_app = client_app
+        self._node_ids = [1000 + i for i in range(num_nodes)]
+        configs = node_configs or [{"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)]
+        self.contexts = {
+            node_id: Context(
+                run_id=RUN_ID, node_id=node_id, node_config=dict(cfg), state=RecordDict(),
+                run_config=dict(run_config or {}),
+            )
+            for node_id, cfg in zip(self._node_ids, configs, strict=True)
+        }
+        self._replies: dict[str, Message] = {}
+
+    # ------------------------------------------------------------------ Grid API
+    def set_run(self, run: Any) -> None:  # noqa: D102 - Grid API, nothing to set here
+        return None
+
+    @property
+    def run(self) -> Any:  # noqa: D102
+        raise NotImplementedError("LocalGrid has no Run object")
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102 - deprecated API
+        raise NotImplementedError("use the Message constructor")
+
+    def get_node_ids(self) -> Iterable[int]:
+        """All in-process nodes."""
+        return list(self._node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message now; keep the reply for :meth:`pull_messages`."""
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # what a SuperLink assigns
+            self._replies[msg.metadata.message_id] = self._deliver(msg)
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Replies to the given message ids (each returned once)."""
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push then pull: every reply is ready at once."""
+        return self.pull_messages(self.push_messages(messages))
+
+    # ------------------------------------------------------------------ delivery
+    def _deliver(self, msg: Message) -> Message:
+        context = self.contexts[msg.metadata.dst_node_id]
+        inbound = _wire_copy(msg)
+        try:
+            reply = self.client_app(inbound, context)
+        except Exception as exc:  # a crashing client becomes an error reply, as in Flower
+            return Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=inbound)
+        reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        return reply
+
+
+def _wire_copy(msg: Message) -> Message:
+    """A deep copy, so the client cannot share objects with the server (as over a wire)."""
+    import copy
+
+    return copy.deepcopy(msg)
+
+
+def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int, **grid_kwargs: Any) -> LocalGrid:
+    """Run ``server_app`` to completion against ``num_nodes`` in-process clients."""
+    grid = LocalGrid(client_app, num_nodes, **grid_kwargs)
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = RUN_ID
+    TaskIdentity.node_id = SERVER_NODE_ID
+    context = Context(run_id=RUN_ID, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
+                      run_config=dict(grid_kwargs.get("run_config") or {}))
+    server_app(grid, context)
+    return grid

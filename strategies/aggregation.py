@@ -1,0 +1,402 @@
+"""Aggregation rules that turn client soft predictions into one teacher distribution.
+
+In federated distillation (FD) every client sends, for each sample of a shared public set, a
+probability vector already softened at temperature T. The server reduces these
+``(clients, samples, classes)`` predictions to a ``(samples, classes)`` teacher that the central
+student distils from. The rules here are pure NumPy functions (no Flower import) so they can be
+tested against plain-loop references and reused outside a server.
+
+Every rule has the signature ``rule(probs, ctx) -> teacher`` and returns non-negative float32 rows
+that sum to 1. Rows that would be all-zero (possible for ``median`` or ``class_weighted`` on
+adversarial inputs) fall back to the uniform distribution, which is the maximum-entropy choice
+when the clients give no usable signal.
+
+``StreamingAggregator`` computes the same result for the rules that decompose into per-client
+sums, so the server can fold replies in as they arrive instead of holding every reply at once.
+``median`` and ``trimmed_mean`` are order statistics over clients and are not streamable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "AGGREGATION_RULES",
+    "LOG_EPS",
+    "STREAMABLE_RULES",
+    "AggregationContext",
+    "AggregationRule",
+    "StreamingAggregator",
+    "aggregate",
+    "available_rules",
+]
+
+LOG_EPS = 1e-12
+"""Probabilities are clamped to this before a log (``logit_mean``, entropies).
+
+A client's exact zero would otherwise make the geometric mean zero for that class whatever the
+other clients say (log 0 = -inf). 1e-12 (log ≈ -27.6) is far below any probability a softened
+softmax produces in float32 yet keeps every logarithm finite.
+"""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: NumPy fields make field-wise == ambiguous
+class AggregationContext:
+    """What some rules need besides the predictions.
+
+    Attributes
+    ----------
+    num_examples : np.ndarray
+        ``(clients,)`` private training-set sizes, used by ``weighted``.
+    class_counts : np.ndarray
+        ``(clients, classes)`` private label counts, used by ``class_weighted``.
+    era_temperature : float
+        Temperature of ``era`` (DS-FL, Itahara et al. 2021) and ``sharpen`` (``beta = 1/T``).
+        ``T < 1`` always sharpens ``sharpen``; ``era`` sharpens only for ``T`` below about
+        ``1 / (2 C)`` and flattens at the default 0.5 (see :func:`era_rule`).
+    trim_ratio : float
+        Fraction of clients dropped at EACH end per coordinate by ``trimmed_mean``;
+        must lie in ``[0, 0.5)`` so at least one client survives.
+    """
+
+    num_examples: np.ndarray
+    class_counts: np.ndarray
+    era_temperature: float = 0.5
+    trim_ratio: float = 0.2
+
+    @classmethod
+    def uniform(cls, num_clients: int, num_classes: int, **kwargs: float) -> AggregationContext:
+        """Context with equal sizes and balanced labels, for rules that ignore the counts."""
+        return cls(
+            num_examples=np.ones(num_clients, dtype=np.int64),
+            class_counts=np.ones((num_clients, num_classes), dtype=np.int64),
+            **kwargs,
+        )
+
+
+AggregationRule = Callable[[np.ndarray, AggregationContext], np.ndarray]
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def _renormalise(x: np.ndarray) -> np.ndarray:
+    """Clip tiny negatives, divide rows by their sum; all-zero rows become uniform. -> float32."""
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)  # (samples, classes)
+    sums = x.sum(axis=-1, keepdims=True)  # (samples, 1)
+    num_classes = x.shape[-1]
+    safe = np.where(sums > 0, sums, 1.0)
+    out = np.where(sums > 0, x / safe, 1.0 / num_classes)
+    return out.astype(np.float32)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, shifted by the row max for stability."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _certainty(probs: np.ndarray) -> np.ndarray:
+    """``log C - H(p)`` over the last axis, clipped at 0: 0 for uniform, ``log C`` for one-hot."""
+    p = np.asarray(probs)
+    plogp = p * np.log(np.maximum(p, LOG_EPS))  # 0 * log(eps) = 0, the 0 log 0 = 0 convention
+    entropy = -plogp.sum(axis=-1, dtype=np.float64)
+    return np.clip(np.log(p.shape[-1]) - entropy, 0.0, None)
+
+
+def _share_weights(weights: np.ndarray) -> np.ndarray:
+    """Normalise non-negative weights over axis 0; columns summing to 0 become uniform."""
+    w = np.asarray(weights, dtype=np.float64)
+    total = w.sum(axis=0, keepdims=True)
+    safe = np.where(total > 0, total, 1.0)
+    return np.where(total > 0, w / safe, 1.0 / w.shape[0])
+
+
+# ----------------------------------------------------------------------------- the rules
+def mean_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Uniform mean of the client probabilities.
+
+    The FedMD consensus (Li & Wang 2019, "FedMD: Heterogenous Federated Learning via Model
+    Distillation") and DS-FL's aggregation without ERA (Itahara et al. 2021).
+    """
+    return _renormalise(probs.mean(axis=0, dtype=np.float64))  # (samples, classes)
+
+
+def logit_mean_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Mean of log-probabilities, then softmax: the normalised geometric mean.
+
+    Averaging logits (as FedDF does, Lin et al. 2020) is the same as averaging log-probabilities,
+    because ``log softmax(z) = z - logsumexp(z)`` only shifts each row by a constant that the
+    final softmax removes. Exact zeros are clamped to ``LOG_EPS`` first, so one client's zero
+    vetoes a class only down to ``LOG_EPS ** (1/K)`` rather than to exactly 0.
+    """
+    logs = np.log(np.maximum(probs, LOG_EPS))  # (clients, samples, classes)
+    return _renormalise(_softmax(logs.mean(axis=0, dtype=np.float64)))
+
+
+def weighted_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Mean weighted by each client's private sample count, as FedAvg weights models.
+
+    ``w[k] = n[k] / sum_k n[k]``; if every count is zero the weights fall back to uniform.
+    """
+    w = _share_weights(ctx.num_examples)  # (clients,)
+    return _renormalise(np.tensordot(w, probs, axes=(0, 0)))
+
+
+def class_weighted_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Per-class vote weighted by each client's share of that class in the private data.
+
+    ``w[k, c] = class_counts[k, c] / sum_k class_counts[k, c]`` (uniform ``1/K`` for a class no
+    client holds), ``teacher[s, c] = sum_k w[k, c] * p[k, s, c]``, then each row is renormalised.
+    The intuition is that under label skew the client that has seen class ``c`` is the expert on
+    ``c``. It refines the uniform ensembles of FedDF (Lin et al. 2020) and FedED (Sui et al. 2020);
+    the per-class label-share weighting itself is this module's choice, not taken from a paper.
+    """
+    w = _share_weights(ctx.class_counts)  # (clients, classes)
+    teacher = np.einsum("kc,ksc->sc", w, probs, dtype=np.float64)
+    return _renormalise(teacher)
+
+
+def confidence_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Per-sample certainty weighting: ``w[k, s] ∝ log C - H(p[k, s])``.
+
+    The weight is the information gain over a uniform guess: 0 for a client that is maximally
+    unsure on a sample and ``log C`` for a one-hot one, so uncertain (likely out-of-distribution)
+    clients lose their vote sample by sample, in the spirit of uncertainty-weighted averaging
+    (Kovalchuk et al. 2025, "Who to Trust? Aggregating Client Predictions in Federated
+    Distillation"). When every client is exactly uniform on a sample the weights are all zero and
+    fall back to uniform (the result is then the uniform mean, i.e. uniform).
+    """
+    w = _share_weights(_certainty(probs))  # (clients, samples)
+    return _renormalise(np.einsum("ks,ksc->sc", w, probs, dtype=np.float64))
+
+
+def era_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """DS-FL Entropy Reduction Aggregation: ``softmax(mean_k p[k] / T_era)``.
+
+    Itahara et al. 2021, "Distillation-Based Semi-Supervised Federated Learning for
+    Communication-Efficient Collaborative Training with Non-IID Private Data" (IEEE TMC).
+    The aim is to counter the entropy that averaging non-IID clients adds.
+
+    Caution: the softmax is applied to *probabilities* in ``[0, 1]``, so whether it sharpens
+    depends on the class count C, not only on ``T < 1``. Near-uniform means are scaled away from
+    uniform by about ``1 / (C T)``: ``T = 0.5`` *flattens* every row for any ``C >= 2`` (a one-hot
+    mean over 10 classes becomes max ``e^2 / (e^2 + 9) ≈ 0.45``), and sharpening needs roughly
+    ``T <= 1 / (2 C)``. Azuma et al. 2025 (SCARLET) call this the instability of temperature-based
+    ERA; ``"sharpen"`` is their C-independent fix.
+    """
+    mean = probs.mean(axis=0, dtype=np.float64)  # (samples, classes)
+    return _renormalise(_softmax(mean / ctx.era_temperature))
+
+
+def sharpen_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Power sharpening of the mean: ``m ** beta / sum m ** beta`` with ``beta = 1 / T_era``.
+
+    "Enhanced ERA" of Azuma et al. 2025, "Soft-Label Caching and Sharpening for
+    Communication-Efficient Federated Distillation" (SCARLET). Unlike ``era`` it sharpens for
+    every ``T_era < 1`` whatever the class count (``T_era = 1`` returns the mean). Computed as
+    ``softmax(log m / T_era)`` with ``m`` clamped to ``LOG_EPS`` so a large ``beta`` cannot
+    underflow a whole row to zero.
+    """
+    mean = probs.mean(axis=0, dtype=np.float64)  # (samples, classes)
+    return _power_sharpen(mean, ctx.era_temperature)
+
+
+def _power_sharpen(mean: np.ndarray, temperature: float) -> np.ndarray:
+    return _renormalise(_softmax(np.log(np.maximum(mean, LOG_EPS)) / temperature))
+
+
+def median_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Coordinate-wise median over clients, then row renormalisation.
+
+    The Byzantine-robust coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed
+    Learning: Towards Optimal Statistical Rates") applied to soft labels: fewer than half the
+    clients cannot drag any coordinate outside the honest range. Rows whose medians are all zero
+    fall back to uniform. Not streamable: it needs every reply.
+    """
+    return _renormalise(np.median(probs, axis=0))
+
+
+def trimmed_mean_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Coordinate-wise trimmed mean, then row renormalisation.
+
+    Drops the ``floor(trim_ratio * K)`` lowest and highest values of each coordinate before
+    averaging (Yin et al. 2018). Tolerates that many extreme clients at either end while averaging
+    away more noise than the median. Not streamable: it needs every reply.
+    """
+    num_clients = probs.shape[0]
+    cut = int(np.floor(ctx.trim_ratio * num_clients))
+    ordered = np.sort(probs, axis=0)  # (clients, samples, classes), sorted per coordinate
+    kept = ordered[cut : num_clients - cut]
+    return _renormalise(kept.mean(axis=0, dtype=np.float64))
+
+
+AGGREGATION_RULES: dict[str, AggregationRule] = {
+    "mean": mean_rule,
+    "logit_mean": logit_mean_rule,
+    "weighted": weighted_rule,
+    "class_weighted": class_weighted_rule,
+    "confidence": confidence_rule,
+    "era": era_rule,
+    "sharpen": sharpen_rule,
+    "median": median_rule,
+    "trimmed_mean": trimmed_mean_rule,
+}
+
+STREAMABLE_RULES: frozenset[str] = frozenset(
+    {"mean", "logit_mean", "weighted", "class_weighted", "confidence", "era", "sharpen"}
+)
+"""Rules that decompose into per-client sums; ``median``/``trimmed_mean`` need all replies."""
+
+
+def available_rules() -> list[str]:
+    """Names accepted by :func:`aggregate`, sorted."""
+    return sorted(AGGREGATION_RULES)
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_rule(name: str, options: list[str]) -> None:
+    if name not in options:
+        raise ValueError(f"Unknown aggregation rule {name!r}; choose one of {options}")
+
+
+def _check_probs(probs: np.ndarray, ndim: int) -> None:
+    if probs.ndim != ndim or 0 in probs.shape:
+        raise ValueError(f"probs must be a non-empty {ndim}-D array, got shape {probs.shape}")
+    if not np.all(np.isfinite(probs)) or np.any(probs < 0):
+        raise ValueError("probs must be finite and non-negative")
+
+
+def _check_counts(values: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+    if values.shape != shape:
+        raise ValueError(f"{what} has shape {values.shape}, expected {shape}")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"{what} must be finite and non-negative")
+
+
+def _check_context(ctx: AggregationContext, num_clients: int, num_classes: int) -> None:
+    _check_counts(np.asarray(ctx.num_examples), (num_clients,), "num_examples")
+    _check_counts(np.asarray(ctx.class_counts), (num_clients, num_classes), "class_counts")
+    if not ctx.era_temperature > 0:
+        raise ValueError(f"era_temperature must be > 0, got {ctx.era_temperature}")
+    if not 0 <= ctx.trim_ratio < 0.5:
+        raise ValueError(f"trim_ratio must lie in [0, 0.5), got {ctx.trim_ratio}")
+
+
+def aggregate(name: str, probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Aggregate client soft predictions with the rule called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A key of ``AGGREGATION_RULES`` (see :func:`available_rules`).
+    probs : np.ndarray
+        ``(clients, samples, classes)`` non-negative client distributions on the public set.
+    ctx : AggregationContext
+        Counts and hyper-parameters; its shapes must match ``probs``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(samples, classes)`` float32 teacher distributions (rows sum to 1).
+
+    Raises
+    ------
+    ValueError
+        Unknown rule (the message lists the options), bad shapes, negative or non-finite values.
+    """
+    _check_rule(name, available_rules())
+    probs = np.asarray(probs)
+    _check_probs(probs, ndim=3)
+    _check_context(ctx, num_clients=probs.shape[0], num_classes=probs.shape[2])
+    return AGGREGATION_RULES[name](probs, ctx)
+
+
+# ----------------------------------------------------------------------------- streaming
+class StreamingAggregator:
+    """Fold client replies in one at a time; ``result()`` equals ``aggregate()`` on all of them.
+
+    Memory is a few ``(samples, classes)`` float64 accumulators instead of the full
+    ``(clients, samples, classes)`` stack. Supports the rules in ``STREAMABLE_RULES``;
+    ``median`` and ``trimmed_mean`` are order statistics over clients and need every reply, so
+    they are rejected here (call :func:`aggregate` with the stacked replies instead).
+
+    Parameters
+    ----------
+    name : str
+        A rule in ``STREAMABLE_RULES``.
+    num_samples, num_classes : int
+        Shape of every reply.
+    era_temperature : float
+        Temperature for ``era`` and ``sharpen``.
+    """
+
+    def __init__(
+        self, name: str, num_samples: int, num_classes: int, *, era_temperature: float = 0.5
+    ) -> None:
+        _check_rule(name, sorted(STREAMABLE_RULES))
+        if num_samples < 1 or num_classes < 1:
+            raise ValueError(f"need num_samples, num_classes >= 1, got {num_samples, num_classes}")
+        if not era_temperature > 0:
+            raise ValueError(f"era_temperature must be > 0, got {era_temperature}")
+        self.name = name
+        self.shape = (num_samples, num_classes)
+        self.era_temperature = float(era_temperature)
+        self.num_clients = 0
+        self._plain = np.zeros(self.shape)  # sum_k p[k]: mean, era and every zero-weight fallback
+        # sum_k w[k] * p[k] (or log p[k] for logit_mean); the mean-based rules need none.
+        needs_weighted = name not in ("mean", "era", "sharpen")
+        self._weighted = np.zeros(self.shape if needs_weighted else ())
+        self._weight = np.zeros(self._weight_shape())  # sum_k w[k]
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        if self.name == "class_weighted":
+            return (self.shape[1],)  # per class
+        if self.name == "confidence":
+            return (self.shape[0], 1)  # per sample
+        return ()
+
+    def add(self, probs: np.ndarray, *, num_examples: int, class_counts: np.ndarray) -> None:
+        """Fold one client's ``(samples, classes)`` reply into the running sums."""
+        probs = np.asarray(probs)
+        _check_probs(probs, ndim=2)
+        if probs.shape != self.shape:
+            raise ValueError(f"reply has shape {probs.shape}, expected {self.shape}")
+        _check_counts(np.asarray(num_examples), (), "num_examples")
+        _check_counts(np.asarray(class_counts), (self.shape[1],), "class_counts")
+        self.num_clients += 1
+        self._plain += probs
+        if self.name == "logit_mean":
+            self._weighted += np.log(np.maximum(probs, LOG_EPS))
+        elif self.name in ("weighted", "class_weighted", "confidence"):
+            w = self._client_weight(probs, num_examples, class_counts)
+            self._weighted += w * probs
+            self._weight += w
+
+    def _client_weight(
+        self, probs: np.ndarray, num_examples: int, class_counts: np.ndarray
+    ) -> np.ndarray:
+        if self.name == "weighted":
+            return np.asarray(num_examples, dtype=np.float64)  # ()
+        if self.name == "class_weighted":
+            return np.asarray(class_counts, dtype=np.float64)  # (classes,)
+        return _certainty(probs)[:, None]  # (samples, 1)
+
+    def result(self) -> np.ndarray:
+        """The ``(samples, classes)`` float32 teacher for all replies added so far."""
+        if self.num_clients == 0:
+            raise ValueError("no replies added yet")
+        mean = self._plain / self.num_clients
+        if self.name == "mean":
+            return _renormalise(mean)
+        if self.name == "era":
+            return _renormalise(_softmax(mean / self.era_temperature))
+        if self.name == "sharpen":
+            return _power_sharpen(mean, self.era_temperature)
+        if self.name == "logit_mean":
+            return _renormalise(_softmax(self._weighted / self.num_clients))
+        # weighted / class_weighted / confidence: zero total weight falls back to the plain mean.
+        safe = np.where(self._weight > 0, self._weight, 1.0)
+        return _renormalise(np.where(self._weight > 0, self._weighted / safe, mean))

@@ -1,0 +1,338 @@
+"""FedDistill: a Flower strategy that aggregates soft predictions instead of weights.
+
+Each round (Li & Wang 2019, FedMD; Itahara et al. 2021, DS-FL; Lin et al. 2020, FedDF's
+server-side distillation)::
+
+    sample clients → train (+ soft labels on the public query, one reply) → validate replies
+    → aggregate into a teacher → distil the central student on the public inputs → evaluate
+
+Clients send probabilities at temperature T for exactly the queried public rows, plus their
+sample count and per-class counts; never weights. So client models may differ in architecture.
+With ``co_distillation`` the teacher goes back to clients with the next round's request.
+
+Flower's built-in ``Strategy.start`` knows only train and evaluate phases, so this strategy
+overrides :meth:`start` with its own loop, written as one named step per arrow above.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from fedkd import protocol as P
+from fedkd.config import FDConfig
+from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
+from strategies.aggregation import AggregationContext, aggregate
+from strategies.validation import Expected, Rejection, ValidReply, validate_reply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    """One row of ``metrics.json``: what happened in a round, measured."""
+
+    round: int
+    student_accuracy: float
+    student_loss: float
+    client_accuracy: float | None  # mean local test accuracy of the clients that replied
+    teacher_accuracy: float | None  # teacher argmax vs public labels (simulator diagnostic)
+    bytes_up: int
+    bytes_down: int
+    cum_bytes: int
+    valid_replies: int
+    rejected: int
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    missing: int = 0  # sampled clients that sent no reply (dropout, timeout, error)
+    status: str = "ok"
+    wall_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+RoundCallback = Callable[[RoundRecord], None]
+
+
+@dataclass(frozen=True)
+class PublicSet:
+    """The server's copy of the public unlabeled inputs (labels only for diagnostics)."""
+
+    inputs: torch.Tensor  # (public, *input_shape)
+    oracle_labels: torch.Tensor | None = None  # simulator-only: never used for training
+
+    @property
+    def size(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """Labelled held-out data for the student."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+
+
+class FedDistill(Strategy):
+    """Federated distillation with a central student.
+
+    Parameters
+    ----------
+    cfg : FDConfig
+        Run configuration (sampling, temperature, aggregation rule, codec, student training).
+    student : torch.nn.Module
+        The central model, trained only by distillation on ``public.inputs``.
+    public : PublicSet
+        Public unlabeled inputs held by the server and every client (checked by hash).
+    test : TestSet
+        Labelled test set for the student's per-round evaluation.
+    device : torch.device
+        Where the student trains (CUDA when available by default).
+    """
+
+    def __init__(
+        self,
+        cfg: FDConfig,
+        student: torch.nn.Module,
+        public: PublicSet,
+        test: TestSet,
+        device: torch.device | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device or torch.device("cpu")
+        self.student = student.to(self.device)
+        self.public = public
+        self.public_hash = P.public_hash(public.inputs.numpy())
+        self.test = test
+        self.student_cfg = TrainConfig(
+            epochs=cfg.server_epochs, batch_size=cfg.batch_size, lr=cfg.server_lr, optimizer=cfg.optimizer  # type: ignore[arg-type]
+        )
+        self.optimizer = make_optimizer(self.student, self.student_cfg)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.history: list[RoundRecord] = []
+        self.cum_bytes = 0
+        self.teacher: tuple[np.ndarray, np.ndarray] | None = None  # (probs, public indices)
+        self.callbacks: list[RoundCallback] = []
+        self._pending_indices: np.ndarray | None = None  # configure_train → aggregate_train
+
+    # ------------------------------------------------------------------ Strategy API
+    def summary(self) -> None:
+        """Log the configuration (Flower calls this at start)."""
+        c = self.cfg
+        log.info(
+            "FedDistill: aggregation=%s T=%.2f codec=%s public=%d subset=%s co-distillation=%s",
+            c.aggregation, c.temperature, c.codec, self.public.size, c.public_subset or "all", c.co_distillation,
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Train requests (with the public query) for this round's sampled clients."""
+        nodes = self.sample_nodes(grid)
+        self._pending_indices = self.choose_public_indices()
+        content = P.request_content(self.make_request(server_round, self._pending_indices))
+        return [Message(content=content, message_type=P.TRAIN, dst_node_id=n) for n in nodes]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower-API form of one aggregation: validate, aggregate, distil; returns the student.
+
+        :meth:`start` does not go through here (it also needs the query phase and byte
+        accounting), but the pair ``configure_train``/``aggregate_train`` works on its own for
+        users who drive strategies by hand.
+        """
+        indices = self._pending_indices
+        num_samples = self.public.size if indices is None else len(indices)
+        valid, rejected = self.validate(list(replies), num_samples)
+        if len(valid) < self.cfg.min_replies:
+            return None, MetricRecord({"valid-replies": len(valid), "rejected": len(rejected)})
+        teacher = self.aggregate_teacher(valid)
+        loss = self.distil_student(teacher, indices)
+        metrics = {"valid-replies": len(valid), "rejected": len(rejected), "distill-loss": loss}
+        return ArrayRecord(self.student.state_dict()), MetricRecord(metrics)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FD evaluates the student centrally; no client evaluation phase."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """No client evaluation phase (see :meth:`configure_evaluate`)."""
+        return None
+
+    def start(  # type: ignore[override]
+        self, grid: Grid, num_rounds: int | None = None, timeout: float | None = None, first_round: int = 1
+    ) -> Result:
+        """Run rounds ``first_round .. num_rounds`` and return the final student weights."""
+        num_rounds = num_rounds or self.cfg.num_rounds
+        timeout = timeout or self.cfg.round_timeout
+        self.summary()
+        for server_round in range(first_round, num_rounds + 1):
+            record = self.run_round(grid, server_round, timeout)
+            self.history.append(record)
+            for callback in self.callbacks:
+                callback(record)
+        result = Result()
+        result.arrays = ArrayRecord(self.student.state_dict())
+        return result
+
+    # ------------------------------------------------------------------ one round
+    def run_round(self, grid: Grid, server_round: int, timeout: float) -> RoundRecord:
+        """One FD round as named steps; a bad reply or too few replies never raises."""
+        started = time.perf_counter()
+        nodes = self.sample_nodes(grid)
+        indices = self.choose_public_indices()
+        train_req = self.make_request(server_round, indices, with_predictions=not self.cfg.separate_query)
+        replies, down, up = self.exchange(grid, nodes, P.TRAIN, train_req, timeout)
+        if self.cfg.separate_query:
+            query_req = self.make_request(server_round, indices, with_predictions=True, teacher=False)
+            answered = [r.metadata.src_node_id for r in replies if not r.has_error()]
+            replies, d2, u2 = self.exchange(grid, answered, P.QUERY, query_req, timeout)
+            down, up = down + d2, up + u2
+        valid, rejected = self.validate(replies, len(indices) if indices is not None else self.public.size)
+        self.cum_bytes += up + down
+        record = RoundRecord(
+            round=server_round, student_accuracy=float("nan"), student_loss=float("nan"),
+            client_accuracy=_mean_metric(valid, P.TEST_ACCURACY), teacher_accuracy=None,
+            bytes_up=up, bytes_down=down, cum_bytes=self.cum_bytes, valid_replies=len(valid),
+            rejected=len(rejected), rejected_reasons=_count_reasons(rejected),
+            missing=len(nodes) - len(replies),
+        )
+        if len(valid) < self.cfg.min_replies:
+            record.status = f"skipped: {len(valid)} valid replies < min-replies={self.cfg.min_replies}"
+            log.error("round %d %s; the student is unchanged", server_round, record.status)
+        else:
+            teacher = self.aggregate_teacher(valid)
+            record.teacher_accuracy = self.teacher_accuracy(teacher, indices)
+            self.distil_student(teacher, indices)
+            self.teacher = (teacher, _resolve(indices, self.public.size))
+        result = evaluate(self.student, self.test.x, self.test.y, num_classes=self.test.num_classes, device=self.device)
+        record.student_accuracy, record.student_loss = result.accuracy, result.loss
+        record.wall_seconds = time.perf_counter() - started
+        return record
+
+    def sample_nodes(self, grid: Grid) -> list[int]:
+        """Seeded sampling of ``max(fraction × connected, min_train_nodes)`` nodes.
+
+        Waits (as Flower's strategies do) until ``min_train_nodes`` nodes are connected.
+        """
+        nodes = sorted(grid.get_node_ids())
+        while len(nodes) < self.cfg.min_train_nodes:
+            log.info("waiting for nodes: %d connected, %d needed", len(nodes), self.cfg.min_train_nodes)
+            time.sleep(1.0)
+            nodes = sorted(grid.get_node_ids())
+        size = min(len(nodes), max(int(len(nodes) * self.cfg.fraction_train), self.cfg.min_train_nodes))
+        return sorted(int(n) for n in self.rng.choice(nodes, size=size, replace=False))
+
+    def choose_public_indices(self) -> np.ndarray | None:
+        """All public rows (None), or a fresh random subset per round (DS-FL)."""
+        k = self.cfg.public_subset
+        if k == 0 or k >= self.public.size:
+            return None
+        return np.sort(self.rng.choice(self.public.size, size=k, replace=False))
+
+    def make_request(
+        self, server_round: int, indices: np.ndarray | None, *, with_predictions: bool = True, teacher: bool = True
+    ) -> P.RoundRequest:
+        """The round's request; carries last round's teacher when co-distilling."""
+        send_teacher = teacher and self.cfg.co_distillation and self.teacher is not None
+        return P.RoundRequest(
+            server_round=server_round, local_epochs=self.cfg.local_epochs, lr=self.cfg.lr,
+            temperature=self.cfg.temperature, codec=self.cfg.codec, topk=self.cfg.topk,
+            public_indices=indices, public_size=self.public.size, public_hash=self.public_hash,
+            with_predictions=with_predictions,
+            distill_epochs=self.cfg.client_distill_epochs if send_teacher else 0,
+            teacher_probs=self.teacher[0] if send_teacher else None,  # type: ignore[index]
+            teacher_indices=self.teacher[1] if send_teacher else None,  # type: ignore[index]
+        )
+
+    def exchange(
+        self, grid: Grid, nodes: list[int], message_type: str, req: P.RoundRequest, timeout: float
+    ) -> tuple[list[Message], int, int]:
+        """Send one request to every node; return replies, bytes down and bytes up."""
+        content = P.request_content(req)
+        messages = [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
+        down = P.wire_nbytes(content) * len(messages)
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        up = sum(P.wire_nbytes(r.content) for r in replies if not r.has_error())
+        for r in replies:
+            if r.has_error():
+                log.warning("node %s replied with an error: %s", r.metadata.src_node_id, r.error.reason)
+        return replies, down, up
+
+    def validate(self, replies: list[Message], num_samples: int) -> tuple[list[ValidReply], list[Rejection]]:
+        """Check each reply; log and count every rejection (the round goes on)."""
+        expected = Expected(num_samples=num_samples, num_classes=self.test.num_classes, codec=self.cfg.codec)
+        valid: list[ValidReply] = []
+        rejected: list[Rejection] = []
+        for reply in replies:
+            node = int(reply.metadata.src_node_id)
+            if reply.has_error():
+                rejected.append(Rejection(node, "client-error", str(reply.error.reason)))
+                continue
+            checked = validate_reply(node, reply.content, expected)
+            if isinstance(checked, Rejection):
+                log.warning("rejected reply from node %d (%s): %s", node, checked.reason, checked.detail)
+                rejected.append(checked)
+            else:
+                valid.append(checked)
+        return valid, rejected
+
+    def aggregate_teacher(self, valid: list[ValidReply]) -> np.ndarray:
+        """Teacher distributions from the valid replies, by the configured rule."""
+        probs = np.stack([v.probs for v in valid])  # (clients, samples, classes)
+        ctx = AggregationContext(
+            num_examples=np.array([v.num_examples for v in valid], dtype=np.float64),
+            class_counts=np.stack([v.class_counts for v in valid]),
+            era_temperature=self.cfg.era_temperature,
+            trim_ratio=self.cfg.trim_ratio,
+        )
+        return aggregate(self.cfg.aggregation, probs, ctx)  # (samples, classes)
+
+    def distil_student(self, teacher: np.ndarray, indices: np.ndarray | None) -> float:
+        """KD of the student toward the teacher on the queried public inputs (the one KD core)."""
+        inputs = P.select_public(self.public.inputs, None if indices is None else torch.as_tensor(indices))
+        generator = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
+        return distill(
+            self.student, inputs, torch.as_tensor(teacher), self.cfg.kd_spec(), self.student_cfg,
+            optimizer=self.optimizer, generator=generator, teacher_is_probs=True, teacher_temperature=1.0,
+            device=self.device,
+        )
+
+    def teacher_accuracy(self, teacher: np.ndarray, indices: np.ndarray | None) -> float | None:
+        """Diagnostic: how often the teacher's argmax is right (only when the simulator knows)."""
+        labels = self.public.oracle_labels
+        if labels is None:
+            return None
+        labels = labels.numpy() if indices is None else labels.numpy()[indices]
+        return float(np.mean(teacher.argmax(axis=1) == labels))
+
+
+def _resolve(indices: np.ndarray | None, size: int) -> np.ndarray:
+    return np.arange(size) if indices is None else indices
+
+
+def _mean_metric(valid: list[ValidReply], key: str) -> float | None:
+    values = [float(v.metrics[key]) for v in valid if key in v.metrics]
+    return float(np.mean(values)) if values else None
+
+
+def _count_reasons(rejected: list[Rejection]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rejected:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    return counts

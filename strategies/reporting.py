@@ -1,0 +1,74 @@
+"""Per-round results: progress lines, ``metrics.json`` and plots in the run directory.
+
+Both strategies (FedDistill and the FedAvg baseline) report :class:`RoundRecord` rows; the
+:class:`RunRecorder` turns them into what a user looks at. ``metrics.json`` is rewritten
+atomically after every round, so a crash never leaves a truncated file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from strategies.fed_distill import RoundRecord
+
+log = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary file in the same directory, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def format_round(record: RoundRecord, num_rounds: int) -> str:
+    """One human line per round: what a researcher watches while a run goes."""
+    client = "  n/a" if record.client_accuracy is None else f"{record.client_accuracy:5.3f}"
+    teacher = "  n/a" if record.teacher_accuracy is None else f"{record.teacher_accuracy:5.3f}"
+    line = (
+        f"round {record.round:>3}/{num_rounds}  student acc {record.student_accuracy:5.3f}  "
+        f"loss {record.student_loss:6.3f}  clients {client}  teacher {teacher}  "
+        f"up {_kib(record.bytes_up)}  down {_kib(record.bytes_down)}  total {_kib(record.cum_bytes)}  "
+        f"replies {record.valid_replies} ok/{record.rejected} rejected  {record.wall_seconds:5.1f}s"
+    )
+    return line if record.status == "ok" else f"{line}  [{record.status}]"
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:8.1f} KiB" if n < 2**20 else f"{n / 2**20:8.2f} MiB"
+
+
+class RunRecorder:
+    """Round callback: prints progress and keeps ``<run_dir>/metrics.json`` current."""
+
+    def __init__(self, run_dir: str | Path | None, num_rounds: int, *, echo: bool = True) -> None:
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.num_rounds = num_rounds
+        self.echo = echo
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, record: RoundRecord) -> None:
+        self.records.append(record.as_dict())
+        if self.echo:
+            print(format_round(record, self.num_rounds), flush=True)
+        if self.run_dir is not None:
+            write_json_atomic(self.run_dir / "metrics.json", self.records)
+
+    def save_plots(self) -> list[Path]:
+        """Accuracy vs round and accuracy vs cumulative bytes, next to metrics.json."""
+        if self.run_dir is None or not self.records:
+            return []
+        from fedkd.plots import plot_accuracy_vs_bytes, plot_accuracy_vs_round
+
+        series = {"student": self.records}
+        return [
+            plot_accuracy_vs_round(series, self.run_dir / "accuracy_vs_round.png"),
+            plot_accuracy_vs_bytes(series, self.run_dir / "accuracy_vs_bytes.png"),
+        ]

@@ -1,0 +1,71 @@
+"""The fedkd Flower ServerApp: federated distillation, or the FedAvg baseline by config.
+
+``flwr run .`` loads :data:`app`; the simulation driver builds its own with
+:func:`make_server_app`, binding the run-config and extra round callbacks (W&B, sweeps).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedkd.client import load_splits_for
+from fedkd.config import FDConfig, from_run_config
+from fedkd.models import build_model
+from fedkd.training import resolve_device
+from strategies.fed_distill import FedDistill, PublicSet, RoundCallback, TestSet
+from strategies.fedavg_baseline import run_fedavg
+from strategies.reporting import RunRecorder
+
+log = logging.getLogger(__name__)
+
+
+def make_server_app(
+    run_config: Mapping[str, Any] | None = None, callbacks: Sequence[RoundCallback] = ()
+) -> ServerApp:
+    """Build the ServerApp; ``run_config`` overrides ``Context.run_config`` (simulation driver)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = from_run_config(run_config if run_config is not None else context.run_config)
+        run_server(grid, cfg, list(callbacks))
+
+    return app
+
+
+def build_student(cfg: FDConfig, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+    """The central model (FD's student, FedAvg's global model), seeded for reproducibility."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.student_model, input_shape, num_classes)
+
+
+def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> RunRecorder:
+    """Run the configured strategy to completion; returns the recorder with every round."""
+    torch.set_num_threads(cfg.torch_threads)
+    splits = load_splits_for(cfg)
+    recorder = RunRecorder(cfg.run_dir or None, cfg.num_rounds)
+    all_callbacks: list[RoundCallback] = [recorder, *callbacks]
+    student = build_student(cfg, splits.input_shape, splits.num_classes)
+    test = TestSet(splits.test_x, splits.test_y, splits.num_classes)
+    if cfg.strategy == "fedavg":
+        run_fedavg(grid, cfg, student, test, all_callbacks)
+    else:
+        strategy = FedDistill(
+            cfg, student,
+            PublicSet(splits.public_x, oracle_labels=splits.oracle_public_labels()),
+            test, device=resolve_device(cfg.device),
+        )
+        strategy.callbacks.extend(all_callbacks)
+        strategy.start(grid)
+    recorder.save_plots()
+    return recorder
+
+
+# `flwr run .` loads this object (pyproject: [tool.flwr.app.components] serverapp).
+app = make_server_app()

@@ -1,0 +1,145 @@
+"""Check every client reply before it can touch the teacher.
+
+A federated-distillation server aggregates whatever clients upload, so one malformed or
+malicious reply could poison the teacher or crash the round. :func:`validate_reply` turns a
+reply into either a :class:`ValidReply` (decoded soft labels plus the metadata aggregation
+needs) or a :class:`Rejection` naming the client and the defect. It never raises on bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedkd import protocol as P
+from fedkd.compression import CODECS, decode_probs
+
+ROW_SUM_TOLERANCE = 1e-3  # float16 soft labels sum to 1 within ~5e-4 over 10-100 classes
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a valid reply to this round's query must look like."""
+
+    num_samples: int
+    num_classes: int
+    codec: str
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+
+@dataclass(frozen=True)
+class ValidReply:
+    """A reply that passed every check, decoded."""
+
+    node_id: int
+    probs: np.ndarray  # (samples, classes) float32, rows sum to 1
+    num_examples: int
+    class_counts: np.ndarray  # (classes,)
+    model_name: str
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A dropped reply and why (logged, and counted in the round's metrics)."""
+
+    node_id: int
+    reason: str  # short machine-friendly defect name, e.g. "non-finite"
+    detail: str  # human sentence
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def validate_reply(node_id: int, content: Any, expected: Expected) -> ValidReply | Rejection:
+    """Decode and check one reply's content (a Flower ``RecordDict``); never raises on bad data."""
+    try:
+        return _validate(node_id, content, expected)
+    except _Reject as bad:
+        return Rejection(node_id, bad.reason, bad.detail)
+    except Exception as exc:  # a reply must never crash the server
+        return Rejection(node_id, "unreadable", f"{type(exc).__name__}: {exc}")
+
+
+def _validate(node_id: int, content: Any, expected: Expected) -> ValidReply:
+    metrics = _record(content.metric_records, P.METRICS, "missing-metrics")
+    meta = _record(content.config_records, P.META, "missing-meta")
+    arrays = _record(content.array_records, P.SOFT_LABELS, "missing-soft-labels")
+    num_examples = _metadata(metrics, expected)
+    class_counts = _class_counts(metrics, expected)
+    codec = meta.get(P.CODEC)
+    if codec != expected.codec or codec not in CODECS:
+        raise _Reject("codec", f"reply uses codec {codec!r}, the round asked for {expected.codec!r}")
+    payload = {name: array.numpy() for name, array in arrays.items()}
+    nbytes = sum(int(a.nbytes) for a in payload.values())
+    if nbytes > expected.max_payload_bytes:
+        raise _Reject("oversized", f"payload of {nbytes} bytes exceeds {expected.max_payload_bytes}")
+    _check_raw(payload, expected)
+    try:
+        probs = decode_probs(payload, codec, expected.num_classes)
+    except ValueError as exc:
+        raise _Reject("malformed", str(exc)) from exc
+    return ValidReply(
+        node_id=node_id,
+        probs=probs,
+        num_examples=num_examples,
+        class_counts=class_counts,
+        model_name=str(meta.get(P.MODEL_NAME, "?")),
+        metrics=dict(metrics.items()),
+    )
+
+
+def _record(records: Mapping[str, Any], key: str, reason: str) -> Any:
+    if key not in records:
+        raise _Reject(reason, f"reply has no {key!r} record")
+    return records[key]
+
+
+def _metadata(metrics: Mapping[str, Any], expected: Expected) -> int:
+    if P.NUM_EXAMPLES not in metrics:
+        raise _Reject("missing-metadata", f"metrics lack {P.NUM_EXAMPLES!r}")
+    num_examples = metrics[P.NUM_EXAMPLES]
+    if not isinstance(num_examples, int | float) or num_examples < 0 or not np.isfinite(num_examples):
+        raise _Reject("bad-metadata", f"{P.NUM_EXAMPLES} must be a non-negative number, got {num_examples!r}")
+    return int(num_examples)
+
+
+def _class_counts(metrics: Mapping[str, Any], expected: Expected) -> np.ndarray:
+    if P.CLASS_COUNTS not in metrics:
+        raise _Reject("missing-metadata", f"metrics lack {P.CLASS_COUNTS!r}")
+    counts = np.asarray(metrics[P.CLASS_COUNTS], dtype=np.float64)
+    if counts.shape != (expected.num_classes,) or np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        raise _Reject("bad-metadata", f"{P.CLASS_COUNTS} must be {expected.num_classes} non-negative counts")
+    return counts
+
+
+def _check_raw(payload: Mapping[str, np.ndarray], expected: Expected) -> None:
+    """Shape, dtype, finiteness, sign and row sums, before any renormalisation hides them."""
+    for name, arr in payload.items():
+        if arr.ndim != 2 or arr.shape[0] != expected.num_samples:
+            raise _Reject("shape", f"array {name!r} has shape {arr.shape}, expected ({expected.num_samples}, ...)")
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise _Reject("dtype", f"array {name!r} has dtype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.floating):
+            if not np.all(np.isfinite(arr)):
+                raise _Reject("non-finite", f"array {name!r} holds NaN or inf")
+            if np.any(arr < 0):
+                raise _Reject("negative", f"array {name!r} holds negative values")
+    if expected.codec in ("none", "fp16"):
+        probs = payload.get("probs")
+        if probs is None:
+            raise _Reject("malformed", "payload lacks 'probs'")
+        if probs.shape[1] != expected.num_classes:
+            raise _Reject("shape", f"probs have {probs.shape[1]} classes, expected {expected.num_classes}")
+        sums = probs.astype(np.float64).sum(axis=1)
+        worst = float(np.max(np.abs(sums - 1.0))) if len(sums) else 0.0
+        if worst > ROW_SUM_TOLERANCE:
+            raise _Reject("not-distribution", f"rows must sum to 1, worst row is off by {worst:.3g}")
