@@ -66,6 +66,8 @@ def _partitions(cfg_key: tuple, num_partitions: int) -> list[np.ndarray]:
         classes_per_partition=k,
         shards_per_partition=shards,
         seed=seed,
+        # Every client gets some data: Dirichlet redraws (a few times) until this holds.
+        min_partition_size=min(5, len(splits.train_y) // (2 * num_partitions)),
     )
 
 

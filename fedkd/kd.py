@@ -290,8 +290,6 @@ def _check_pair(student_logits: Tensor, teacher: Tensor) -> None:
         )
     if student_logits.shape[0] == 0 or student_logits.shape[1] == 0:
         raise ValueError(f"empty batch: student_logits has shape {tuple(student_logits.shape)}")
-    if not student_logits.dtype.is_floating_point:
-        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
 
 
 def distillation_loss(
@@ -318,8 +316,8 @@ def distillation_loss(
         ``(rows, classes)`` raw student outputs; gradients flow here.
     teacher : Tensor
         ``(rows, classes)`` teacher logits, or probabilities when ``teacher_is_probs``
-        (validated with :func:`validate_distribution`). Detached; cast to the student's dtype
-        and device.
+        (validated with :func:`validate_distribution`). Detached and moved to the student's
+        device; both are computed in the student's dtype, or float32 for half-precision students.
     spec : KDSpec
         Temperature, divergence, T² scaling and symmetric balance.
     teacher_is_probs : bool
@@ -347,7 +345,12 @@ def distillation_loss(
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    teacher = teacher.detach().to(device=student_logits.device, dtype=student_logits.dtype)
+    if not student_logits.dtype.is_floating_point:
+        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
+    # Half-precision students are scored in float32: log_softmax and the row-sum check need it.
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    student_logits = student_logits.to(dtype)
+    teacher = teacher.detach().to(device=student_logits.device, dtype=dtype)
     _check_pair(student_logits, teacher)
     t_teacher = spec.temperature if teacher_temperature is None else teacher_temperature
     _check_temperature(t_teacher, "teacher_temperature")

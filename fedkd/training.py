@@ -167,7 +167,7 @@ def iterate_minibatches(
 def _place(model: nn.Module, device: DeviceLike) -> torch.device:
     """Move ``model`` to ``device`` if given; return the device batches must go to."""
     if device is not None:
-        target = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        target = resolve_device(str(device))  # same checks for "cuda" and torch.device("cuda")
         model.to(target)
         return target
     for tensor in (*model.parameters(), *model.buffers()):

@@ -236,7 +236,9 @@ class FedDistill(Strategy):
             time.sleep(1.0)
             nodes = sorted(grid.get_node_ids())
         size = min(len(nodes), max(int(len(nodes) * self.cfg.fraction_train), self.cfg.min_train_nodes))
-        return sorted(int(n) for n in self.rng.choice(nodes, size=size, replace=False))
+        # Sample positions, not ids: node ids are uint64 and would lose bits in a NumPy array.
+        picked = self.rng.choice(len(nodes), size=size, replace=False)
+        return [nodes[i] for i in sorted(picked)]
 
     def choose_public_indices(self) -> np.ndarray | None:
         """All public rows (None), or a fresh random subset per round (DS-FL)."""

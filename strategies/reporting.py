@@ -65,7 +65,11 @@ class RunRecorder:
         """Accuracy vs round and accuracy vs cumulative bytes, next to metrics.json."""
         if self.run_dir is None or not self.records:
             return []
-        from fedkd.plots import plot_accuracy_vs_bytes, plot_accuracy_vs_round
+        try:
+            from fedkd.plots import plot_accuracy_vs_bytes, plot_accuracy_vs_round
+        except ImportError:  # a lean server install without matplotlib: data, no pictures
+            log.warning("matplotlib is not installed; skipping plots (pip install 'fedkd[server]')")
+            return []
 
         series = {"student": self.records}
         return [

@@ -77,6 +77,7 @@ def partition_indices(
         drops the remainder; no index is ever used twice.
     """
     labels = _check_args(labels, num_partitions, scheme, alpha, min_partition_size)
+    num_partitions = int(num_partitions)  # numpy ints from configs; ShardPartitioner wants int
     partitioner = _make_partitioner(
         labels,
         num_partitions,
@@ -115,7 +116,7 @@ def _check_args(
         raise ValueError(f"labels must be a non-empty 1-D integer array, got {labels.shape}")
     if scheme not in SCHEMES:
         raise ValueError(f"unknown partition scheme {scheme!r}; choose one of {list(SCHEMES)}")
-    if not isinstance(num_partitions, int) or not 1 <= num_partitions <= labels.size:
+    if not isinstance(num_partitions, int | np.integer) or not 1 <= num_partitions <= labels.size:
         raise ValueError(f"num_partitions must be in [1, {labels.size}], got {num_partitions}")
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")

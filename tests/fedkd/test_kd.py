@@ -181,6 +181,18 @@ def test_float64_teacher_is_cast_to_float32_student():
     assert out.item() == pytest.approx(distillation_loss(s.double(), t).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_student_is_scored_in_float32(half):
+    s = torch.randn(3, 4).to(half).requires_grad_(True)
+    p = torch.softmax(torch.randn(3, 4), dim=1)  # float32 teacher, as decoded from the wire
+    loss = distillation_loss(s, p, teacher_is_probs=True)
+    assert loss.dtype == torch.float32
+    ref = distillation_loss(s.detach().double(), p.double(), teacher_is_probs=True)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    loss.backward()
+    assert s.grad is not None and s.grad.dtype == half
+
+
 # --------------------------------------------------------------------------- gradients
 
 

@@ -1,0 +1,91 @@
+"""Where a simulation runs: Flower's Ray simulation engine, or in-process.
+
+Flower 1.41 marks its Python ``run_simulation`` entry point as deprecated in favour of the
+``flwr run`` CLI. The CLI cannot take a Python config object or callbacks (W&B, sweeps) and
+starts a detached SuperLink per call, so Hydra sweeps keep the Python entry point — called
+only here, in :func:`run_ray`, with the deprecation warning filtered. ``flwr run .`` keeps
+working on the same ServerApp/ClientApp (see ``docs/simulation.md``). If Flower removes the
+function, this file is the one to change.
+
+Ray: Flower calls ``ray.init()`` only when Ray is not yet initialised, so we initialise it here
+ourselves. With ``address`` set (or ``RAY_ADDRESS`` in the environment) we join that running
+cluster and pass no resource counts (Ray refuses them when attaching).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+log = logging.getLogger(__name__)
+BACKENDS = ("ray", "local")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """How and where the federation is simulated."""
+
+    backend: str = "ray"  # "ray" (Flower's simulation engine) or "local" (in-process, no Ray)
+    client_cpus: int = 1  # CPUs reserved per ClientApp worker
+    client_gpus: float = 0.0  # GPU share per worker, e.g. 0.25 = four clients per GPU
+    ray_num_cpus: int | None = None  # CPUs Ray may use locally (None = all)
+    ray_num_gpus: int | None = None  # GPUs Ray may use locally (None = all visible)
+    address: str | None = None  # join an existing Ray cluster ("auto" or "ray://host:10001")
+    verbose: bool = False  # Flower's DEBUG logging
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"invalid config key 'simulation.backend': {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+        if self.client_cpus < 1:
+            raise ValueError(f"invalid config key 'simulation.client_cpus': must be >= 1, got {self.client_cpus}")
+        if not 0.0 <= self.client_gpus:
+            raise ValueError(f"invalid config key 'simulation.client_gpus': must be >= 0, got {self.client_gpus}")
+
+
+def ray_init_args(sim: SimulationConfig) -> dict[str, Any]:
+    """Arguments for ``ray.init``: attach to a cluster, or size a local one."""
+    address = sim.address or os.environ.get("RAY_ADDRESS")
+    args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        args["address"] = address
+        return args
+    if sim.ray_num_cpus is not None:
+        args["num_cpus"] = sim.ray_num_cpus
+    if sim.ray_num_gpus is not None:
+        args["num_gpus"] = sim.ray_num_gpus
+    return args
+
+
+def run_ray(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, sim: SimulationConfig) -> None:
+    """Run the apps on Flower's Ray simulation engine (the one deprecated call lives here)."""
+    import ray
+    from flwr.simulation import run_simulation
+
+    if not ray.is_initialized():
+        ray.init(**ray_init_args(sim))
+    backend_config = {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
+            run_simulation(
+                server_app=server_app, client_app=client_app, num_supernodes=num_supernodes,
+                backend_name="ray", backend_config=backend_config, verbose_logging=sim.verbose,  # type: ignore[arg-type]
+            )
+    finally:
+        ray.shutdown()
+
+
+def run_apps(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, sim: SimulationConfig) -> None:
+    """Dispatch to the configured backend."""
+    if sim.backend == "local":
+        from simulations.local_grid import run_local
+
+        run_local(server_app, client_app, num_supernodes)
+    else:
+        run_ray(server_app, client_app, num_supernodes, sim)
