@@ -65,11 +65,12 @@ class RunRecorder:
         """Accuracy vs round and accuracy vs cumulative bytes, next to metrics.json."""
         if self.run_dir is None or not self.records:
             return []
-        try:
-            from fedkd.plots import plot_accuracy_vs_bytes, plot_accuracy_vs_round
-        except ImportError:  # a lean server install without matplotlib: data, no pictures
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # lean server install: data, no pictures
             log.warning("matplotlib is not installed; skipping plots (pip install 'fedkd[server]')")
             return []
+        from fedkd.plots import plot_accuracy_vs_bytes, plot_accuracy_vs_round
 
         series = {"student": self.records}
         return [
