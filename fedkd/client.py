@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,6 +145,33 @@ class FDClient:
         self.optimizer = make_optimizer(self.model, self.train_cfg)
 
     # ------------------------------------------------------------ persistence
+    restored: bool = False  # True once state came from Context.state or a checkpoint file
+
+    def _checkpoint_path(self, server_round: int) -> Path | None:
+        if not (self.cfg.client_checkpoints and self.cfg.run_dir):
+            return None
+        return Path(self.cfg.run_dir) / "clients" / f"{self.partition_id}" / f"round-{server_round}.pt"
+
+    def restore_from_disk(self, server_round: int) -> None:
+        """After a server crash, a simulated client's in-memory state is gone: reload the state
+        it had at the end of the previous round (written by :meth:`save_to_disk`)."""
+        path = self._checkpoint_path(server_round - 1)
+        if not self.restored and path is not None and path.exists():
+            self.load_state_bytes(path.read_bytes())
+
+    def save_to_disk(self, server_round: int) -> None:
+        """Keep this round's state (and the previous one; older files are removed)."""
+        path = self._checkpoint_path(server_round)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(self.state_bytes())
+        os.replace(tmp, path)
+        stale = self._checkpoint_path(server_round - 2)
+        if stale is not None:
+            stale.unlink(missing_ok=True)
+
     def state_bytes(self) -> bytes:
         """Model and optimizer state as one blob (kept in ``Context.state`` between rounds)."""
         buffer = io.BytesIO()
@@ -154,6 +183,7 @@ class FDClient:
         state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
+        self.restored = True
 
     # ------------------------------------------------------------ work
     def _generator(self, server_round: int, salt: int = 0) -> torch.Generator:
@@ -177,6 +207,7 @@ class FDClient:
             "class-counts": self.data.class_counts,
             "partition-id": self.partition_id,
         }
+        self.restore_from_disk(req.server_round)
         if train:
             self._co_distil(req)
             cfg = TrainConfig(
@@ -193,6 +224,7 @@ class FDClient:
             result = evaluate(self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes)
             metrics["test-accuracy"] = result.accuracy
             metrics["test-loss"] = result.loss
+            self.save_to_disk(req.server_round)
         payload = None
         if req.with_predictions or not train:
             payload = self.predict(req)

@@ -104,6 +104,11 @@ class FDConfig:
     client_device: str = _doc("Client device: auto | cpu | cuda", default="cpu")
     torch_threads: int = _doc("torch CPU threads per process (1 suits small models and one Ray worker per core)", default=1)
     run_dir: str = _doc("Directory for metrics.json, plots and checkpoints ('' = no files)", default="")
+    checkpoint: bool = _doc("Save the server state to <run-dir>/checkpoint.pt after every round", default=True)
+    resume: bool = _doc("Continue from <run-dir>/checkpoint.pt when it exists", default=False)
+    client_checkpoints: bool = _doc(
+        "Simulation only: clients also keep their state under <run-dir>/clients so a resumed run "
+        "restarts them where they were (devices keep their own state)", default=False)
 
     def __post_init__(self) -> None:
         _validate(self)

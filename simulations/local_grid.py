@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity  # internal, see module docstring
@@ -93,10 +93,18 @@ class LocalGrid(Grid):
 
 
 def _wire_copy(msg: Message) -> Message:
-    """A deep copy, so the client cannot share objects with the server (as over a wire)."""
+    """A copy that shares no objects with the original, as if it had crossed a wire."""
     import copy
 
-    return copy.deepcopy(msg)
+    content = RecordDict()
+    for name, record in msg.content.items():
+        if isinstance(record, ArrayRecord):
+            content[name] = ArrayRecord(
+                {k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=bytes(a.data)) for k, a in record.items()}
+            )
+        else:
+            content[name] = copy.deepcopy(record)
+    return Message(metadata=copy.deepcopy(msg.metadata), content=content)
 
 
 def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int, **grid_kwargs: Any) -> LocalGrid:

@@ -17,9 +17,11 @@ overrides :meth:`start` with its own loop, written as one named step per arrow a
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,6 +128,7 @@ class FedDistill(Strategy):
         self.teacher: tuple[np.ndarray, np.ndarray] | None = None  # (probs, public indices)
         self.callbacks: list[RoundCallback] = []
         self._pending_indices: np.ndarray | None = None  # configure_train → aggregate_train
+        self.checkpoint_path: Path | None = None  # set by the ServerApp when checkpointing
 
     # ------------------------------------------------------------------ Strategy API
     def summary(self) -> None:
@@ -184,11 +187,50 @@ class FedDistill(Strategy):
         for server_round in range(first_round, num_rounds + 1):
             record = self.run_round(grid, server_round, timeout)
             self.history.append(record)
+            if self.checkpoint_path is not None:
+                self.save_checkpoint(self.checkpoint_path)
             for callback in self.callbacks:
                 callback(record)
         result = Result()
         result.arrays = ArrayRecord(self.student.state_dict())
         return result
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly: student, optimizer, round, RNG,
+        history, cumulative bytes and the last teacher (tensors and plain types only)."""
+        return {
+            "round": self.history[-1].round if self.history else 0,
+            "student": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "history": [r.as_dict() for r in self.history],
+            "cum_bytes": self.cum_bytes,
+            "teacher": None if self.teacher is None else [torch.as_tensor(a) for a in self.teacher],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore :meth:`state_dict`; returns the last completed round."""
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.history = [RoundRecord(**r) for r in state["history"]]
+        self.cum_bytes = int(state["cum_bytes"])
+        teacher = state["teacher"]
+        self.teacher = None if teacher is None else (teacher[0].numpy(), teacher[1].numpy())
+        return int(state["round"])
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Atomic: write a temporary file next to ``path``, then rename it over ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | Path) -> int:
+        """Load a checkpoint written by :meth:`save_checkpoint`; returns its round."""
+        return self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
     # ------------------------------------------------------------------ one round
     def run_round(self, grid: Grid, server_round: int, timeout: float) -> RoundRecord:

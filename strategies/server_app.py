@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,9 +63,25 @@ def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> Run
             test, device=resolve_device(cfg.device),
         )
         strategy.callbacks.extend(all_callbacks)
-        strategy.start(grid)
+        strategy.start(grid, first_round=_prepare_checkpoint(strategy, cfg, recorder) + 1)
     recorder.save_plots()
     return recorder
+
+
+def _prepare_checkpoint(strategy: FedDistill, cfg: FDConfig, recorder: RunRecorder) -> int:
+    """Point the strategy at ``<run-dir>/checkpoint.pt``; on resume, load it and replay the
+    recorded rounds into the recorder. Returns the last completed round (0 for a fresh run)."""
+    if not cfg.run_dir or not cfg.checkpoint:
+        return 0
+    path = Path(cfg.run_dir) / "checkpoint.pt"
+    strategy.checkpoint_path = path
+    if not (cfg.resume and path.exists()):
+        return 0
+    last = strategy.load_checkpoint(path)
+    recorder.records = [r.as_dict() for r in strategy.history]
+    log.warning("resumed from %s after round %d", path, last)
+    print(f"resuming after round {last} from {path}", flush=True)
+    return last
 
 
 # `flwr run .` loads this object (pyproject: [tool.flwr.app.components] serverapp).
