@@ -128,9 +128,7 @@ class FDClient:
     persistent part is :meth:`state_bytes`, which the ClientApp keeps in ``Context.state``.
     """
 
-    def __init__(
-        self, cfg: FDConfig, data: ClientData, model_name: str, partition_id: int
-    ) -> None:
+    def __init__(self, cfg: FDConfig, data: ClientData, model_name: str, partition_id: int) -> None:
         self.cfg = cfg
         self.data = data
         self.model_name = model_name
@@ -140,7 +138,10 @@ class FDClient:
         torch.manual_seed(cfg.seed * 10_007 + partition_id)  # reproducible initial weights
         self.model = build_model(model_name, data.input_shape, data.num_classes).to(self.device)
         self.train_cfg = TrainConfig(
-            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer  # type: ignore[arg-type]
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            optimizer=cfg.optimizer,  # type: ignore[arg-type]
         )
         self.optimizer = make_optimizer(self.model, self.train_cfg)
 
@@ -150,7 +151,9 @@ class FDClient:
     def _checkpoint_path(self, server_round: int) -> Path | None:
         if not (self.cfg.client_checkpoints and self.cfg.run_dir):
             return None
-        return Path(self.cfg.run_dir) / "clients" / f"{self.partition_id}" / f"round-{server_round}.pt"
+        return (
+            Path(self.cfg.run_dir) / "clients" / f"{self.partition_id}" / f"round-{server_round}.pt"
+        )
 
     def restore_from_disk(self, server_round: int) -> None:
         """After a server crash, a simulated client's in-memory state is gone: reload the state
@@ -218,10 +221,16 @@ class FDClient:
             )
             _set_lr(self.optimizer, req.lr)
             metrics["train-loss"] = train_supervised(
-                self.model, self.data.train_x, self.data.train_y, cfg,
-                optimizer=self.optimizer, generator=self._generator(req.server_round),
+                self.model,
+                self.data.train_x,
+                self.data.train_y,
+                cfg,
+                optimizer=self.optimizer,
+                generator=self._generator(req.server_round),
             )
-            result = evaluate(self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes)
+            result = evaluate(
+                self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes
+            )
             metrics["test-accuracy"] = result.accuracy
             metrics["test-loss"] = result.loss
             self.save_to_disk(req.server_round)
@@ -243,7 +252,9 @@ class FDClient:
             return
         self.check_public(req)
         cfg = TrainConfig(
-            epochs=req.distill_epochs, batch_size=self.train_cfg.batch_size, lr=req.lr,
+            epochs=req.distill_epochs,
+            batch_size=self.train_cfg.batch_size,
+            lr=req.lr,
             optimizer=self.train_cfg.optimizer,
         )
         distill(
@@ -258,8 +269,14 @@ class FDClient:
 
     def evaluate(self) -> dict[str, int | float]:
         """Local model on the shared test set."""
-        result = evaluate(self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes)
-        return {"num-examples": result.num_examples, "test-accuracy": result.accuracy, "test-loss": result.loss}
+        result = evaluate(
+            self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes
+        )
+        return {
+            "num-examples": result.num_examples,
+            "test-accuracy": result.accuracy,
+            "test-loss": result.loss,
+        }
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -269,7 +286,12 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def train_from_global(
-    client: FDClient, global_state: dict[str, torch.Tensor], *, server_round: int, epochs: int, lr: float
+    client: FDClient,
+    global_state: dict[str, torch.Tensor],
+    *,
+    server_round: int,
+    epochs: int,
+    lr: float,
 ) -> tuple[dict[str, torch.Tensor], dict[str, int | float]]:
     """The FedAvg baseline's client step: load the global weights, train locally, return them.
 
@@ -277,11 +299,19 @@ def train_from_global(
     what crosses the wire. The optimizer starts fresh each round, as in McMahan et al. (2017).
     """
     client.model.load_state_dict(global_state)
-    cfg = TrainConfig(epochs=epochs, batch_size=client.train_cfg.batch_size, lr=lr,
-                      optimizer=client.train_cfg.optimizer)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=client.train_cfg.batch_size,
+        lr=lr,
+        optimizer=client.train_cfg.optimizer,
+    )
     loss = train_supervised(
-        client.model, client.data.train_x, client.data.train_y, cfg,
-        optimizer=make_optimizer(client.model, cfg), generator=client._generator(server_round),
+        client.model,
+        client.data.train_x,
+        client.data.train_y,
+        cfg,
+        optimizer=make_optimizer(client.model, cfg),
+        generator=client._generator(server_round),
     )
     metrics = {"num-examples": len(client.data.train_y), "train-loss": loss}
     return {k: v.detach().cpu() for k, v in client.model.state_dict().items()}, metrics

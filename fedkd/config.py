@@ -61,7 +61,9 @@ class FDConfig:
     """
 
     # --- federation -----------------------------------------------------------------------
-    strategy: str = _doc("'fd' (federated distillation) or 'fedavg' (Flower's FedAvg baseline)", default="fd")
+    strategy: str = _doc(
+        "'fd' (federated distillation) or 'fedavg' (Flower's FedAvg baseline)", default="fd"
+    )
     num_rounds: int = _doc("Server rounds", default=10)
     num_clients: int = _doc("Clients (partitions) in the federation", default=10)
     fraction_train: float = _doc("Fraction of connected clients sampled per round", default=1.0)
@@ -75,40 +77,67 @@ class FDConfig:
     alpha: float = _doc("Dirichlet concentration (smaller = more skewed)", default=0.5)
     classes_per_partition: int = _doc("Classes per client (pathological)", default=2)
     shards_per_partition: int = _doc("Shards per client (shard)", default=2)
-    public_fraction: float = _doc("Share of the data held out as the public unlabeled set", default=0.3)
-    public_subset: int = _doc("Public samples queried per round; 0 = all (DS-FL: fresh subset)", default=0)
+    public_fraction: float = _doc(
+        "Share of the data held out as the public unlabeled set", default=0.3
+    )
+    public_subset: int = _doc(
+        "Public samples queried per round; 0 = all (DS-FL: fresh subset)", default=0
+    )
     # --- models ---------------------------------------------------------------------------
-    client_models: str = _doc("Comma-separated model names, assigned round-robin by partition id", default="mlp,cnn")
-    student_model: str = _doc("Server-side student architecture (FedAvg: every client's model)", default="cnn")
+    client_models: str = _doc(
+        "Comma-separated model names, assigned round-robin by partition id", default="mlp,cnn"
+    )
+    student_model: str = _doc(
+        "Server-side student architecture (FedAvg: every client's model)", default="cnn"
+    )
     # --- local training -------------------------------------------------------------------
     local_epochs: int = _doc("Local supervised epochs per round", default=5)
     batch_size: int = _doc("Mini-batch size (clients and student)", default=32)
     lr: float = _doc("Client learning rate", default=0.1)
     optimizer: str = _doc("sgd | adam", default="sgd")
     # --- distillation ---------------------------------------------------------------------
-    temperature: float = _doc("Softmax temperature of the uploaded soft labels and of KD", default=2.0)
+    temperature: float = _doc(
+        "Softmax temperature of the uploaded soft labels and of KD", default=2.0
+    )
     aggregation: str = _doc("Teacher aggregation rule (strategies.aggregation)", default="mean")
     era_temperature: float = _doc("ERA sharpening temperature (<1 sharpens)", default=0.5)
     trim_ratio: float = _doc("Share trimmed at each end by trimmed_mean", default=0.2)
-    divergence: str = _doc("KD divergence: kl | reverse_kl | symmetric_kl | soft_ce | mse", default="kl")
+    divergence: str = _doc(
+        "KD divergence: kl | reverse_kl | symmetric_kl | soft_ce | mse", default="kl"
+    )
     t2_scaling: bool = _doc("Multiply the KD loss by T² (Hinton et al. 2015)", default=True)
     server_epochs: int = _doc("Student distillation epochs per round on the public set", default=5)
     server_lr: float = _doc("Student learning rate", default=0.05)
-    co_distillation: bool = _doc("Send the teacher back; clients distil toward it before training", default=False)
-    client_distill_epochs: int = _doc("Client distillation epochs toward the received teacher", default=1)
+    co_distillation: bool = _doc(
+        "Send the teacher back; clients distil toward it before training", default=False
+    )
+    client_distill_epochs: int = _doc(
+        "Client distillation epochs toward the received teacher", default=1
+    )
     codec: str = _doc("Uplink soft-label codec: none | fp16 | int8 | topk", default="none")
     topk: int = _doc("k for the topk codec", default=3)
-    separate_query: bool = _doc("Ask for soft labels in a second message phase instead of the train reply", default=False)
+    separate_query: bool = _doc(
+        "Ask for soft labels in a second message phase instead of the train reply", default=False
+    )
     # --- runtime --------------------------------------------------------------------------
     device: str = _doc("Server device: auto | cpu | cuda", default="auto")
     client_device: str = _doc("Client device: auto | cpu | cuda", default="cpu")
-    torch_threads: int = _doc("torch CPU threads per process (1 suits small models and one Ray worker per core)", default=1)
-    run_dir: str = _doc("Directory for metrics.json, plots and checkpoints ('' = no files)", default="")
-    checkpoint: bool = _doc("Save the server state to <run-dir>/checkpoint.pt after every round", default=True)
+    torch_threads: int = _doc(
+        "torch CPU threads per process (1 suits small models and one Ray worker per core)",
+        default=1,
+    )
+    run_dir: str = _doc(
+        "Directory for metrics.json, plots and checkpoints ('' = no files)", default=""
+    )
+    checkpoint: bool = _doc(
+        "Save the server state to <run-dir>/checkpoint.pt after every round", default=True
+    )
     resume: bool = _doc("Continue from <run-dir>/checkpoint.pt when it exists", default=False)
     client_checkpoints: bool = _doc(
         "Simulation only: clients also keep their state under <run-dir>/clients so a resumed run "
-        "restarts them where they were (devices keep their own state)", default=False)
+        "restarts them where they were (devices keep their own state)",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -128,7 +157,9 @@ class FDConfig:
     def kd_spec(self) -> KDSpec:
         """The distillation settings as the KD core's spec."""
         return KDSpec(
-            temperature=self.temperature, divergence=self.divergence, t2_scaling=self.t2_scaling  # type: ignore[arg-type]
+            temperature=self.temperature,
+            divergence=self.divergence,
+            t2_scaling=self.t2_scaling,  # type: ignore[arg-type]
         )
 
 
@@ -156,24 +187,54 @@ def _validate(cfg: FDConfig) -> None:
     _one_of(cfg, "client_device", ("auto", "cpu", "cuda"))
     models = available_models()
     for name in (*cfg.client_model_names, cfg.student_model):
-        _require(name in models, "client-models" if name != cfg.student_model else "student-model",
-                 f"unknown model {name!r}; allowed: {', '.join(models)}")
+        _require(
+            name in models,
+            "client-models" if name != cfg.student_model else "student-model",
+            f"unknown model {name!r}; allowed: {', '.join(models)}",
+        )
     _require(len(cfg.client_model_names) > 0, "client-models", "needs at least one model name")
-    positive = ("num_rounds", "num_clients", "min_train_nodes", "min_replies", "local_epochs",
-                "batch_size", "server_epochs", "topk", "torch_threads", "classes_per_partition", "shards_per_partition")
+    positive = (
+        "num_rounds",
+        "num_clients",
+        "min_train_nodes",
+        "min_replies",
+        "local_epochs",
+        "batch_size",
+        "server_epochs",
+        "topk",
+        "torch_threads",
+        "classes_per_partition",
+        "shards_per_partition",
+    )
     for name in positive:
         _require(getattr(cfg, name) >= 1, _key(name), f"must be >= 1, got {getattr(cfg, name)}")
     for name in ("lr", "server_lr", "temperature", "era_temperature", "alpha", "round_timeout"):
         _require(getattr(cfg, name) > 0, _key(name), f"must be > 0, got {getattr(cfg, name)}")
-    _require(0.0 < cfg.fraction_train <= 1.0, "fraction-train", f"must be in (0, 1], got {cfg.fraction_train}")
-    _require(0.0 < cfg.public_fraction < 1.0, "public-fraction", f"must be in (0, 1), got {cfg.public_fraction}")
-    _require(0.0 <= cfg.trim_ratio < 0.5, "trim-ratio", f"must be in [0, 0.5), got {cfg.trim_ratio}")
+    _require(
+        0.0 < cfg.fraction_train <= 1.0,
+        "fraction-train",
+        f"must be in (0, 1], got {cfg.fraction_train}",
+    )
+    _require(
+        0.0 < cfg.public_fraction < 1.0,
+        "public-fraction",
+        f"must be in (0, 1), got {cfg.public_fraction}",
+    )
+    _require(
+        0.0 <= cfg.trim_ratio < 0.5, "trim-ratio", f"must be in [0, 0.5), got {cfg.trim_ratio}"
+    )
     _require(cfg.public_subset >= 0, "public-subset", f"must be >= 0, got {cfg.public_subset}")
     _require(cfg.client_distill_epochs >= 0, "client-distill-epochs", "must be >= 0")
-    _require(cfg.min_train_nodes <= cfg.num_clients, "min-train-nodes",
-             f"samples {cfg.min_train_nodes} clients but only num-clients={cfg.num_clients} exist")
-    _require(cfg.min_replies <= cfg.num_clients, "min-replies",
-             f"needs {cfg.min_replies} replies but only num-clients={cfg.num_clients} exist")
+    _require(
+        cfg.min_train_nodes <= cfg.num_clients,
+        "min-train-nodes",
+        f"samples {cfg.min_train_nodes} clients but only num-clients={cfg.num_clients} exist",
+    )
+    _require(
+        cfg.min_replies <= cfg.num_clients,
+        "min-replies",
+        f"needs {cfg.min_replies} replies but only num-clients={cfg.num_clients} exist",
+    )
 
 
 def _check_types(cfg: FDConfig) -> None:
@@ -183,11 +244,14 @@ def _check_types(cfg: FDConfig) -> None:
         ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
-        _require(ok, _key(f.name), f"expected {expected.__name__}, got {type(value).__name__} {value!r}")
+        _require(
+            ok, _key(f.name), f"expected {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
 
 
 _FIELD_TYPES: dict[str, type] = {
-    f.name: {"bool": bool, "int": int, "float": float, "str": str}[str(f.type)] for f in fields(FDConfig)
+    f.name: {"bool": bool, "int": int, "float": float, "str": str}[str(f.type)]
+    for f in fields(FDConfig)
 }
 
 
@@ -223,11 +287,13 @@ def check_unknown_keys(mapping: Mapping[str, Any]) -> None:
     known = set(config_keys())
     unknown = sorted(set(mapping) - known)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        )
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Flower passes TOML ints for floats (``lr = 1``); widen those, leave the rest to validation."""
+    """Flower passes TOML ints for floats (``lr = 1``): widen those; validation does the rest."""
     if _FIELD_TYPES[name] is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value

@@ -31,7 +31,9 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_round(series: Series, path: str | Path, *, key: str = "student_accuracy") -> Path:
+def plot_accuracy_vs_round(
+    series: Series, path: str | Path, *, key: str = "student_accuracy"
+) -> Path:
     """Test accuracy per round, one line per run/strategy."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -43,14 +45,26 @@ def plot_accuracy_vs_round(series: Series, path: str | Path, *, key: str = "stud
     return _save(fig, path)
 
 
-def plot_accuracy_vs_bytes(series: Series, path: str | Path, *, key: str = "student_accuracy") -> Path:
+def plot_accuracy_vs_bytes(
+    series: Series, path: str | Path, *, key: str = "student_accuracy"
+) -> Path:
     """Test accuracy against cumulative bytes (up + down), log-scaled: the FD-vs-FedAvg view."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in series.items():
-        ax.plot([max(r["cum_bytes"], 1) for r in records], [r[key] for r in records], marker="o", label=label)
-    ax.set(xscale="log", xlabel="cumulative bytes (up + down)", ylabel="test accuracy",
-           title="Accuracy vs communication", ylim=(0, 1))
+        ax.plot(
+            [max(r["cum_bytes"], 1) for r in records],
+            [r[key] for r in records],
+            marker="o",
+            label=label,
+        )
+    ax.set(
+        xscale="log",
+        xlabel="cumulative bytes (up + down)",
+        ylabel="test accuracy",
+        title="Accuracy vs communication",
+        ylim=(0, 1),
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     return _save(fig, path)

@@ -28,12 +28,18 @@ class References:
     centralized: float
 
 
-def _train_eval(cfg: FDConfig, model_name: str, x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
+def _train_eval(
+    cfg: FDConfig, model_name: str, x: torch.Tensor, y: torch.Tensor, seed: int
+) -> float:
     splits = load_splits_for(cfg)
     torch.manual_seed(seed)
     model = build_model(model_name, splits.input_shape, splits.num_classes)
-    train_cfg = TrainConfig(epochs=cfg.num_rounds * cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                            optimizer=cfg.optimizer)  # type: ignore[arg-type]
+    train_cfg = TrainConfig(
+        epochs=cfg.num_rounds * cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+    )  # type: ignore[arg-type]
     if len(y):
         train_supervised(model, x, y, train_cfg, generator=torch.Generator().manual_seed(seed))
     return evaluate(model, splits.test_x, splits.test_y, num_classes=splits.num_classes).accuracy
@@ -45,9 +51,19 @@ def compute_references(cfg: FDConfig) -> References:
     splits = load_splits_for(cfg)
     parts = client_partitions(cfg, cfg.num_clients)
     local = [
-        _train_eval(cfg, cfg.model_for_partition(pid), splits.train_x[idx], splits.train_y[idx], cfg.seed + pid)
+        _train_eval(
+            cfg,
+            cfg.model_for_partition(pid),
+            splits.train_x[idx],
+            splits.train_y[idx],
+            cfg.seed + pid,
+        )
         for pid, idx in enumerate(parts)
     ]
     pooled = torch.as_tensor(sorted(i for p in parts for i in p.tolist()), dtype=torch.long)
-    central = _train_eval(cfg, cfg.student_model, splits.train_x[pooled], splits.train_y[pooled], cfg.seed)
-    return References(local_only_mean=sum(local) / len(local), local_only=local, centralized=central)
+    central = _train_eval(
+        cfg, cfg.student_model, splits.train_x[pooled], splits.train_y[pooled], cfg.seed
+    )
+    return References(
+        local_only_mean=sum(local) / len(local), local_only=local, centralized=central
+    )

@@ -41,17 +41,28 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"invalid config key 'simulation.backend': {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+            raise ValueError(
+                f"invalid config key 'simulation.backend': {self.backend!r}; "
+                f"allowed: {', '.join(BACKENDS)}"
+            )
         if self.client_cpus < 1:
-            raise ValueError(f"invalid config key 'simulation.client_cpus': must be >= 1, got {self.client_cpus}")
-        if not 0.0 <= self.client_gpus:
-            raise ValueError(f"invalid config key 'simulation.client_gpus': must be >= 0, got {self.client_gpus}")
+            raise ValueError(
+                f"invalid config key 'simulation.client_cpus': must be >= 1, got {self.client_cpus}"
+            )
+        if not self.client_gpus >= 0.0:
+            raise ValueError(
+                f"invalid config key 'simulation.client_gpus': must be >= 0, got {self.client_gpus}"
+            )
 
 
 def ray_init_args(sim: SimulationConfig) -> dict[str, Any]:
     """Arguments for ``ray.init``: attach to a cluster, or size a local one."""
     address = sim.address or os.environ.get("RAY_ADDRESS")
-    args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    args: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+    }
     if address:
         args["address"] = address
         return args
@@ -62,26 +73,36 @@ def ray_init_args(sim: SimulationConfig) -> dict[str, Any]:
     return args
 
 
-def run_ray(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, sim: SimulationConfig) -> None:
+def run_ray(
+    server_app: ServerApp, client_app: ClientApp, num_supernodes: int, sim: SimulationConfig
+) -> None:
     """Run the apps on Flower's Ray simulation engine (the one deprecated call lives here)."""
     import ray
     from flwr.simulation import run_simulation
 
     if not ray.is_initialized():
         ray.init(**ray_init_args(sim))
-    backend_config = {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}}
+    backend_config = {
+        "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
+    }
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
             run_simulation(
-                server_app=server_app, client_app=client_app, num_supernodes=num_supernodes,
-                backend_name="ray", backend_config=backend_config, verbose_logging=sim.verbose,  # type: ignore[arg-type]
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_supernodes,
+                backend_name="ray",
+                backend_config=backend_config,
+                verbose_logging=sim.verbose,  # type: ignore[arg-type]
             )
     finally:
         ray.shutdown()
 
 
-def run_apps(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, sim: SimulationConfig) -> None:
+def run_apps(
+    server_app: ServerApp, client_app: ClientApp, num_supernodes: int, sim: SimulationConfig
+) -> None:
     """Dispatch to the configured backend."""
     if sim.backend == "local":
         from simulations.local_grid import run_local

@@ -29,7 +29,10 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(f"invalid config key 'logging.wandb.mode': {self.mode!r}; allowed: {', '.join(MODES)}")
+            raise ConfigError(
+                f"invalid config key 'logging.wandb.mode': {self.mode!r}; "
+                f"allowed: {', '.join(MODES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,9 @@ def flatten_fd_groups(cfg: DictConfig | dict[str, Any]) -> tuple[dict[str, Any],
         for key, value in (tree.get(group) or {}).items():  # type: ignore[union-attr]
             path = f"{group}.{key}"
             if key not in known:
-                raise ConfigError(f"unknown config key '{path}'; FD keys are: {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"unknown config key '{path}'; FD keys are: {', '.join(sorted(known))}"
+                )
             if key in flat:
                 raise ConfigError(f"config key '{key}' is set twice: '{paths[key]}' and '{path}'")
             flat[key], paths[key] = value, path
@@ -69,7 +74,9 @@ def build_run_spec(cfg: DictConfig | dict[str, Any], *, run_dir: str = "") -> Ru
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     sim = SimulationConfig(**_section(tree, "simulation"))
     log_cfg = LoggingConfig(**_section(_section(tree, "logging"), "wandb"))
-    return RunSpec(fd=fd, simulation=sim, logging=log_cfg, references=bool(tree.get("references", True)))
+    return RunSpec(
+        fd=fd, simulation=sim, logging=log_cfg, references=bool(tree.get("references", True))
+    )
 
 
 def _section(tree: Any, key: str) -> dict[str, Any]:

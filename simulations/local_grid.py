@@ -38,10 +38,15 @@ class LocalGrid(Grid):
     ) -> None:
         self.client_app = client_app
         self._node_ids = [1000 + i for i in range(num_nodes)]
-        configs = node_configs or [{"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)]
+        configs = node_configs or [
+            {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)
+        ]
         self.contexts = {
             node_id: Context(
-                run_id=RUN_ID, node_id=node_id, node_config=dict(cfg), state=RecordDict(),
+                run_id=RUN_ID,
+                node_id=node_id,
+                node_config=dict(cfg),
+                state=RecordDict(),
                 run_config=dict(run_config or {}),
             )
             for node_id, cfg in zip(self._node_ids, configs, strict=True)
@@ -49,14 +54,14 @@ class LocalGrid(Grid):
         self._replies: dict[str, Message] = {}
 
     # ------------------------------------------------------------------ Grid API
-    def set_run(self, run: Any) -> None:  # noqa: D102 - Grid API, nothing to set here
+    def set_run(self, run: Any) -> None:
         return None
 
     @property
-    def run(self) -> Any:  # noqa: D102
+    def run(self) -> Any:
         raise NotImplementedError("LocalGrid has no Run object")
 
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102 - deprecated API
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
         raise NotImplementedError("use the Message constructor")
 
     def get_node_ids(self) -> Iterable[int]:
@@ -76,7 +81,9 @@ class LocalGrid(Grid):
         """Replies to the given message ids (each returned once)."""
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         """Push then pull: every reply is ready at once."""
         return self.pull_messages(self.push_messages(messages))
 
@@ -100,20 +107,30 @@ def _wire_copy(msg: Message) -> Message:
     for name, record in msg.content.items():
         if isinstance(record, ArrayRecord):
             content[name] = ArrayRecord(
-                {k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=bytes(a.data)) for k, a in record.items()}
+                {
+                    k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=bytes(a.data))
+                    for k, a in record.items()
+                }
             )
         else:
             content[name] = copy.deepcopy(record)
     return Message(metadata=copy.deepcopy(msg.metadata), content=content)
 
 
-def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int, **grid_kwargs: Any) -> LocalGrid:
+def run_local(
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, **grid_kwargs: Any
+) -> LocalGrid:
     """Run ``server_app`` to completion against ``num_nodes`` in-process clients."""
     grid = LocalGrid(client_app, num_nodes, **grid_kwargs)
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = RUN_ID
     TaskIdentity.node_id = SERVER_NODE_ID
-    context = Context(run_id=RUN_ID, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
-                      run_config=dict(grid_kwargs.get("run_config") or {}))
+    context = Context(
+        run_id=RUN_ID,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(grid_kwargs.get("run_config") or {}),
+    )
     server_app(grid, context)
     return grid

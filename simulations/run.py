@@ -12,7 +12,6 @@ offline W&B run.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,9 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkd.client import client_partitions, load_splits_for
+from fedkd.client_app import make_client_app
 from fedkd.config import to_run_config
 from fedkd.data import label_histogram, plot_label_histogram
-from fedkd.client_app import make_client_app
 from simulations.engine import run_apps
 from simulations.hydra_config import RunSpec, build_run_spec
 from simulations.tracking import Tracker
@@ -45,8 +44,14 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
     if resolved_config is not None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
     save_partition_plot(spec)
-    tracker = Tracker(mode=spec.logging.mode, project=spec.logging.project, group=spec.logging.group,
-                      name=run_dir.name, run_dir=run_dir, config=to_run_config(cfg))
+    tracker = Tracker(
+        mode=spec.logging.mode,
+        project=spec.logging.project,
+        group=spec.logging.group,
+        name=run_dir.name,
+        run_dir=run_dir,
+        config=to_run_config(cfg),
+    )
     records: list[RoundRecord] = []
 
     def on_round(record: RoundRecord) -> None:
@@ -56,8 +61,12 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
     started = time.perf_counter()
     run_config = to_run_config(cfg)
     try:
-        run_apps(make_server_app(run_config, [on_round]), make_client_app(run_config), cfg.num_clients,
-                 spec.simulation)
+        run_apps(
+            make_server_app(run_config, [on_round]),
+            make_client_app(run_config),
+            cfg.num_clients,
+            spec.simulation,
+        )
         summary = summarize(spec, records, time.perf_counter() - started)
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     finally:
@@ -70,7 +79,9 @@ def save_partition_plot(spec: RunSpec) -> Path:
     """Per-client label histogram of this run's partition (data and picture)."""
     cfg = spec.fd
     splits = load_splits_for(cfg)
-    hist = label_histogram(splits.train_y.numpy(), client_partitions(cfg, cfg.num_clients), splits.num_classes)
+    hist = label_histogram(
+        splits.train_y.numpy(), client_partitions(cfg, cfg.num_clients), splits.num_classes
+    )
     write_json_atomic(Path(cfg.run_dir) / "partition.json", hist.tolist())
     title = f"{cfg.dataset}: {cfg.partition} partition over {cfg.num_clients} clients"
     return plot_label_histogram(hist, Path(cfg.run_dir) / "partition.png", title=title)
@@ -95,18 +106,26 @@ def summarize(spec: RunSpec, records: list[RoundRecord], seconds: float) -> dict
         from fedkd.references import compute_references
 
         refs = compute_references(spec.fd)
-        summary.update(local_only_accuracy=refs.local_only_mean, local_only_per_client=refs.local_only,
-                       centralized_accuracy=refs.centralized)
+        summary.update(
+            local_only_accuracy=refs.local_only_mean,
+            local_only_per_client=refs.local_only,
+            centralized_accuracy=refs.centralized,
+        )
     return summary
 
 
 def print_summary(summary: dict[str, Any], run_dir: str) -> None:
     """The last lines a user reads."""
-    print(f"\nfinal student accuracy {summary['final_student_accuracy']:.3f} after {summary['rounds']} rounds, "
-          f"{summary['cum_bytes'] / 2**20:.2f} MiB exchanged, {summary['wall_seconds']:.0f}s")
+    print(
+        f"\nfinal student accuracy {summary['final_student_accuracy']:.3f} "
+        f"after {summary['rounds']} rounds, "
+        f"{summary['cum_bytes'] / 2**20:.2f} MiB exchanged, {summary['wall_seconds']:.0f}s"
+    )
     if "local_only_accuracy" in summary:
-        print(f"references: local-only mean {summary['local_only_accuracy']:.3f}, "
-              f"centralized {summary['centralized_accuracy']:.3f}")
+        print(
+            f"references: local-only mean {summary['local_only_accuracy']:.3f}, "
+            f"centralized {summary['centralized_accuracy']:.3f}"
+        )
     print(f"outputs in {run_dir}")
 
 

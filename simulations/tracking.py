@@ -30,11 +30,14 @@ class Tracker:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"invalid config key 'logging.wandb.mode': {mode!r}; allowed: {', '.join(MODES)}")
+            raise ValueError(
+                f"invalid config key 'logging.wandb.mode': {mode!r}; allowed: {', '.join(MODES)}"
+            )
         if mode == "online" and not os.environ.get("WANDB_API_KEY"):
             raise ValueError(
                 "invalid config key 'logging.wandb.mode': 'online' needs WANDB_API_KEY in the "
-                "environment (fedkd never prompts for a login); use 'offline' and `wandb sync` later"
+                "environment (fedkd never prompts for a login); use 'offline' and "
+                "`wandb sync` later"
             )
         self.mode = mode
         self._run: Any = None
@@ -46,8 +49,13 @@ class Tracker:
 
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(
-            project=project, name=name, group=group, dir=str(run_dir), mode=mode,
-            config=dict(config or {}), reinit="finish_previous",
+            project=project,
+            name=name,
+            group=group,
+            dir=str(run_dir),
+            mode=mode,
+            config=dict(config or {}),
+            reinit="finish_previous",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
 
@@ -65,7 +73,11 @@ class Tracker:
         """Log numeric metrics (non-numeric values are skipped: W&B tables are not needed)."""
         if self._run is None:
             return
-        numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        numeric = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
         self._run.log(numeric, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:

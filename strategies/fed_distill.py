@@ -119,7 +119,10 @@ class FedDistill(Strategy):
         self.public_hash = P.public_hash(public.inputs.numpy())
         self.test = test
         self.student_cfg = TrainConfig(
-            epochs=cfg.server_epochs, batch_size=cfg.batch_size, lr=cfg.server_lr, optimizer=cfg.optimizer  # type: ignore[arg-type]
+            epochs=cfg.server_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.server_lr,
+            optimizer=cfg.optimizer,  # type: ignore[arg-type]
         )
         self.optimizer = make_optimizer(self.student, self.student_cfg)
         self.rng = np.random.default_rng(cfg.seed)
@@ -136,7 +139,12 @@ class FedDistill(Strategy):
         c = self.cfg
         log.info(
             "FedDistill: aggregation=%s T=%.2f codec=%s public=%d subset=%s co-distillation=%s",
-            c.aggregation, c.temperature, c.codec, self.public.size, c.public_subset or "all", c.co_distillation,
+            c.aggregation,
+            c.temperature,
+            c.codec,
+            self.public.size,
+            c.public_subset or "all",
+            c.co_distillation,
         )
 
     def configure_train(
@@ -173,12 +181,18 @@ class FedDistill(Strategy):
         """FD evaluates the student centrally; no client evaluation phase."""
         return []
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         """No client evaluation phase (see :meth:`configure_evaluate`)."""
         return None
 
     def start(  # type: ignore[override]
-        self, grid: Grid, num_rounds: int | None = None, timeout: float | None = None, first_round: int = 1
+        self,
+        grid: Grid,
+        num_rounds: int | None = None,
+        timeout: float | None = None,
+        first_round: int = 1,
     ) -> Result:
         """Run rounds ``first_round .. num_rounds`` and return the final student weights."""
         num_rounds = num_rounds or self.cfg.num_rounds
@@ -238,31 +252,52 @@ class FedDistill(Strategy):
         started = time.perf_counter()
         nodes = self.sample_nodes(grid)
         indices = self.choose_public_indices()
-        train_req = self.make_request(server_round, indices, with_predictions=not self.cfg.separate_query)
+        train_req = self.make_request(
+            server_round, indices, with_predictions=not self.cfg.separate_query
+        )
         replies, down, up = self.exchange(grid, nodes, P.TRAIN, train_req, timeout)
         if self.cfg.separate_query:
-            query_req = self.make_request(server_round, indices, with_predictions=True, teacher=False)
+            query_req = self.make_request(
+                server_round, indices, with_predictions=True, teacher=False
+            )
             answered = [r.metadata.src_node_id for r in replies if not r.has_error()]
             replies, d2, u2 = self.exchange(grid, answered, P.QUERY, query_req, timeout)
             down, up = down + d2, up + u2
-        valid, rejected = self.validate(replies, len(indices) if indices is not None else self.public.size)
+        valid, rejected = self.validate(
+            replies, len(indices) if indices is not None else self.public.size
+        )
         self.cum_bytes += up + down
         record = RoundRecord(
-            round=server_round, student_accuracy=float("nan"), student_loss=float("nan"),
-            client_accuracy=_mean_metric(valid, P.TEST_ACCURACY), teacher_accuracy=None,
-            bytes_up=up, bytes_down=down, cum_bytes=self.cum_bytes, valid_replies=len(valid),
-            rejected=len(rejected), rejected_reasons=_count_reasons(rejected),
+            round=server_round,
+            student_accuracy=float("nan"),
+            student_loss=float("nan"),
+            client_accuracy=_mean_metric(valid, P.TEST_ACCURACY),
+            teacher_accuracy=None,
+            bytes_up=up,
+            bytes_down=down,
+            cum_bytes=self.cum_bytes,
+            valid_replies=len(valid),
+            rejected=len(rejected),
+            rejected_reasons=_count_reasons(rejected),
             missing=len(nodes) - len(replies),
         )
         if len(valid) < self.cfg.min_replies:
-            record.status = f"skipped: {len(valid)} valid replies < min-replies={self.cfg.min_replies}"
+            record.status = (
+                f"skipped: {len(valid)} valid replies < min-replies={self.cfg.min_replies}"
+            )
             log.error("round %d %s; the student is unchanged", server_round, record.status)
         else:
             teacher = self.aggregate_teacher(valid)
             record.teacher_accuracy = self.teacher_accuracy(teacher, indices)
             self.distil_student(teacher, indices)
             self.teacher = (teacher, _resolve(indices, self.public.size))
-        result = evaluate(self.student, self.test.x, self.test.y, num_classes=self.test.num_classes, device=self.device)
+        result = evaluate(
+            self.student,
+            self.test.x,
+            self.test.y,
+            num_classes=self.test.num_classes,
+            device=self.device,
+        )
         record.student_accuracy, record.student_loss = result.accuracy, result.loss
         record.wall_seconds = time.perf_counter() - started
         return record
@@ -274,10 +309,14 @@ class FedDistill(Strategy):
         """
         nodes = sorted(grid.get_node_ids())
         while len(nodes) < self.cfg.min_train_nodes:
-            log.info("waiting for nodes: %d connected, %d needed", len(nodes), self.cfg.min_train_nodes)
+            log.info(
+                "waiting for nodes: %d connected, %d needed", len(nodes), self.cfg.min_train_nodes
+            )
             time.sleep(1.0)
             nodes = sorted(grid.get_node_ids())
-        size = min(len(nodes), max(int(len(nodes) * self.cfg.fraction_train), self.cfg.min_train_nodes))
+        size = min(
+            len(nodes), max(int(len(nodes) * self.cfg.fraction_train), self.cfg.min_train_nodes)
+        )
         # Sample positions, not ids: node ids are uint64 and would lose bits in a NumPy array.
         picked = self.rng.choice(len(nodes), size=size, replace=False)
         return [nodes[i] for i in sorted(picked)]
@@ -290,14 +329,25 @@ class FedDistill(Strategy):
         return np.sort(self.rng.choice(self.public.size, size=k, replace=False))
 
     def make_request(
-        self, server_round: int, indices: np.ndarray | None, *, with_predictions: bool = True, teacher: bool = True
+        self,
+        server_round: int,
+        indices: np.ndarray | None,
+        *,
+        with_predictions: bool = True,
+        teacher: bool = True,
     ) -> P.RoundRequest:
         """The round's request; carries last round's teacher when co-distilling."""
         send_teacher = teacher and self.cfg.co_distillation and self.teacher is not None
         return P.RoundRequest(
-            server_round=server_round, local_epochs=self.cfg.local_epochs, lr=self.cfg.lr,
-            temperature=self.cfg.temperature, codec=self.cfg.codec, topk=self.cfg.topk,
-            public_indices=indices, public_size=self.public.size, public_hash=self.public_hash,
+            server_round=server_round,
+            local_epochs=self.cfg.local_epochs,
+            lr=self.cfg.lr,
+            temperature=self.cfg.temperature,
+            codec=self.cfg.codec,
+            topk=self.cfg.topk,
+            public_indices=indices,
+            public_size=self.public.size,
+            public_hash=self.public_hash,
             with_predictions=with_predictions,
             distill_epochs=self.cfg.client_distill_epochs if send_teacher else 0,
             teacher_probs=self.teacher[0] if send_teacher else None,  # type: ignore[index]
@@ -309,18 +359,26 @@ class FedDistill(Strategy):
     ) -> tuple[list[Message], int, int]:
         """Send one request to every node; return replies, bytes down and bytes up."""
         content = P.request_content(req)
-        messages = [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
+        messages = [
+            Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes
+        ]
         down = P.wire_nbytes(content) * len(messages)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         up = sum(P.wire_nbytes(r.content) for r in replies if not r.has_error())
         for r in replies:
             if r.has_error():
-                log.warning("node %s replied with an error: %s", r.metadata.src_node_id, r.error.reason)
+                log.warning(
+                    "node %s replied with an error: %s", r.metadata.src_node_id, r.error.reason
+                )
         return replies, down, up
 
-    def validate(self, replies: list[Message], num_samples: int) -> tuple[list[ValidReply], list[Rejection]]:
+    def validate(
+        self, replies: list[Message], num_samples: int
+    ) -> tuple[list[ValidReply], list[Rejection]]:
         """Check each reply; log and count every rejection (the round goes on)."""
-        expected = Expected(num_samples=num_samples, num_classes=self.test.num_classes, codec=self.cfg.codec)
+        expected = Expected(
+            num_samples=num_samples, num_classes=self.test.num_classes, codec=self.cfg.codec
+        )
         valid: list[ValidReply] = []
         rejected: list[Rejection] = []
         for reply in replies:
@@ -330,7 +388,9 @@ class FedDistill(Strategy):
                 continue
             checked = validate_reply(node, reply.content, expected)
             if isinstance(checked, Rejection):
-                log.warning("rejected reply from node %d (%s): %s", node, checked.reason, checked.detail)
+                log.warning(
+                    "rejected reply from node %d (%s): %s", node, checked.reason, checked.detail
+                )
                 rejected.append(checked)
             else:
                 valid.append(checked)
@@ -349,11 +409,20 @@ class FedDistill(Strategy):
 
     def distil_student(self, teacher: np.ndarray, indices: np.ndarray | None) -> float:
         """KD of the student toward the teacher on the queried public inputs (the one KD core)."""
-        inputs = P.select_public(self.public.inputs, None if indices is None else torch.as_tensor(indices))
+        inputs = P.select_public(
+            self.public.inputs, None if indices is None else torch.as_tensor(indices)
+        )
         generator = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
         return distill(
-            self.student, inputs, torch.as_tensor(teacher), self.cfg.kd_spec(), self.student_cfg,
-            optimizer=self.optimizer, generator=generator, teacher_is_probs=True, teacher_temperature=1.0,
+            self.student,
+            inputs,
+            torch.as_tensor(teacher),
+            self.cfg.kd_spec(),
+            self.student_cfg,
+            optimizer=self.optimizer,
+            generator=generator,
+            teacher_is_probs=True,
+            teacher_temperature=1.0,
             device=self.device,
         )
 

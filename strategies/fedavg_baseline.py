@@ -68,9 +68,17 @@ def run_fedavg(
             state["cum"] += up + down
             now = time.perf_counter()
             record = RoundRecord(
-                round=server_round, student_accuracy=result.accuracy, student_loss=result.loss,
-                client_accuracy=None, teacher_accuracy=None, bytes_up=up, bytes_down=down,
-                cum_bytes=state["cum"], valid_replies=n, rejected=0, wall_seconds=now - state["t"],
+                round=server_round,
+                student_accuracy=result.accuracy,
+                student_loss=result.loss,
+                client_accuracy=None,
+                teacher_accuracy=None,
+                bytes_up=up,
+                bytes_down=down,
+                cum_bytes=state["cum"],
+                valid_replies=n,
+                rejected=0,
+                wall_seconds=now - state["t"],
             )
             state["t"] = now
             for callback in callbacks:

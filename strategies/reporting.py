@@ -35,7 +35,8 @@ def format_round(record: RoundRecord, num_rounds: int) -> str:
     line = (
         f"round {record.round:>3}/{num_rounds}  student acc {record.student_accuracy:5.3f}  "
         f"loss {record.student_loss:6.3f}  clients {client}  teacher {teacher}  "
-        f"up {_kib(record.bytes_up)}  down {_kib(record.bytes_down)}  total {_kib(record.cum_bytes)}  "
+        f"up {_kib(record.bytes_up)}  down {_kib(record.bytes_down)}  "
+        f"total {_kib(record.cum_bytes)}  "
         f"replies {record.valid_replies} ok/{record.rejected} rejected  {record.wall_seconds:5.1f}s"
     )
     return line if record.status == "ok" else f"{line}  [{record.status}]"

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,9 +58,11 @@ def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> Run
         run_fedavg(grid, cfg, student, test, all_callbacks)
     else:
         strategy = FedDistill(
-            cfg, student,
+            cfg,
+            student,
             PublicSet(splits.public_x, oracle_labels=splits.oracle_public_labels()),
-            test, device=resolve_device(cfg.device),
+            test,
+            device=resolve_device(cfg.device),
         )
         strategy.callbacks.extend(all_callbacks)
         strategy.start(grid, first_round=_prepare_checkpoint(strategy, cfg, recorder) + 1)

@@ -77,11 +77,15 @@ def _validate(node_id: int, content: Any, expected: Expected) -> ValidReply:
     class_counts = _class_counts(metrics, expected)
     codec = meta.get(P.CODEC)
     if codec != expected.codec or codec not in CODECS:
-        raise _Reject("codec", f"reply uses codec {codec!r}, the round asked for {expected.codec!r}")
+        raise _Reject(
+            "codec", f"reply uses codec {codec!r}, the round asked for {expected.codec!r}"
+        )
     payload = {name: array.numpy() for name, array in arrays.items()}
     nbytes = sum(int(a.nbytes) for a in payload.values())
     if nbytes > expected.max_payload_bytes:
-        raise _Reject("oversized", f"payload of {nbytes} bytes exceeds {expected.max_payload_bytes}")
+        raise _Reject(
+            "oversized", f"payload of {nbytes} bytes exceeds {expected.max_payload_bytes}"
+        )
     _check_raw(payload, expected)
     try:
         probs = decode_probs(payload, codec, expected.num_classes)
@@ -107,8 +111,14 @@ def _metadata(metrics: Mapping[str, Any], expected: Expected) -> int:
     if P.NUM_EXAMPLES not in metrics:
         raise _Reject("missing-metadata", f"metrics lack {P.NUM_EXAMPLES!r}")
     num_examples = metrics[P.NUM_EXAMPLES]
-    if not isinstance(num_examples, int | float) or num_examples < 0 or not np.isfinite(num_examples):
-        raise _Reject("bad-metadata", f"{P.NUM_EXAMPLES} must be a non-negative number, got {num_examples!r}")
+    if (
+        not isinstance(num_examples, int | float)
+        or num_examples < 0
+        or not np.isfinite(num_examples)
+    ):
+        raise _Reject(
+            "bad-metadata", f"{P.NUM_EXAMPLES} must be a non-negative number, got {num_examples!r}"
+        )
     return int(num_examples)
 
 
@@ -116,8 +126,14 @@ def _class_counts(metrics: Mapping[str, Any], expected: Expected) -> np.ndarray:
     if P.CLASS_COUNTS not in metrics:
         raise _Reject("missing-metadata", f"metrics lack {P.CLASS_COUNTS!r}")
     counts = np.asarray(metrics[P.CLASS_COUNTS], dtype=np.float64)
-    if counts.shape != (expected.num_classes,) or np.any(counts < 0) or not np.all(np.isfinite(counts)):
-        raise _Reject("bad-metadata", f"{P.CLASS_COUNTS} must be {expected.num_classes} non-negative counts")
+    if (
+        counts.shape != (expected.num_classes,)
+        or np.any(counts < 0)
+        or not np.all(np.isfinite(counts))
+    ):
+        raise _Reject(
+            "bad-metadata", f"{P.CLASS_COUNTS} must be {expected.num_classes} non-negative counts"
+        )
     return counts
 
 
@@ -125,7 +141,10 @@ def _check_raw(payload: Mapping[str, np.ndarray], expected: Expected) -> None:
     """Shape, dtype, finiteness, sign and row sums, before any renormalisation hides them."""
     for name, arr in payload.items():
         if arr.ndim != 2 or arr.shape[0] != expected.num_samples:
-            raise _Reject("shape", f"array {name!r} has shape {arr.shape}, expected ({expected.num_samples}, ...)")
+            raise _Reject(
+                "shape",
+                f"array {name!r} has shape {arr.shape}, expected ({expected.num_samples}, ...)",
+            )
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise _Reject("dtype", f"array {name!r} has dtype {arr.dtype}")
         if np.issubdtype(arr.dtype, np.floating):
@@ -138,8 +157,12 @@ def _check_raw(payload: Mapping[str, np.ndarray], expected: Expected) -> None:
         if probs is None:
             raise _Reject("malformed", "payload lacks 'probs'")
         if probs.shape[1] != expected.num_classes:
-            raise _Reject("shape", f"probs have {probs.shape[1]} classes, expected {expected.num_classes}")
+            raise _Reject(
+                "shape", f"probs have {probs.shape[1]} classes, expected {expected.num_classes}"
+            )
         sums = probs.astype(np.float64).sum(axis=1)
         worst = float(np.max(np.abs(sums - 1.0))) if len(sums) else 0.0
         if worst > ROW_SUM_TOLERANCE:
-            raise _Reject("not-distribution", f"rows must sum to 1, worst row is off by {worst:.3g}")
+            raise _Reject(
+                "not-distribution", f"rows must sum to 1, worst row is off by {worst:.3g}"
+            )

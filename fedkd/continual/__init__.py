@@ -1,0 +1,107 @@
+"""Continual learning on the shared KD core: task sequences, learners, metrics, studies.
+
+* :mod:`~fedkd.continual.tasks` — split (task-IL / class-IL), permuted and rotated sequences
+  from any fedkd dataset;
+* :mod:`~fedkd.continual.learners` — fine-tuning, LwF (distilling through :mod:`fedkd.kd`) and
+  joint training on one :class:`Learner` base, registered by name;
+* :mod:`~fedkd.continual.metrics` — ACC, BWT, FWT, forgetting, intransigence from the
+  accuracy matrix (pure numpy);
+* :mod:`~fedkd.continual.study` — learners × seeds over one sequence, as a JSON-ready dict;
+* :mod:`~fedkd.continual.plots` — accuracy-matrix heatmap and accuracy over tasks.
+
+Nothing here imports Flower, Ray or Hydra; matplotlib is imported only when plotting.
+"""
+
+from fedkd.continual.learners import (
+    Batch,
+    FineTune,
+    Joint,
+    JointConfig,
+    Learner,
+    LwF,
+    LwFConfig,
+    MultiHeadNet,
+    TrainingData,
+    available_learners,
+    build_learner,
+    build_net,
+    distill_targets,
+    evaluate_tasks,
+    register_learner,
+    task_data,
+)
+from fedkd.continual.metrics import (
+    accuracy,
+    backward_transfer,
+    forgetting,
+    forgetting_per_task,
+    forward_transfer,
+    intransigence,
+    mean_std,
+    summarize,
+)
+from fedkd.continual.plots import plot_accuracy_matrix, plot_accuracy_over_tasks
+from fedkd.continual.study import (
+    LearnerSpec,
+    StudyConfig,
+    TaskEvent,
+    run_learner,
+    run_study,
+    study_steps,
+)
+from fedkd.continual.tasks import (
+    SCENARIOS,
+    Scenario,
+    SequenceConfig,
+    Task,
+    TaskSequence,
+    build_sequence,
+    permuted_sequence,
+    rotate_images,
+    rotated_sequence,
+    split_sequence,
+)
+
+__all__ = [
+    "SCENARIOS",
+    "Batch",
+    "FineTune",
+    "Joint",
+    "JointConfig",
+    "Learner",
+    "LearnerSpec",
+    "LwF",
+    "LwFConfig",
+    "MultiHeadNet",
+    "Scenario",
+    "SequenceConfig",
+    "StudyConfig",
+    "Task",
+    "TaskEvent",
+    "TaskSequence",
+    "TrainingData",
+    "accuracy",
+    "available_learners",
+    "backward_transfer",
+    "build_learner",
+    "build_net",
+    "build_sequence",
+    "distill_targets",
+    "evaluate_tasks",
+    "forgetting",
+    "forgetting_per_task",
+    "forward_transfer",
+    "intransigence",
+    "mean_std",
+    "permuted_sequence",
+    "plot_accuracy_matrix",
+    "plot_accuracy_over_tasks",
+    "register_learner",
+    "rotate_images",
+    "rotated_sequence",
+    "run_learner",
+    "run_study",
+    "split_sequence",
+    "study_steps",
+    "summarize",
+]

@@ -18,10 +18,22 @@ class Crash(RuntimeError):
     """Stands in for a server process dying."""
 
 
-def _run(run_dir: Path, *, rounds: int = 4, resume: bool = False, crash_after: int | None = None) -> None:
-    cfg = FDConfig(num_rounds=rounds, num_clients=3, min_train_nodes=3, local_epochs=1, server_epochs=2,
-                   public_subset=200, co_distillation=True, run_dir=str(run_dir), resume=resume,
-                   client_checkpoints=True, seed=3)
+def _run(
+    run_dir: Path, *, rounds: int = 4, resume: bool = False, crash_after: int | None = None
+) -> None:
+    cfg = FDConfig(
+        num_rounds=rounds,
+        num_clients=3,
+        min_train_nodes=3,
+        local_epochs=1,
+        server_epochs=2,
+        public_subset=200,
+        co_distillation=True,
+        run_dir=str(run_dir),
+        resume=resume,
+        client_checkpoints=True,
+        seed=3,
+    )
     run_config = to_run_config(cfg)
 
     def crash(record: RoundRecord) -> None:
