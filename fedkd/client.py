@@ -203,6 +203,15 @@ class FDClient:
                 f"client hash {mine} (n={len(self.data.public_x)})"
             )
 
+    def round_cfg(self, epochs: int, lr: float) -> TrainConfig:
+        """This client's training settings with the round's epochs and learning rate."""
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=self.train_cfg.batch_size,
+            lr=lr,
+            optimizer=self.train_cfg.optimizer,
+        )
+
     def run_round(self, req: RoundRequest, *, train: bool) -> RoundOutcome:
         """Co-distil (optional), train locally (optional), then predict on the public query."""
         metrics: dict[str, int | float | list[int]] = {
@@ -213,18 +222,12 @@ class FDClient:
         self.restore_from_disk(req.server_round)
         if train:
             self._co_distil(req)
-            cfg = TrainConfig(
-                epochs=req.local_epochs,
-                batch_size=self.train_cfg.batch_size,
-                lr=req.lr,
-                optimizer=self.train_cfg.optimizer,
-            )
             _set_lr(self.optimizer, req.lr)
             metrics["train-loss"] = train_supervised(
                 self.model,
                 self.data.train_x,
                 self.data.train_y,
-                cfg,
+                self.round_cfg(req.local_epochs, req.lr),
                 optimizer=self.optimizer,
                 generator=self._generator(req.server_round),
             )
@@ -251,18 +254,12 @@ class FDClient:
         if req.teacher_probs is None or req.teacher_indices is None or req.distill_epochs == 0:
             return
         self.check_public(req)
-        cfg = TrainConfig(
-            epochs=req.distill_epochs,
-            batch_size=self.train_cfg.batch_size,
-            lr=req.lr,
-            optimizer=self.train_cfg.optimizer,
-        )
         distill(
             self.model,
             self.data.public_x[torch.as_tensor(req.teacher_indices)],
             torch.as_tensor(req.teacher_probs),
             self.cfg.kd_spec(),
-            cfg,
+            self.round_cfg(req.distill_epochs, req.lr),
             optimizer=self.optimizer,
             generator=self._generator(req.server_round, salt=1),
         )
@@ -299,12 +296,7 @@ def train_from_global(
     what crosses the wire. The optimizer starts fresh each round, as in McMahan et al. (2017).
     """
     client.model.load_state_dict(global_state)
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=client.train_cfg.batch_size,
-        lr=lr,
-        optimizer=client.train_cfg.optimizer,
-    )
+    cfg = client.round_cfg(epochs, lr)
     loss = train_supervised(
         client.model,
         client.data.train_x,
