@@ -2,9 +2,10 @@
 
 The same app runs in Flower's Ray simulation and on real devices under a SuperNode. Who the
 client is comes from ``Context.node_config`` (``partition-id``/``num-partitions`` for simulated
-and demo clients, optionally ``model`` to pick the architecture); how the run is configured comes
-from ``Context.run_config`` (see :mod:`fedkd.config`). Model and optimizer state persist in
-``Context.state`` because simulation workers are not pinned to clients.
+and demo clients, ``data-path`` for a device's own data (:mod:`fedkd.device_data`), optionally
+``model`` to pick the architecture); how the run is configured comes from ``Context.run_config``
+(see :mod:`fedkd.config`). Model and optimizer state persist in ``Context.state`` because
+simulation workers are not pinned to clients.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedkd import protocol as P
-from fedkd.client import FDClient, load_client_data, train_from_global
+from fedkd.client import ClientData, FDClient, load_client_data, train_from_global
 from fedkd.config import FDConfig, from_run_config
+from fedkd.device_data import load_device_data
 
 log = logging.getLogger(__name__)
 STATE_KEY = "fedkd-client"  # Context.state ConfigRecord holding the model/optimizer blob
@@ -64,9 +66,15 @@ def _identity(context: Context, cfg: FDConfig) -> tuple[int, int, str]:
     return partition_id, num_partitions, model
 
 
+def _data(context: Context, cfg: FDConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """A device's own data when its node config has ``data-path``, else the simulated partition."""
+    device = load_device_data(cfg, context.node_config)
+    return device if device is not None else load_client_data(cfg, partition_id, num_partitions)
+
+
 def _restore(context: Context, cfg: FDConfig) -> FDClient:
     partition_id, num_partitions, model = _identity(context, cfg)
-    data = load_client_data(cfg, partition_id, num_partitions)
+    data = _data(context, cfg, partition_id, num_partitions)
     client = FDClient(cfg, data, model, partition_id)
     if STATE_KEY in context.state.config_records:
         client.load_state_bytes(context.state.config_records[STATE_KEY]["blob"])  # type: ignore[arg-type]
@@ -83,19 +91,24 @@ def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> 
     outcome = client.run_round(req, train=train)
     if train:
         _save(context, client)
-    content = P.reply_content(outcome.payload, outcome.metrics, model_name=client.model_name, codec=req.codec)
+    content = P.reply_content(
+        outcome.payload, outcome.metrics, model_name=client.model_name, codec=req.codec
+    )
     return Message(content, reply_to=msg)
 
 
 def _fedavg_train(msg: Message, context: Context, cfg: FDConfig) -> Message:
     partition_id, num_partitions, _ = _identity(context, cfg)
-    data = load_client_data(cfg, partition_id, num_partitions)
+    data = _data(context, cfg, partition_id, num_partitions)
     client = FDClient(cfg, data, cfg.student_model, partition_id)
     flwr_cfg = msg.content.config_records.get(P.CONFIG, ConfigRecord())
     server_round = int(flwr_cfg.get("server-round", 0))
     weights, metrics = train_from_global(
-        client, msg.content.array_records[P.ARRAYS].to_torch_state_dict(),
-        server_round=server_round, epochs=cfg.local_epochs, lr=cfg.lr,
+        client,
+        msg.content.array_records[P.ARRAYS].to_torch_state_dict(),
+        server_round=server_round,
+        epochs=cfg.local_epochs,
+        lr=cfg.lr,
     )
     content = RecordDict({P.ARRAYS: ArrayRecord(weights), P.METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=msg)

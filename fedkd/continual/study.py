@@ -36,6 +36,7 @@ __all__ = [
     "run_learner",
     "run_study",
     "study_steps",
+    "summary_table",
 ]
 
 METRIC_KEYS = ("acc", "bwt", "fwt", "forgetting", "intransigence")
@@ -230,6 +231,27 @@ def run_study(
         config=_jsonable(asdict(cfg)),
     )
     return out
+
+
+def summary_table(results: Mapping[str, Any]) -> str:
+    """Markdown table of mean ± std over seeds for every learner of a :func:`run_study` result."""
+    names = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting",
+             "intransigence": "intransigence"}  # fmt: skip
+    lines = [
+        f"{results['sequence_name']} ({results['scenario']}), {results['num_tasks']} tasks, "
+        f"seeds {results['seeds']}",
+        "",
+        "| learner | " + " | ".join(names.values()) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for label in results["learners"]:
+        cells = [
+            f"{results['summary'][label][key]['mean']:+.3f} ± "
+            f"{results['summary'][label][key]['std']:.3f}"
+            for key in names
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _jsonable(value: Any) -> Any:

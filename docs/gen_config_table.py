@@ -1,0 +1,60 @@
+"""Print the markdown table of every FDConfig key for docs/config.md.
+
+    .venv/bin/python docs/gen_config_table.py > /tmp/table.md
+
+The table comes from ``dataclasses.fields(FDConfig)``: name, type, default and the help text
+kept in each field's metadata, so the page cannot drift from the code. The Hydra column shows
+where the default ``conf/config.yaml`` composition sets the key; keys it does not set are added
+with ``+fd.<name>=...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
+
+from fedkd.config import FDConfig  # noqa: E402
+
+
+def hydra_paths() -> dict[str, str]:
+    """Field name → Hydra path in the default composition (empty when Hydra is missing)."""
+    try:
+        from hydra import compose, initialize_config_dir
+
+        from simulations.hydra_config import flatten_fd_groups
+    except ImportError:
+        return {}
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config")
+    return flatten_fd_groups(cfg)[1]
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def config_table() -> str:
+    """The markdown table, one row per FDConfig field, in declaration order."""
+    paths = hydra_paths()
+    rows = [
+        "| run-config key | Hydra | type | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(FDConfig):
+        key = f.name.replace("_", "-")
+        hydra = f"`{paths.get(f.name, f'+fd.{f.name}')}`"
+        if f.name == "run_dir":  # fedkd-sim passes Hydra's run directory
+            hydra = "`hydra.run.dir`"
+        default = f.default if f.default is not dataclasses.MISSING else ""
+        shown = f"`{default!r}`" if isinstance(default, str) else f"`{default}`"
+        help_text = _cell(f.metadata.get("help", ""))
+        rows.append(f"| `{key}` | {hydra} | {f.type} | {shown} | {help_text} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(config_table())

@@ -1,0 +1,161 @@
+"""A real Flower deployment on 127.0.0.1: SuperLink, SuperNodes and ``flwr run`` of this repo.
+
+The commands are the ones docs/deploy.md gives (insecure, TLS, TLS + SuperNode authentication).
+Each run is small (2 clients, 1-2 rounds, one epoch) because SuperNodes poll every ~3 s and
+every message starts a fresh ClientApp process; the assertions are on what the ServerApp wrote
+to ``<run-dir>/metrics.json``, i.e. that federated distillation actually ran over the wire.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tomllib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedkd.config import FDConfig, to_run_config
+from fedkd.device_data import write_partitions, write_private_npz
+
+from .harness import REPO, Certs, Federation, free_port
+
+SMALL = "local-epochs=1 server-epochs=1 num-clients=2 min-train-nodes=2 client-models='mlp'"
+DEMO = FDConfig(num_clients=2)  # the config whose partitions the devices' .npz files hold
+
+
+def _run_config(run_dir: Path, rounds: int) -> str:
+    return f"{SMALL} num-rounds={rounds} run-dir='{run_dir}'"
+
+
+def _rounds(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.json"
+    assert path.exists(), f"the ServerApp wrote no {path}"
+    return json.loads(path.read_text())
+
+
+def _assert_student_metrics(rounds: list[dict], num_rounds: int, valid: int) -> None:
+    assert [r["round"] for r in rounds] == list(range(1, num_rounds + 1))
+    for r in rounds:
+        assert r["status"] == "ok", r
+        assert r["valid_replies"] == valid, r
+        assert math.isfinite(r["student_accuracy"]) and 0.0 <= r["student_accuracy"] <= 1.0
+        assert math.isfinite(r["student_loss"]) and r["student_loss"] > 0.0
+        assert r["bytes_up"] > 0 and r["bytes_down"] > 0  # soft labels up, requests down
+    cum = [r["cum_bytes"] for r in rounds]
+    assert cum == sorted(cum) and cum[0] > 0
+
+
+# --------------------------------------------------------------------------- fast checks
+def test_pyproject_run_config_is_fdconfig_defaults() -> None:
+    """``flwr run --run-config`` only overrides keys the app declares: declare all of them."""
+    app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["config"] == to_run_config(FDConfig())
+    assert "federations" not in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]
+
+
+@pytest.mark.slow
+def test_fab_ships_only_the_apps_code() -> None:
+    """The FAB `flwr run .` sends holds the two apps' packages, not .venv, tests or outputs."""
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = build_fab_from_disk(REPO)
+    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"pyproject.toml", "fedkd", "strategies", ".info"}, top
+    assert {"fedkd/client_app.py", "strategies/server_app.py", "fedkd/device_data.py"} <= set(names)
+    assert len(fab) < 2 * 2**20  # Flower refuses FABs over 10 MB
+
+
+# --------------------------------------------------------------------------- deployments
+@pytest.mark.slow
+def test_insecure_federation_runs_fd_to_completion(federation: Federation, tmp_path: Path) -> None:
+    """Two SuperNodes (one reading its own .npz, one a demo partition), two FD rounds."""
+    data = write_partitions(DEMO, 2, tmp_path / "device-data")
+    port = free_port()
+    federation.superlink(port)
+    federation.supernode("supernode-0", port, f"data-path='{data[0]}' partition-id=0")
+    federation.supernode("supernode-1", port, "partition-id=1 num-partitions=2")
+    federation.connection("loopback", port)
+    run_dir = tmp_path / "run"
+    code, output = federation.flwr_run("loopback", _run_config(run_dir, rounds=2))
+    assert code == 0, f"{output}\n{federation.tail()}"
+    _assert_student_metrics(_rounds(run_dir), num_rounds=2, valid=2)
+    assert "round   2/2" in output  # the ServerApp's progress reached the user's terminal
+
+
+@pytest.mark.slow
+def test_tls_federation_and_a_device_with_bad_data(
+    federation: Federation, certs: Certs, tmp_path: Path
+) -> None:
+    """TLS everywhere; one device's data file is malformed: its reply is rejected, the round
+    goes on with the other, and the device's error (naming its file) reaches the server."""
+    bad = tmp_path / "bad.npz"
+    write_private_npz(bad, np.zeros((4, 1, 8, 8)), np.array([0, 1, 2, 42]))  # label 42: no class
+    port = free_port()
+    federation.superlink(port, certs=certs)
+    federation.supernode("supernode-0", port, "partition-id=0 num-partitions=2", certs=certs)
+    federation.supernode("supernode-1", port, f"data-path='{bad}' partition-id=1", certs=certs)
+    federation.connection("loopback-tls", port, certs=certs)
+    run_dir = tmp_path / "run"
+    code, output = federation.flwr_run("loopback-tls", _run_config(run_dir, rounds=1))
+    assert code == 0, f"{output}\n{federation.tail()}"
+    (record,) = _rounds(run_dir)
+    _assert_student_metrics([record], num_rounds=1, valid=1)
+    assert record["rejected_reasons"] == {"client-error": 1}, record
+    assert "bad.npz" in output, output  # the server logs the device's own error message
+
+
+def _ssh_keypair(directory: Path, name: str) -> tuple[Path, Path]:
+    """An EC P-384 key pair in OpenSSH format, what `ssh-keygen -t ecdsa -b 384` writes."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = directory / name, directory / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    private.chmod(0o600)
+    return private, public
+
+
+@pytest.mark.slow
+def test_authenticated_supernodes(federation: Federation, certs: Certs, tmp_path: Path) -> None:
+    """SuperNode authentication: registered keys join, an unregistered one is kept out."""
+    keys = [_ssh_keypair(tmp_path, f"supernode-{i}") for i in range(3)]
+    port = free_port()
+    federation.superlink(port, certs=certs, auth=True)
+    federation.connection("loopback-auth", port, certs=certs)
+    for i, (_, public) in enumerate(keys[:2]):
+        code, out = federation.cli(
+            ["flwr", "supernode", "register", str(public), "loopback-auth"],
+            timeout=60,
+            name=f"register-{i}",
+        )
+        assert code == 0 and "registered successfully" in out, out
+    for i, (private, _) in enumerate(keys[:2]):
+        config = f"partition-id={i} num-partitions=2"
+        federation.supernode(f"supernode-{i}", port, config, certs=certs, auth_key=private)
+    outsider = federation.supernode(  # its key was never registered
+        "outsider", port, "partition-id=0 num-partitions=2", certs=certs, auth_key=keys[2][0]
+    )
+    run_dir = tmp_path / "run"
+    code, output = federation.flwr_run("loopback-auth", _run_config(run_dir, rounds=1))
+    assert code == 0, f"{output}\n{federation.tail()}"
+    (record,) = _rounds(run_dir)
+    _assert_student_metrics([record], num_rounds=1, valid=2)
+    assert record["missing"] == 0  # only the two registered nodes were ever connected
+    assert outsider.popen.poll() not in (None, 0)  # the SuperLink refused it; it gave up
+    assert "Failed to activate SuperNode" in outsider.log.read_text(errors="replace")
