@@ -178,9 +178,9 @@ def write_private_npz(path: str | Path, x: np.ndarray, y: np.ndarray) -> Path:
     """Write one device's data in the format :func:`read_private_npz` reads."""
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {X_KEY: np.asarray(x, dtype=np.float32), Y_KEY: np.asarray(y, dtype=np.int64)}
+    x32, y64 = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
     with file.open("wb") as handle:  # a handle: np.savez would append ".npz" to other names
-        np.savez(handle, **arrays)
+        np.savez(handle, x=x32, y=y64)  # names: X_KEY, Y_KEY
     return file
 
 

@@ -41,8 +41,18 @@ from simulations.tracking import MODES, Tracker
 
 __all__ = ["ToolConfig", "WandbConfig", "main", "run", "to_tool_config"]
 
-_TOP_KEYS = {"seeds", "model", "train", "device", "threads", "plots", "progress", "logging",
-             "sequence", "learners"}  # fmt: skip
+_TOP_KEYS = {
+    "seeds",
+    "model",
+    "train",
+    "device",
+    "threads",
+    "plots",
+    "progress",
+    "logging",
+    "sequence",
+    "learners",
+}
 _TUPLE_FIELDS = {"class_order", "angles", "lam_schedule", "hidden_sizes", "channels"}
 
 
@@ -94,8 +104,10 @@ def _plain(node: Any, path: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise ConfigKeyError(f"invalid config key '{path}': expected a mapping, got {value!r}")
-    return {k: tuple(v) if k in _TUPLE_FIELDS and isinstance(v, list) else v
-            for k, v in value.items()}  # fmt: skip
+    return {
+        str(k): tuple(v) if k in _TUPLE_FIELDS and isinstance(v, list) else v
+        for k, v in value.items()
+    }
 
 
 def _build(cls: type, values: Mapping[str, Any], path: str) -> Any:
@@ -126,7 +138,7 @@ def to_tool_config(cfg: DictConfig) -> ToolConfig:
     Every value is validated here, before any training: an unknown key, a bad value, or a
     learner option its method does not have raises :class:`ConfigKeyError` with its path.
     """
-    top = set(cfg.keys()) - {"hydra"}
+    top = {str(k) for k in cfg} - {"hydra"}
     unknown = sorted(top - _TOP_KEYS)
     if unknown:
         raise ConfigKeyError(f"invalid config key '{unknown[0]}'; allowed: {sorted(_TOP_KEYS)}")
@@ -151,8 +163,13 @@ def to_tool_config(cfg: DictConfig) -> ToolConfig:
     threads = cfg.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigKeyError(f"invalid config key 'threads': {threads!r}; an int >= 1 or null")
-    return ToolConfig(study=study, wandb=wandb, plots=bool(cfg.plots),
-                      progress=bool(cfg.progress), threads=threads)  # fmt: skip
+    return ToolConfig(
+        study=study,
+        wandb=wandb,
+        plots=bool(cfg.plots),
+        progress=bool(cfg.progress),
+        threads=threads,
+    )
 
 
 def _check_learner_options(study: StudyConfig) -> None:
@@ -177,10 +194,16 @@ def _write_plots(results: dict[str, Any], run_dir: Path) -> list[Path]:
     for label in results["learners"]:
         matrices = results["acc_matrix"][label]
         title = f"{label} on {results['sequence_name']} ({results['scenario']})"
-        paths.append(plot_accuracy_matrix(matrices, run_dir / f"heatmap_{label}.png",
-                                          title=title, task_labels=labels))  # fmt: skip
-        paths.append(plot_accuracy_over_tasks(matrices, run_dir / f"accuracy_over_tasks_{label}.png",
-                                              title=title))  # fmt: skip
+        paths.append(
+            plot_accuracy_matrix(
+                matrices, run_dir / f"heatmap_{label}.png", title=title, task_labels=labels
+            )
+        )
+        paths.append(
+            plot_accuracy_over_tasks(
+                matrices, run_dir / f"accuracy_over_tasks_{label}.png", title=title
+            )
+        )
     return paths
 
 
@@ -191,8 +214,13 @@ def _event_logger(tracker: Tracker, bar: Any) -> Any:
         bar.set_postfix_str(f"{event.label} seed={event.seed} task={event.task} acc={avg:.3f}")
         bar.update(1)
         prefix = f"{event.label}/seed{event.seed}"
-        tracker.log({f"{prefix}/task": event.task, f"{prefix}/avg_acc_seen": avg,
-                     f"{prefix}/train_loss": event.train_loss})  # fmt: skip
+        tracker.log(
+            {
+                f"{prefix}/task": event.task,
+                f"{prefix}/avg_acc_seen": avg,
+                f"{prefix}/train_loss": event.train_loss,
+            }
+        )
 
     return on_task
 
@@ -212,19 +240,28 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(tool.threads)
-    tracker = Tracker(mode=tool.wandb.mode, project=tool.wandb.project, name=tool.wandb.name,
-                      group=tool.wandb.group, run_dir=run_dir,
-                      config=OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
+    tracker = Tracker(
+        mode=tool.wandb.mode,
+        project=tool.wandb.project,
+        name=tool.wandb.name,
+        group=tool.wandb.group,
+        run_dir=run_dir,
+        config=_plain(cfg, "config"),
+    )
     try:
         with tqdm(total=study_steps(tool.study), disable=not tool.progress, desc="study") as bar:
             results = run_study(tool.study, on_task=_event_logger(tracker, bar))
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2, allow_nan=False))
         if tool.plots:
             _write_plots(results, run_dir)
-        tracker.summary({f"{label}/{metric}_{stat}": results["summary"][label][metric][stat]
-                         for label in results["learners"]
-                         for metric in results["summary"][label]
-                         for stat in ("mean", "std")})  # fmt: skip
+        tracker.summary(
+            {
+                f"{label}/{metric}_{stat}": results["summary"][label][metric][stat]
+                for label in results["learners"]
+                for metric in results["summary"][label]
+                for stat in ("mean", "std")
+            }
+        )
     finally:
         tracker.finish()
     print(summary_table(results))

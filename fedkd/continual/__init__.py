@@ -104,4 +104,5 @@ __all__ = [
     "split_sequence",
     "study_steps",
     "summarize",
+    "task_data",
 ]

@@ -299,8 +299,7 @@ class Learner(ABC):
         """Train ``net`` on task ``t`` of ``sequence``; returns the last epoch's mean loss."""
         if sequence.scenario != self.scenario:
             raise ValueError(
-                f"learner was built for {self.scenario!r} but the sequence is "
-                f"{sequence.scenario!r}"
+                f"learner was built for {self.scenario!r} but the sequence is {sequence.scenario!r}"
             )
         if len(net.heads) != len(sequence.head_sizes):
             raise ValueError(
@@ -310,9 +309,13 @@ class Learner(ABC):
         self.before_task(net, sequence, t, data, generator)
         optimizer = make_optimizer(net, self.train)
         loss = fit(
-            net, data, self.train, optimizer, generator,
+            net,
+            data,
+            self.train,
+            optimizer,
+            generator,
             lambda batch: self.batch_loss(net, batch, sequence, t),
-        )  # fmt: skip
+        )
         self.after_task(net, sequence, t)
         return loss
 
@@ -322,7 +325,7 @@ class Learner(ABC):
         """Examples to train on for task ``t``; default: task ``t``'s training set."""
         return task_data(sequence, t)
 
-    def before_task(
+    def before_task(  # noqa: B027 (an optional hook: doing nothing is the default)
         self,
         net: MultiHeadNet,
         sequence: TaskSequence,
@@ -336,7 +339,7 @@ class Learner(ABC):
     def batch_loss(self, net: MultiHeadNet, batch: Batch, sequence: TaskSequence, t: int) -> Tensor:
         """Scalar loss of one minibatch while training task ``t``."""
 
-    def after_task(self, net: MultiHeadNet, sequence: TaskSequence, t: int) -> None:
+    def after_task(self, net: MultiHeadNet, sequence: TaskSequence, t: int) -> None:  # noqa: B027
         """Called after the last epoch of task ``t``; default: nothing."""
 
 
@@ -427,7 +430,10 @@ class Joint(FineTune):
     config_class = JointConfig
 
     def __init__(
-        self, scenario: Scenario, train: TrainConfig | None = None, config: JointConfig | None = None
+        self,
+        scenario: Scenario,
+        train: TrainConfig | None = None,
+        config: JointConfig | None = None,
     ) -> None:
         super().__init__(scenario, train)
         self.config = config if config is not None else JointConfig()
@@ -510,14 +516,20 @@ class LwFConfig:
             ),
             ("divergence", self.divergence in kd.DIVERGENCES, f"one of {kd.DIVERGENCES}"),
             ("distill", self.distill in ("old", "all"), "'old' or 'all'"),
-            ("teacher_outputs", self.teacher_outputs in ("cached", "per_batch"), "'cached' or "
-             "'per_batch'"),
+            (
+                "teacher_outputs",
+                self.teacher_outputs in ("cached", "per_batch"),
+                "'cached' or 'per_batch'",
+            ),
             ("teacher_mode", self.teacher_mode in ("eval", "train"), "'eval' or 'train'"),
-            ("warmup_epochs", isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
-             "an int >= 0"),
+            (
+                "warmup_epochs",
+                isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
+                "an int >= 0",
+            ),
             ("warmup_lr", self.warmup_lr is None or _positive(self.warmup_lr), "None or > 0"),
             ("t2_scaling", isinstance(self.t2_scaling, bool), "a bool"),
-        ]  # fmt: skip
+        ]
         for name, ok, want in checks:
             if not ok:
                 raise ValueError(f"LwFConfig.{name} must be {want}, got {getattr(self, name)!r}")
@@ -633,12 +645,25 @@ class LwF(FineTune):
         if not self._targets:
             return loss
         teacher = self._teacher_logits(batch)
-        distill = features.new_zeros(())
-        for head, columns in self._targets:
-            distill = distill + kd.distillation_loss(
-                net.heads[head](features), teacher[head], self._spec, class_mask=columns
-            )
+        if self._stackable(net):  # one core call for all old heads (same value, less overhead)
+            heads = [h for h, _ in self._targets]
+            student = torch.cat([net.heads[h](features) for h in heads])  # (heads*b, k)
+            target = torch.cat([teacher[h] for h in heads])
+            # batchmean over heads*b rows, times heads = the sum over heads of per-head means
+            distill = len(heads) * kd.distillation_loss(student, target, self._spec)
+        else:
+            distill = features.new_zeros(())
+            for head, columns in self._targets:
+                distill = distill + kd.distillation_loss(
+                    net.heads[head](features), teacher[head], self._spec, class_mask=columns
+                )
         return loss + self.config.lam_for(t) * distill
+
+    def _stackable(self, net: MultiHeadNet) -> bool:
+        """Several whole heads of one width: their softmaxes can share one batched call."""
+        if len(self._targets) < 2 or any(c is not None for _, c in self._targets):
+            return False
+        return len({net.heads[h].out_features for h, _ in self._targets}) == 1
 
     # ---- teacher ----------------------------------------------------------------------
 
@@ -686,7 +711,10 @@ class LwF(FineTune):
         with torch.no_grad():
             device = _device(net)
             features = torch.cat(
-                [net.features(data.x[i : i + 1024].to(device)).cpu() for i in range(0, len(data), 1024)]
+                [
+                    net.features(data.x[i : i + 1024].to(device)).cpu()
+                    for i in range(0, len(data), 1024)
+                ]
             )  # (n, feature_dim)
         net.train(was_training)
         cfg = dataclasses.replace(
@@ -701,5 +729,11 @@ class LwF(FineTune):
                 return F.cross_entropy(logits[:, columns], batch.y - offset)
             return F.cross_entropy(logits, batch.y)
 
-        fit(head, TrainingData(features, data.y, data.heads), cfg, make_optimizer(head, cfg),
-            generator, warm_loss)  # fmt: skip
+        fit(
+            head,
+            TrainingData(features, data.y, data.heads),
+            cfg,
+            make_optimizer(head, cfg),
+            generator,
+            warm_loss,
+        )

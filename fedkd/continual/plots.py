@@ -8,30 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from fedkd.plots import _pyplot, _save  # one Agg/savefig policy for every fedkd plot
+
 __all__ = ["plot_accuracy_matrix", "plot_accuracy_over_tasks"]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return path
 
 
 def _stack(matrices: Sequence[ArrayLike] | ArrayLike) -> np.ndarray:

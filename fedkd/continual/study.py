@@ -154,8 +154,9 @@ def run_learner(
         seconds += time.perf_counter() - start
         rows.append(evaluate_tasks(net, sequence))
         if on_task is not None:
-            on_task(TaskEvent(spec.label, seed, t, sequence.num_tasks, rows[-1].tolist(), loss,
-                              seconds))  # fmt: skip
+            on_task(
+                TaskEvent(spec.label, seed, t, sequence.num_tasks, rows[-1].tolist(), loss, seconds)
+            )
     return {
         "acc_matrix": np.stack(rows).tolist(),
         "random_init_acc": random_init.tolist(),
@@ -209,7 +210,9 @@ def run_study(
     for seed in cfg.seeds:
         sequence = build_sequence(cfg.sequence, seed)
         descriptions.append(sequence.describe())
-        results = {spec.label: run_learner(spec, sequence, cfg, seed, on_task) for spec in cfg.learners}
+        results = {
+            spec.label: run_learner(spec, sequence, cfg, seed, on_task) for spec in cfg.learners
+        }
         if not reported:
             results[reference.label] = run_learner(reference, sequence, cfg, seed, on_task)
         a_star = np.diag(np.asarray(results[reference.label]["acc_matrix"]))
@@ -235,8 +238,13 @@ def run_study(
 
 def summary_table(results: Mapping[str, Any]) -> str:
     """Markdown table of mean ± std over seeds for every learner of a :func:`run_study` result."""
-    names = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting",
-             "intransigence": "intransigence"}  # fmt: skip
+    names = {
+        "acc": "ACC",
+        "bwt": "BWT",
+        "fwt": "FWT",
+        "forgetting": "forgetting",
+        "intransigence": "intransigence",
+    }
     lines = [
         f"{results['sequence_name']} ({results['scenario']}), {results['num_tasks']} tasks, "
         f"seeds {results['seeds']}",

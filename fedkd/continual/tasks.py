@@ -429,7 +429,9 @@ class SequenceConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in SEQUENCE_KINDS:
-            raise ValueError(f"SequenceConfig.kind must be one of {SEQUENCE_KINDS}, got {self.kind!r}")
+            raise ValueError(
+                f"SequenceConfig.kind must be one of {SEQUENCE_KINDS}, got {self.kind!r}"
+            )
         allowed = ("task_il", "class_il") if self.kind == "split" else ("domain_il", "task_il")
         if self.scenario not in allowed:
             raise ValueError(

@@ -48,8 +48,13 @@ def one_thread() -> Iterator[None]:
 
 
 def tiny(scenario: str, num_tasks: int = 3, per_task: int = 48) -> TaskSequence:
-    cfg = SequenceConfig(kind=KIND[scenario], scenario=scenario, num_tasks=num_tasks,
-                         classes_per_task=2, max_train_per_task=per_task)  # fmt: skip
+    cfg = SequenceConfig(
+        kind=KIND[scenario],
+        scenario=scenario,
+        num_tasks=num_tasks,
+        classes_per_task=2,
+        max_train_per_task=per_task,
+    )
     return build_sequence(cfg, seed=0)
 
 
@@ -58,8 +63,14 @@ def params(net: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def study(sequence: SequenceConfig, learners, seeds, train, hidden) -> dict:
-    cfg = StudyConfig(sequence=sequence, learners=tuple(learners), seeds=tuple(seeds),
-                      model="mlp", model_options={"hidden_sizes": hidden}, train=train)  # fmt: skip
+    cfg = StudyConfig(
+        sequence=sequence,
+        learners=tuple(learners),
+        seeds=tuple(seeds),
+        model="mlp",
+        model_options={"hidden_sizes": hidden},
+        train=train,
+    )
     return run_study(cfg)
 
 
@@ -188,8 +199,9 @@ class Spy:
         self.real, self.factor, self.calls = real, factor, []
 
     def __call__(self, student, teacher, spec, **kwargs):
-        self.calls.append({"student": student.detach().clone(), "teacher": teacher,
-                           "spec": spec, **kwargs})  # fmt: skip
+        self.calls.append(
+            {"student": student.detach().clone(), "teacher": teacher, "spec": spec, **kwargs}
+        )
         return self.factor * self.real(student, teacher, spec, **kwargs)
 
 
@@ -271,7 +283,9 @@ def test_warm_up_trains_only_the_new_head() -> None:
     learner.before_task(net, seq, 1, task_data(seq, 1), torch.Generator().manual_seed(0))
     for before, module in ((backbone, net.backbone), (old_head, net.heads[0])):
         assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(new_head, net.heads[1].parameters(), strict=True))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(new_head, net.heads[1].parameters(), strict=True)
+    )
 
 
 def test_joint_trains_on_all_tasks_so_far_from_the_initial_weights() -> None:
@@ -308,8 +322,13 @@ def test_fine_tuning_forgets_on_split_digits_and_lwf_removes_it() -> None:
     """Task-IL split digits with a 16-unit MLP: fine-tuning forgets measurably in every seed;
     LwF (paper defaults) keeps old tasks. Over 10 seeds (docs/continual.md) fine-tuning's
     forgetting ranges 0.031-0.121 and LwF's 0.000-0.007."""
-    out = study(FORGETS, [LearnerSpec("ft", "finetune"), LearnerSpec("lwf", "lwf")],
-                (0, 1, 2), FORGETS_TRAIN, (16,))  # fmt: skip
+    out = study(
+        FORGETS,
+        [LearnerSpec("ft", "finetune"), LearnerSpec("lwf", "lwf")],
+        (0, 1, 2),
+        FORGETS_TRAIN,
+        (16,),
+    )
     ft, lwf = np.array(out["forgetting"]["ft"]), np.array(out["forgetting"]["lwf"])
     assert (ft > 0.02).all() and ft.mean() > 0.04  # measurable forgetting, each seed
     assert (np.array(out["bwt"]["ft"]) < -0.02).all()
@@ -324,8 +343,39 @@ def test_lwf_does_not_rescue_domain_incremental_rotated_digits() -> None:
     sometimes raising it). The robust claim is asserted: large forgetting for both
     (10 seeds: fine-tuning 0.43-0.50, LwF 0.35-0.45; docs/continual.md)."""
     seq = SequenceConfig(kind="rotated", scenario="domain_il", num_tasks=3, max_train_per_task=400)
-    out = study(seq, [LearnerSpec("ft", "finetune"), LearnerSpec("lwf", "lwf")],
-                (0, 1, 2), TrainConfig(epochs=5, lr=0.05), (64,))  # fmt: skip
+    out = study(
+        seq,
+        [LearnerSpec("ft", "finetune"), LearnerSpec("lwf", "lwf")],
+        (0, 1, 2),
+        TrainConfig(epochs=5, lr=0.05),
+        (64,),
+    )
     ft, lwf = np.array(out["forgetting"]["ft"]), np.array(out["forgetting"]["lwf"])
     assert (ft > 0.35).all()
     assert (lwf > 0.3).all()  # LwF does not solve domain-IL here
+
+
+def test_old_heads_distilled_in_one_call_equal_the_per_head_sum() -> None:
+    """Task-IL LwF batches its old heads into one core call; the value must be the sum over
+    heads of per-head distillation losses (Li & Hoiem's one term per old task)."""
+    seq = tiny("task_il", num_tasks=3)
+    net = build_net("mlp", seq, seed=0, hidden_sizes=(16,))
+    learner = LwF("task_il", FAST, LwFConfig(lam=0.7, temperature=3.0))
+    for t in range(2):
+        learner.train_task(net, seq, t, torch.Generator().manual_seed(0))
+    data = task_data(seq, 2)
+    learner.before_task(net, seq, 2, data, None)
+    with torch.no_grad():  # move the student away from its teacher copy
+        for p in net.backbone.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    batch = data.batch(torch.arange(10), torch.device("cpu"))
+    got = learner.batch_loss(net, batch, seq, 2)
+    features = net.features(batch.x)
+    teacher = learner._teacher
+    expected = torch.nn.functional.cross_entropy(net.heads[2](features), batch.y)
+    for h in (0, 1):
+        expected = expected + 0.7 * fedkd.kd.distillation_loss(
+            net.heads[h](features), teacher(batch.x, h), LwFConfig(temperature=3.0).spec
+        )
+    torch.testing.assert_close(got, expected)
+    assert got > torch.nn.functional.cross_entropy(net.heads[2](features), batch.y)

@@ -146,8 +146,13 @@ def test_module_entry_point_runs_with_hydra(tmp_path: Path) -> None:
     directory it prints."""
     run_dir = tmp_path / "run"
     args = [*TINY, "seeds=[0]", "plots=false", "threads=1", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "simulations.continual_study", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.continual_study", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file()
     assert str(run_dir) in proc.stdout

@@ -29,7 +29,10 @@ METRIC_KEYS = {
 def _options() -> list[str]:
     """One override per option of every config group, read from conf/ (new files are covered)."""
     overrides = []
-    for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
+    # conf/<name>/ next to a conf/<name>.yaml holds the groups of that other primary config
+    # (e.g. conf/continual.yaml), not of conf/config.yaml.
+    groups = [p for p in CONF.iterdir() if p.is_dir() and not (CONF / f"{p.name}.yaml").exists()]
+    for group in sorted(groups):
         # experiment files are not in the defaults list: they are added with '+'
         prefix = "+" if group.name == "experiment" else ""
         overrides += [f"{prefix}{group.name}={f.stem}" for f in sorted(group.glob("*.yaml"))]
