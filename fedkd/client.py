@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedkd import faults
 from fedkd.compression import encode_probs
 from fedkd.config import FDConfig
 from fedkd.data import DataSplits, load_splits, partition_indices
 from fedkd.models import build_model
+from fedkd.privacy import DPSpec, privatize
 from fedkd.protocol import RoundRequest, public_hash, select_public
 from fedkd.training import (
     TrainConfig,
@@ -221,6 +223,7 @@ class FDClient:
         }
         self.restore_from_disk(req.server_round)
         if train:
+            faults.crash(self.cfg, self.partition_id, req.server_round, "train")
             self._co_distil(req)
             _set_lr(self.optimizer, req.lr)
             metrics["train-loss"] = train_supervised(
@@ -239,15 +242,28 @@ class FDClient:
             self.save_to_disk(req.server_round)
         payload = None
         if req.with_predictions or not train:
+            faults.crash(self.cfg, self.partition_id, req.server_round, "query")
             payload = self.predict(req)
         return RoundOutcome(payload=payload, metrics=metrics)
 
     def predict(self, req: RoundRequest) -> dict[str, np.ndarray]:
-        """Soft labels at temperature T on the queried public rows, encoded by the codec."""
+        """Soft labels at temperature T on the queried public rows, encoded by the codec.
+
+        With DP on, the Gaussian mechanism runs here, on the device, before anything leaves it;
+        a simulated attacker then replaces what it uploads (both off by default).
+        """
         self.check_public(req)
         inputs = select_public(self.data.public_x, req.public_indices)
-        probs = predict_probs(self.model, inputs, temperature=req.temperature)  # (subset, classes)
-        return encode_probs(probs.numpy(), req.codec, topk=req.topk)  # type: ignore[arg-type]
+        probs = predict_probs(self.model, inputs, temperature=req.temperature).numpy()
+        probs = privatize(probs, self.dp_spec)  # (subset, classes)
+        probs = faults.maybe_attack(self.cfg, self.partition_id, req.server_round, probs)
+        return encode_probs(probs, req.codec, topk=req.topk)  # type: ignore[arg-type]
+
+    @property
+    def dp_spec(self) -> DPSpec:
+        """The run's DP settings (``dp-*`` keys); noise multiplier 0 means off."""
+        c = self.cfg
+        return DPSpec(c.dp_noise_multiplier, clip=c.dp_clip, delta=c.dp_delta)
 
     def _co_distil(self, req: RoundRequest) -> None:
         """FedMD/DS-FL co-distillation: first move toward last round's teacher."""

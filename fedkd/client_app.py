@@ -17,6 +17,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedkd import faults
 from fedkd import protocol as P
 from fedkd.client import ClientData, FDClient, load_client_data, train_from_global
 from fedkd.config import FDConfig, from_run_config
@@ -88,6 +89,7 @@ def _save(context: Context, client: FDClient) -> None:
 def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> Message:
     req = P.parse_request(msg.content)
     client = _restore(context, cfg)
+    faults.straggle(cfg, client.partition_id, req.server_round, msg.metadata.message_type)
     outcome = client.run_round(req, train=train)
     if train:
         _save(context, client)

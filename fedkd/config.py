@@ -13,6 +13,7 @@ The module is pure Python: clients on small devices import it without Hydra or R
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -38,7 +39,10 @@ AGGREGATION_RULES = (
     "sharpen",
     "median",
     "trimmed_mean",
+    "filtered_mean",
 )
+# Simulated Byzantine behaviours (fedkd.faults); repeated here for the same reason.
+ATTACKS = ("uniform", "label_flip", "targeted", "peaked", "scaled")
 
 RunConfigValue = bool | int | float | str
 
@@ -100,8 +104,17 @@ class FDConfig:
         "Softmax temperature of the uploaded soft labels and of KD", default=2.0
     )
     aggregation: str = _doc("Teacher aggregation rule (strategies.aggregation)", default="mean")
-    era_temperature: float = _doc("ERA sharpening temperature (<1 sharpens)", default=0.5)
+    era_temperature: float = _doc(
+        "Temperature of era (softmax(mean/T): sharpens only below ~1/(2·classes)) and of "
+        "sharpen (mean**(1/T): sharpens for any T < 1)",
+        default=0.5,
+    )
     trim_ratio: float = _doc("Share trimmed at each end by trimmed_mean", default=0.2)
+    outlier_threshold: float = _doc(
+        "filtered_mean drops replies farther from the coordinate-wise median than "
+        "median + threshold × MAD of the clients' distances",
+        default=3.0,
+    )
     divergence: str = _doc(
         "KD divergence: kl | reverse_kl | symmetric_kl | soft_ce | mse", default="kl"
     )
@@ -119,6 +132,29 @@ class FDConfig:
     separate_query: bool = _doc(
         "Ask for soft labels in a second message phase instead of the train reply", default=False
     )
+    # --- privacy (fedkd.privacy) -----------------------------------------------------------
+    dp_noise_multiplier: float = _doc(
+        "Gaussian noise on uploaded soft labels, in units of their L2 sensitivity; 0 = off",
+        default=0.0,
+    )
+    dp_clip: float = _doc(
+        "L2 clip of each soft-label row before noise (rows have norm <= 1)", default=1.0
+    )
+    dp_delta: float = _doc("delta of the (epsilon, delta) the server reports", default=1e-5)
+    # --- fault injection, simulation only (fedkd.faults) ---------------------------------
+    fault_crash_train: float = _doc("Probability a client crashes when asked to train", default=0.0)
+    fault_crash_query: float = _doc(
+        "Probability a client crashes before sending its soft labels", default=0.0
+    )
+    fault_straggle: float = _doc(
+        "Probability a client answers only after round-timeout (+1 s), i.e. too late", default=0.0
+    )
+    byzantine_fraction: float = _doc("Share of clients that are simulated attackers", default=0.0)
+    byzantine_attack: str = _doc(
+        "What attackers upload: uniform | label_flip | targeted | peaked | scaled",
+        default="label_flip",
+    )
+    byzantine_target: int = _doc("Class the 'targeted' attack pushes toward", default=0)
     # --- runtime --------------------------------------------------------------------------
     device: str = _doc("Server device: auto | cpu | cuda", default="auto")
     client_device: str = _doc("Client device: auto | cpu | cuda", default="cpu")
@@ -181,6 +217,7 @@ def _validate(cfg: FDConfig) -> None:
     _one_of(cfg, "partition", PARTITION_SCHEMES)
     _one_of(cfg, "optimizer", OPTIMIZERS)
     _one_of(cfg, "aggregation", AGGREGATION_RULES)
+    _one_of(cfg, "byzantine_attack", ATTACKS)
     _one_of(cfg, "divergence", DIVERGENCES)
     _one_of(cfg, "codec", tuple(CODECS))
     _one_of(cfg, "device", ("auto", "cpu", "cuda"))
@@ -208,8 +245,35 @@ def _validate(cfg: FDConfig) -> None:
     )
     for name in positive:
         _require(getattr(cfg, name) >= 1, _key(name), f"must be >= 1, got {getattr(cfg, name)}")
-    for name in ("lr", "server_lr", "temperature", "era_temperature", "alpha", "round_timeout"):
+    for name in _FLOAT_FIELDS:
+        value = getattr(cfg, name)
+        _require(math.isfinite(value), _key(name), f"must be a finite number, got {value}")
+    for name in (
+        "lr",
+        "server_lr",
+        "temperature",
+        "era_temperature",
+        "alpha",
+        "round_timeout",
+        "outlier_threshold",
+        "dp_clip",
+    ):
         _require(getattr(cfg, name) > 0, _key(name), f"must be > 0, got {getattr(cfg, name)}")
+    for name in (
+        "fault_crash_train",
+        "fault_crash_query",
+        "fault_straggle",
+        "byzantine_fraction",
+    ):
+        value = getattr(cfg, name)
+        _require(0.0 <= value <= 1.0, _key(name), f"must be in [0, 1], got {value}")
+    _require(
+        cfg.dp_noise_multiplier >= 0,
+        "dp-noise-multiplier",
+        f"must be >= 0 (0 = off), got {cfg.dp_noise_multiplier}",
+    )
+    _require(0.0 < cfg.dp_delta < 1.0, "dp-delta", f"must be in (0, 1), got {cfg.dp_delta}")
+    _require(cfg.byzantine_target >= 0, "byzantine-target", "must be a class index >= 0")
     _require(
         0.0 < cfg.fraction_train <= 1.0,
         "fraction-train",
@@ -253,6 +317,9 @@ _FIELD_TYPES: dict[str, type] = {
     f.name: {"bool": bool, "int": int, "float": float, "str": str}[str(f.type)]
     for f in fields(FDConfig)
 }
+
+
+_FLOAT_FIELDS = tuple(name for name, kind in _FIELD_TYPES.items() if kind is float)
 
 
 def _key(field_name: str) -> str:

@@ -13,7 +13,8 @@ when the clients give no usable signal.
 
 ``StreamingAggregator`` computes the same result for the rules that decompose into per-client
 sums, so the server can fold replies in as they arrive instead of holding every reply at once.
-``median`` and ``trimmed_mean`` are order statistics over clients and are not streamable.
+``median``, ``trimmed_mean`` and ``filtered_mean`` need every reply at once (order statistics
+over clients) and are not streamable.
 """
 
 from __future__ import annotations
@@ -60,12 +61,16 @@ class AggregationContext:
     trim_ratio : float
         Fraction of clients dropped at EACH end per coordinate by ``trimmed_mean``;
         must lie in ``[0, 0.5)`` so at least one client survives.
+    outlier_threshold : float
+        ``filtered_mean`` keeps clients whose distance to the coordinate-wise median is at most
+        ``median distance + outlier_threshold × 1.4826 × MAD`` (a robust z-score cut).
     """
 
     num_examples: np.ndarray
     class_counts: np.ndarray
     era_temperature: float = 0.5
     trim_ratio: float = 0.2
+    outlier_threshold: float = 3.0
 
     @classmethod
     def uniform(cls, num_clients: int, num_classes: int, **kwargs: float) -> AggregationContext:
@@ -233,6 +238,38 @@ def trimmed_mean_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
     return _renormalise(kept.mean(axis=0, dtype=np.float64))
 
 
+def client_distances(probs: np.ndarray) -> np.ndarray:
+    """``(clients,)`` mean total-variation distance of each client to the coordinate-wise median.
+
+    Total variation (half the L1 distance) is in ``[0, 1]`` per sample whatever the class count,
+    so the threshold means the same on 10 or 100 classes.
+    """
+    centre = np.median(probs, axis=0)  # (samples, classes)
+    return 0.5 * np.abs(probs - centre).sum(axis=-1).mean(axis=-1)
+
+
+def outlier_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """``(clients,)`` True for clients ``filtered_mean`` keeps (at least half always are)."""
+    dist = client_distances(probs)
+    centre = np.median(dist)
+    spread = 1.4826 * np.median(np.abs(dist - centre))  # MAD, scaled to σ for Gaussian data
+    return dist <= centre + threshold * max(spread, 1e-6)
+
+
+def filtered_mean_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Mean of the clients that are not outliers with respect to the coordinate-wise median.
+
+    Drops replies whose distance to the median (:func:`client_distances`) is more than
+    ``outlier_threshold`` robust standard deviations (MAD) above the median distance, then
+    averages the rest. Unlike ``median`` it keeps the mean's low variance when nobody attacks;
+    unlike ``trimmed_mean`` it removes whole clients, so an attacker cannot pass some
+    coordinates through. Since the cut lies above the median distance, at least half the
+    clients are kept. Not streamable: the centre needs every reply.
+    """
+    keep = outlier_mask(probs, ctx.outlier_threshold)
+    return _renormalise(probs[keep].mean(axis=0, dtype=np.float64))
+
+
 AGGREGATION_RULES: dict[str, AggregationRule] = {
     "mean": mean_rule,
     "logit_mean": logit_mean_rule,
@@ -243,12 +280,14 @@ AGGREGATION_RULES: dict[str, AggregationRule] = {
     "sharpen": sharpen_rule,
     "median": median_rule,
     "trimmed_mean": trimmed_mean_rule,
+    "filtered_mean": filtered_mean_rule,
 }
 
 STREAMABLE_RULES: frozenset[str] = frozenset(
     {"mean", "logit_mean", "weighted", "class_weighted", "confidence", "era", "sharpen"}
 )
-"""Rules that decompose into per-client sums; ``median``/``trimmed_mean`` need all replies."""
+"""Rules that decompose into per-client sums; ``median``, ``trimmed_mean`` and
+``filtered_mean`` need all replies at once."""
 
 
 def available_rules() -> list[str]:
@@ -283,6 +322,8 @@ def _check_context(ctx: AggregationContext, num_clients: int, num_classes: int) 
         raise ValueError(f"era_temperature must be > 0, got {ctx.era_temperature}")
     if not 0 <= ctx.trim_ratio < 0.5:
         raise ValueError(f"trim_ratio must lie in [0, 0.5), got {ctx.trim_ratio}")
+    if not ctx.outlier_threshold > 0:
+        raise ValueError(f"outlier_threshold must be > 0, got {ctx.outlier_threshold}")
 
 
 def aggregate(name: str, probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:

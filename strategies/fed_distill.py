@@ -32,6 +32,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedkd import protocol as P
 from fedkd.config import FDConfig
+from fedkd.privacy import DPSpec, epsilon_spent
 from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
 from strategies.aggregation import AggregationContext, aggregate
 from strategies.validation import Expected, Rejection, ValidReply, validate_reply
@@ -54,9 +55,12 @@ class RoundRecord:
     valid_replies: int
     rejected: int
     rejected_reasons: dict[str, int] = field(default_factory=dict)
-    missing: int = 0  # sampled clients that sent no reply (dropout, timeout, error)
+    missing: int = 0  # sampled clients that sent no reply before the timeout
     status: str = "ok"
     wall_seconds: float = 0.0
+    missing_nodes: list[int] = field(default_factory=list)  # who timed out
+    rejected_nodes: list[int] = field(default_factory=list)  # whose reply was an error or invalid
+    dp_epsilon: float | None = None  # ε spent so far by the most-uploading client (DP on)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -131,6 +135,8 @@ class FedDistill(Strategy):
         self.teacher: tuple[np.ndarray, np.ndarray] | None = None  # (probs, public indices)
         self.callbacks: list[RoundCallback] = []
         self._pending_indices: np.ndarray | None = None  # configure_train → aggregate_train
+        self.dp = DPSpec(cfg.dp_noise_multiplier, clip=cfg.dp_clip, delta=cfg.dp_delta)
+        self.uploads: dict[int, int] = {}  # node id → rounds it sent soft labels (DP accounting)
         self.checkpoint_path: Path | None = None  # set by the ServerApp when checkpointing
 
     # ------------------------------------------------------------------ Strategy API
@@ -221,6 +227,7 @@ class FedDistill(Strategy):
             "history": [r.as_dict() for r in self.history],
             "cum_bytes": self.cum_bytes,
             "teacher": None if self.teacher is None else [torch.as_tensor(a) for a in self.teacher],
+            "uploads": dict(self.uploads),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
@@ -232,6 +239,7 @@ class FedDistill(Strategy):
         self.cum_bytes = int(state["cum_bytes"])
         teacher = state["teacher"]
         self.teacher = None if teacher is None else (teacher[0].numpy(), teacher[1].numpy())
+        self.uploads = {int(k): int(v) for k, v in state.get("uploads", {}).items()}
         return int(state["round"])
 
     def save_checkpoint(self, path: str | Path) -> None:
@@ -252,35 +260,30 @@ class FedDistill(Strategy):
         started = time.perf_counter()
         nodes = self.sample_nodes(grid)
         indices = self.choose_public_indices()
-        train_req = self.make_request(
-            server_round, indices, with_predictions=not self.cfg.separate_query
-        )
-        replies, down, up = self.exchange(grid, nodes, P.TRAIN, train_req, timeout)
-        if self.cfg.separate_query:
-            query_req = self.make_request(
-                server_round, indices, with_predictions=True, teacher=False
-            )
-            answered = [r.metadata.src_node_id for r in replies if not r.has_error()]
-            replies, d2, u2 = self.exchange(grid, answered, P.QUERY, query_req, timeout)
-            down, up = down + d2, up + u2
-        valid, rejected = self.validate(
-            replies, len(indices) if indices is not None else self.public.size
-        )
-        self.cum_bytes += up + down
+        num_samples = len(indices) if indices is not None else self.public.size
+        phases = self.collect(grid, server_round, nodes, indices, timeout)
+        valid, rejected = self.validate(phases.replies, num_samples)
+        rejected = phases.train_errors + rejected
+        self.cum_bytes += phases.bytes_up + phases.bytes_down
         record = RoundRecord(
             round=server_round,
             student_accuracy=float("nan"),
             student_loss=float("nan"),
-            client_accuracy=_mean_metric(valid, P.TEST_ACCURACY),
+            client_accuracy=_mean_metric(self.client_metrics(phases, valid), P.TEST_ACCURACY),
             teacher_accuracy=None,
-            bytes_up=up,
-            bytes_down=down,
+            bytes_up=phases.bytes_up,
+            bytes_down=phases.bytes_down,
             cum_bytes=self.cum_bytes,
             valid_replies=len(valid),
             rejected=len(rejected),
             rejected_reasons=_count_reasons(rejected),
-            missing=len(nodes) - len(replies),
+            missing=len(phases.missing),
+            missing_nodes=phases.missing,
+            rejected_nodes=[r.node_id for r in rejected],
+            dp_epsilon=self.account_uploads(phases.replies),
         )
+        if phases.missing:
+            log.warning("round %d: no reply in time from nodes %s", server_round, phases.missing)
         if len(valid) < self.cfg.min_replies:
             record.status = (
                 f"skipped: {len(valid)} valid replies < min-replies={self.cfg.min_replies}"
@@ -302,6 +305,49 @@ class FedDistill(Strategy):
         record.wall_seconds = time.perf_counter() - started
         return record
 
+    def collect(
+        self,
+        grid: Grid,
+        server_round: int,
+        nodes: list[int],
+        indices: np.ndarray | None,
+        timeout: float,
+    ) -> _Phases:
+        """The round's message phases: train (carrying the query), or train then query."""
+        train_req = self.make_request(
+            server_round, indices, with_predictions=not self.cfg.separate_query
+        )
+        replies, down, up = self.exchange(grid, nodes, P.TRAIN, train_req, timeout)
+        phases = _Phases(replies=replies, bytes_up=up, bytes_down=down)
+        phases.missing = _silent(nodes, replies)
+        if not self.cfg.separate_query:
+            return phases
+        phases.train_metrics = [_metrics_of(r) for r in replies if not r.has_error()]
+        # Only clients that trained are queried; their train-phase errors are rejections here.
+        phases.train_errors = [_error_rejection(r) for r in replies if r.has_error()]
+        answered = [r.metadata.src_node_id for r in replies if not r.has_error()]
+        query_req = self.make_request(server_round, indices, with_predictions=True, teacher=False)
+        phases.replies, d2, u2 = self.exchange(grid, answered, P.QUERY, query_req, timeout)
+        phases.bytes_down, phases.bytes_up = down + d2, up + u2
+        phases.missing = sorted(phases.missing + _silent(answered, phases.replies))
+        return phases
+
+    def client_metrics(self, phases: _Phases, valid: list[ValidReply]) -> list[dict[str, Any]]:
+        """Training metrics of this round's clients: from the valid replies, or, when soft
+        labels came in a separate query, from every train reply that was not an error."""
+        return phases.train_metrics if self.cfg.separate_query else [v.metrics for v in valid]
+
+    def account_uploads(self, replies: list[Message]) -> float | None:
+        """Count who uploaded soft labels; ε so far for the most frequent uploader (DP on)."""
+        if not self.dp.enabled:
+            return None
+        for r in replies:
+            if not r.has_error():
+                node = int(r.metadata.src_node_id)
+                self.uploads[node] = self.uploads.get(node, 0) + 1
+        most = max(self.uploads.values(), default=0)
+        return epsilon_spent(self.dp.noise_multiplier, most, self.dp.delta)
+
     def sample_nodes(self, grid: Grid) -> list[int]:
         """Seeded sampling of ``max(fraction × connected, min_train_nodes)`` nodes.
 
@@ -309,7 +355,7 @@ class FedDistill(Strategy):
         """
         nodes = sorted(grid.get_node_ids())
         while len(nodes) < self.cfg.min_train_nodes:
-            log.info(
+            log.warning(
                 "waiting for nodes: %d connected, %d needed", len(nodes), self.cfg.min_train_nodes
             )
             time.sleep(1.0)
@@ -384,7 +430,7 @@ class FedDistill(Strategy):
         for reply in replies:
             node = int(reply.metadata.src_node_id)
             if reply.has_error():
-                rejected.append(Rejection(node, "client-error", str(reply.error.reason)))
+                rejected.append(_error_rejection(reply))
                 continue
             checked = validate_reply(node, reply.content, expected)
             if isinstance(checked, Rejection):
@@ -404,6 +450,7 @@ class FedDistill(Strategy):
             class_counts=np.stack([v.class_counts for v in valid]),
             era_temperature=self.cfg.era_temperature,
             trim_ratio=self.cfg.trim_ratio,
+            outlier_threshold=self.cfg.outlier_threshold,
         )
         return aggregate(self.cfg.aggregation, probs, ctx)  # (samples, classes)
 
@@ -439,8 +486,41 @@ def _resolve(indices: np.ndarray | None, size: int) -> np.ndarray:
     return np.arange(size) if indices is None else indices
 
 
-def _mean_metric(valid: list[ValidReply], key: str) -> float | None:
-    values = [float(v.metrics[key]) for v in valid if key in v.metrics]
+@dataclass
+class _Phases:
+    """What a round's message phases brought back (see :meth:`FedDistill.collect`)."""
+
+    replies: list[Message]  # the replies that should carry soft labels
+    bytes_up: int
+    bytes_down: int
+    missing: list[int] = field(default_factory=list)  # sampled, but silent until the timeout
+    train_metrics: list[dict[str, Any]] = field(default_factory=list)
+    train_errors: list[Rejection] = field(default_factory=list)  # separate-query mode only
+
+
+def _silent(nodes: list[int], replies: list[Message]) -> list[int]:
+    answered = {int(r.metadata.src_node_id) for r in replies}
+    return [int(n) for n in nodes if int(n) not in answered]
+
+
+def _metrics_of(reply: Message) -> dict[str, Any]:
+    record = reply.content.metric_records.get(P.METRICS)
+    return dict(record) if record is not None else {}
+
+
+def _error_rejection(reply: Message) -> Rejection:
+    return Rejection(int(reply.metadata.src_node_id), "client-error", str(reply.error.reason))
+
+
+def _mean_metric(metrics: list[dict[str, Any]], key: str) -> float | None:
+    values = []
+    for m in metrics:
+        try:
+            value = float(m[key])
+        except (KeyError, TypeError, ValueError):  # absent or malformed: not counted
+            continue
+        if np.isfinite(value):
+            values.append(value)
     return float(np.mean(values)) if values else None
 
 

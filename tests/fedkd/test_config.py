@@ -189,15 +189,29 @@ def test_heterogeneous_models_round_robin() -> None:
     assert [cfg.model_for_partition(i) for i in range(6)] == ["mlp", "cnn", "resnet8"] * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG fedkd/config.py _validate: '> 0' checks accept inf, so FDConfig(lr=inf) builds and "
-    "every client then fails in TrainConfig (finite lr required) at run time",
+@pytest.mark.parametrize("name", ["lr", "server_lr", "temperature", "dp_noise_multiplier"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_non_finite_numbers_are_rejected(name: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"'{name.replace('_', '-')}'.*finite"):
+        FDConfig(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"fault_crash_train": 1.5}, "fault-crash-train"),
+        ({"fault_straggle": -0.1}, "fault-straggle"),
+        ({"byzantine_fraction": 2.0}, "byzantine-fraction"),
+        ({"byzantine_attack": "sybil"}, "byzantine-attack"),
+        ({"dp_delta": 0.0}, "dp-delta"),
+        ({"dp_clip": 0.0}, "dp-clip"),
+        ({"dp_noise_multiplier": -1.0}, "dp-noise-multiplier"),
+        ({"outlier_threshold": 0.0}, "outlier-threshold"),
+    ],
 )
-@pytest.mark.parametrize("name", ["lr", "server_lr", "temperature"])
-def test_infinite_rates_are_rejected(name: str) -> None:
-    with pytest.raises(ConfigError, match=f"'{name.replace('_', '-')}'"):
-        FDConfig(**{name: math.inf})
+def test_fault_privacy_and_robustness_keys_are_validated(changes: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        FDConfig(**changes)
 
 
 # ----------------------------------------------------------------------------- sync and docs

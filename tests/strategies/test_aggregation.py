@@ -16,6 +16,7 @@ from strategies.aggregation import (
     StreamingAggregator,
     aggregate,
     available_rules,
+    outlier_mask,
 )
 
 ERA_T = 0.3
@@ -139,6 +140,39 @@ def ref_trimmed_mean(p, ctx):
     return out
 
 
+def ref_filtered_mean(p, ctx):
+    num_clients, num_samples, num_classes = p.shape
+    centre = ref_median_unnormalised(p)
+    dist = []
+    for k in range(num_clients):
+        per_sample = [
+            0.5 * sum(abs(float(p[k, s, c]) - centre[s][c]) for c in range(num_classes))
+            for s in range(num_samples)
+        ]
+        dist.append(sum(per_sample) / num_samples)
+    mid = statistics.median(dist)
+    mad = statistics.median(abs(d - mid) for d in dist)
+    cut = mid + ctx.outlier_threshold * max(1.4826 * mad, 1e-6)
+    kept = [k for k in range(num_clients) if dist[k] <= cut]
+    return [
+        _normalise_row(
+            [sum(float(p[k, s, c]) for k in kept) / len(kept) for c in range(num_classes)]
+        )
+        for s in range(num_samples)
+    ]
+
+
+def ref_median_unnormalised(p):
+    num_clients, num_samples, num_classes = p.shape
+    return [
+        [
+            statistics.median(float(p[k, s, c]) for k in range(num_clients))
+            for c in range(num_classes)
+        ]
+        for s in range(num_samples)
+    ]
+
+
 REFERENCES = {
     "mean": ref_mean,
     "logit_mean": ref_logit_mean,
@@ -149,6 +183,7 @@ REFERENCES = {
     "sharpen": ref_sharpen,
     "median": ref_median,
     "trimmed_mean": ref_trimmed_mean,
+    "filtered_mean": ref_filtered_mean,
 }
 ALL_RULES = available_rules()
 STREAMABLE = sorted(STREAMABLE_RULES)
@@ -194,7 +229,7 @@ def assert_distributions(out: np.ndarray, shape: tuple[int, int]) -> None:
 # ----------------------------------------------------------------------------- registry
 def test_every_rule_has_a_reference():
     assert set(REFERENCES) == set(ALL_RULES) == set(AGGREGATION_RULES)
-    assert set(STREAMABLE_RULES) == set(ALL_RULES) - {"median", "trimmed_mean"}
+    assert set(STREAMABLE_RULES) == set(ALL_RULES) - {"median", "trimmed_mean", "filtered_mean"}
 
 
 def test_unknown_rule_names_the_options():
@@ -364,6 +399,8 @@ def _tv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         (3, 1, "trimmed_mean", 0.25),
         (3, 2, "trimmed_mean", 0.4),
         (7, 2, "trimmed_mean", 0.25),
+        (3, 1, "filtered_mean", 0.0),
+        (7, 3, "filtered_mean", 0.0),
     ],
 )
 @pytest.mark.parametrize("seed", range(3))
@@ -460,3 +497,28 @@ def test_bad_inputs_raise(mutate, match):
     bad_probs, bad_ctx = mutate(probs, ctx)
     with pytest.raises(ValueError, match=match):
         aggregate("mean", bad_probs, bad_ctx)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_filtered_mean_drops_exactly_the_attackers_and_then_equals_the_honest_mean(seed):
+    rng = np.random.default_rng(seed)
+    classes, samples, honest = 10, 50, 7
+    q = rng.dirichlet(np.full(classes, 1.0), size=samples)
+    good = np.stack([np.stack([rng.dirichlet(100 * row + 1e-3) for row in q]) for _ in range(7)])
+    flipped = good[:3, :, ::-1]  # label-flipping attackers, as fedkd.faults simulates them
+    probs = np.concatenate([good, flipped]).astype(np.float32)
+    keep = outlier_mask(probs, threshold=3.0)
+    assert keep.tolist() == [True] * honest + [False] * 3
+    everyone, honest_only = (AggregationContext.uniform(n, classes) for n in (10, honest))
+    np.testing.assert_allclose(
+        aggregate("filtered_mean", probs, everyone),
+        aggregate("mean", probs[:honest], honest_only),
+        atol=1e-6,
+    )
+
+
+def test_filtered_mean_keeps_at_least_half_of_very_diverse_clients():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(4, 0.1), size=(9, 30)).astype(np.float32)
+    for threshold in (1e-3, 0.5, 3.0):
+        assert outlier_mask(probs, threshold).sum() >= 5

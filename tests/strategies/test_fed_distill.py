@@ -189,12 +189,6 @@ def test_separate_query_matches_the_one_reply_path() -> None:
         assert b.bytes_up > a.bytes_up
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG strategies/fed_distill.py run_round: with separate_query the train replies are "
-    "dropped after collecting node ids, so client_accuracy is computed from query replies, which "
-    "carry no test-accuracy: it is always None",
-)
 def test_separate_query_reports_client_accuracy() -> None:
     records = _run(_cfg(separate_query=True, num_rounds=1))
     assert records[0].client_accuracy is not None

@@ -1,0 +1,104 @@
+"""Simulated faults and attackers, switched on by config (``fault-*``, ``byzantine-*`` keys).
+
+Researchers need to see what a strategy does when clients crash, answer too late, or lie. The
+decisions here are deterministic functions of (seed, partition id, round, phase), so a rerun
+meets the same faults, and a client never needs to know about the others. With every
+probability and fraction at 0 (the defaults, and what devices run) nothing here acts.
+
+Byzantine attacks act on the soft labels a client uploads (after any DP noise: attackers do not
+bother to add it):
+
+``uniform``
+    random distributions (Dirichlet(1) rows): noise with no signal.
+``label_flip``
+    class ``c``'s probability reported as class ``C-1-c``'s: confidently wrong, consistently.
+``targeted``
+    every row one-hot on ``byzantine-target``: pushes the teacher toward one class.
+``peaked``
+    every row one-hot on a random class: maximal confidence, no signal; confidence-weighted
+    rules trust it most.
+``scaled``
+    the honest rows multiplied by 10: no longer distributions. Reply validation must reject it
+    (the protocol carries probabilities, so scaling cannot pass unnoticed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+
+from fedkd.config import FDConfig
+
+Phase = Literal["train", "query"]
+SCALE_FACTOR = 10.0
+_SALT = {"train": 1, "query": 2, "straggle": 3}
+
+
+class InjectedFault(RuntimeError):
+    """A crash fedkd simulated on purpose (the reply becomes an error, as a real crash would)."""
+
+
+def _rng(cfg: FDConfig, partition_id: int, server_round: int, salt: int) -> np.random.Generator:
+    return np.random.default_rng([cfg.seed, partition_id, server_round, salt])
+
+
+def attackers(cfg: FDConfig) -> frozenset[int]:
+    """Partition ids of the simulated attackers: ``round(fraction × clients)``, seeded."""
+    count = round(cfg.byzantine_fraction * cfg.num_clients)
+    order = np.random.default_rng([cfg.seed, 0xB12]).permutation(cfg.num_clients)
+    return frozenset(int(i) for i in order[:count])
+
+
+def crash(cfg: FDConfig, partition_id: int, server_round: int, phase: Phase) -> None:
+    """Maybe raise :class:`InjectedFault` at the start of ``phase`` (train, or the query)."""
+    p = cfg.fault_crash_train if phase == "train" else cfg.fault_crash_query
+    if p > 0 and _rng(cfg, partition_id, server_round, _SALT[phase]).random() < p:
+        raise InjectedFault(
+            f"injected crash: partition {partition_id}, round {server_round}, {phase}"
+        )
+
+
+def straggle(cfg: FDConfig, partition_id: int, server_round: int, message_type: str) -> None:
+    """Maybe sleep ``round-timeout + 1`` s before handling a message: the reply comes too late."""
+    p = cfg.fault_straggle
+    salt = _SALT["straggle"] + len(message_type)  # train and query draw independently
+    if p > 0 and _rng(cfg, partition_id, server_round, salt).random() < p:
+        time.sleep(cfg.round_timeout + 1.0)
+
+
+def attack(
+    probs: np.ndarray, kind: str, *, rng: np.random.Generator, target: int = 0
+) -> np.ndarray:
+    """What an attacker uploads instead of its honest ``(rows, classes)`` soft labels."""
+    rows, classes = probs.shape
+    if kind == "uniform":
+        return rng.dirichlet(np.ones(classes), size=rows).astype(np.float32)
+    if kind == "label_flip":
+        return np.ascontiguousarray(probs[:, ::-1])
+    if kind == "targeted":
+        if not 0 <= target < classes:
+            raise ValueError(f"byzantine-target {target} outside [0, {classes})")
+        return _one_hot(np.full(rows, target), classes)
+    if kind == "peaked":
+        return _one_hot(rng.integers(classes, size=rows), classes)
+    if kind == "scaled":
+        return (probs * SCALE_FACTOR).astype(np.float32)
+    raise ValueError(f"unknown attack {kind!r}")
+
+
+def maybe_attack(
+    cfg: FDConfig, partition_id: int, server_round: int, probs: np.ndarray
+) -> np.ndarray:
+    """``probs`` unchanged for honest clients, the configured attack for attackers."""
+    if partition_id not in attackers(cfg):
+        return probs
+    rng = _rng(cfg, partition_id, server_round, 0xA77)
+    return attack(probs, cfg.byzantine_attack, rng=rng, target=cfg.byzantine_target)
+
+
+def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    out = np.zeros((len(labels), classes), dtype=np.float32)
+    out[np.arange(len(labels)), labels] = 1.0
+    return out

@@ -1,0 +1,97 @@
+"""Simulated faults and attackers: deterministic, at the configured rates, doing what they say."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedkd import faults
+from fedkd.config import FDConfig
+
+
+def _probs(rows: int = 40, classes: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).dirichlet(np.ones(classes), size=rows).astype(np.float32)
+
+
+@pytest.mark.parametrize(("fraction", "count"), [(0.0, 0), (0.1, 1), (0.3, 3), (1.0, 10)])
+def test_attackers_are_the_configured_share_and_depend_on_the_seed(fraction, count) -> None:
+    picked = faults.attackers(FDConfig(byzantine_fraction=fraction, num_clients=10))
+    assert len(picked) == count and picked <= set(range(10))
+    assert picked == faults.attackers(FDConfig(byzantine_fraction=fraction, num_clients=10))
+    if 0 < count < 10:
+        others = {faults.attackers(FDConfig(byzantine_fraction=fraction, seed=s)) for s in range(8)}
+        assert len(others) > 1
+
+
+def test_uniform_attack_is_random_distributions() -> None:
+    out = faults.attack(_probs(), "uniform", rng=np.random.default_rng(5))
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    assert np.corrcoef(out.ravel(), _probs().ravel())[0, 1] < 0.3
+
+
+def test_label_flip_reverses_the_classes() -> None:
+    p = _probs()
+    out = faults.attack(p, "label_flip", rng=np.random.default_rng(0))
+    assert np.array_equal(out.argmax(axis=1), 9 - p.argmax(axis=1))
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_targeted_attack_puts_all_mass_on_the_target() -> None:
+    out = faults.attack(_probs(), "targeted", rng=np.random.default_rng(0), target=3)
+    assert np.all(out[:, 3] == 1.0) and out.sum() == len(out)
+    with pytest.raises(ValueError, match="byzantine-target"):
+        faults.attack(_probs(), "targeted", rng=np.random.default_rng(0), target=10)
+
+
+def test_peaked_attack_is_one_hot_on_many_classes() -> None:
+    out = faults.attack(_probs(400), "peaked", rng=np.random.default_rng(0))
+    assert np.all(out.max(axis=1) == 1.0) and np.all(out.sum(axis=1) == 1.0)
+    assert len(np.unique(out.argmax(axis=1))) == 10
+
+
+def test_scaled_attack_is_no_longer_a_distribution() -> None:
+    out = faults.attack(_probs(), "scaled", rng=np.random.default_rng(0))
+    np.testing.assert_allclose(out.sum(axis=1), faults.SCALE_FACTOR, rtol=1e-5)
+
+
+def test_honest_clients_upload_their_own_predictions() -> None:
+    cfg = FDConfig(byzantine_fraction=0.3)
+    p = _probs()
+    honest = next(i for i in range(10) if i not in faults.attackers(cfg))
+    bad = next(iter(faults.attackers(cfg)))
+    assert faults.maybe_attack(cfg, honest, 1, p) is p
+    assert not np.allclose(faults.maybe_attack(cfg, bad, 1, p), p)
+
+
+@pytest.mark.parametrize("phase", ["train", "query"])
+def test_crashes_happen_at_the_configured_rate_and_reproducibly(phase) -> None:
+    key = "fault_crash_train" if phase == "train" else "fault_crash_query"
+    cfg = FDConfig(**{key: 0.3})
+
+    def crashed(partition: int, rnd: int) -> bool:
+        try:
+            faults.crash(cfg, partition, rnd, phase)
+        except faults.InjectedFault:
+            return True
+        return False
+
+    grid = [(p, r) for p in range(20) for r in range(1, 51)]  # 1 000 draws
+    first = [crashed(p, r) for p, r in grid]
+    assert first == [crashed(p, r) for p, r in grid]
+    assert 0.25 < np.mean(first) < 0.35  # binomial sd ≈ 0.015
+
+
+def test_no_faults_by_default() -> None:
+    cfg = FDConfig()
+    for r in range(1, 30):
+        faults.crash(cfg, 0, r, "train")
+        faults.crash(cfg, 0, r, "query")
+
+
+def test_stragglers_sleep_past_the_round_timeout(monkeypatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    cfg = FDConfig(fault_straggle=0.5, round_timeout=7.0)
+    for r in range(1, 201):
+        faults.straggle(cfg, 0, r, "train")
+    assert 70 < len(slept) < 130 and set(slept) == {8.0}
