@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -28,6 +29,15 @@ class References:
     centralized: float
 
 
+def _optimizer(name: str) -> Literal["sgd", "adam"]:
+    """``FDConfig.optimizer`` (a validated ``str``) as the literal type TrainConfig declares."""
+    if name == "sgd":
+        return "sgd"
+    if name == "adam":
+        return "adam"
+    raise ValueError(f"unknown optimizer {name!r}; allowed: sgd, adam")
+
+
 def _train_eval(
     cfg: FDConfig, model_name: str, x: torch.Tensor, y: torch.Tensor, seed: int
 ) -> float:
@@ -38,8 +48,8 @@ def _train_eval(
         epochs=cfg.num_rounds * cfg.local_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        optimizer=cfg.optimizer,
-    )  # type: ignore[arg-type]
+        optimizer=_optimizer(cfg.optimizer),
+    )
     if len(y):
         train_supervised(model, x, y, train_cfg, generator=torch.Generator().manual_seed(seed))
     return evaluate(model, splits.test_x, splits.test_y, num_classes=splits.num_classes).accuracy

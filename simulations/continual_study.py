@@ -9,7 +9,8 @@ ACC/BWT/FWT/forgetting/intransigence per seed and their mean ± std), ``config.y
 resolved config), ``heatmap_<learner>.png`` and ``accuracy_over_tasks_<learner>.png``; logs to
 W&B (offline by default) and prints the summary table and the run directory at the end.
 
-The Hydra tree becomes typed dataclasses in one tested function, :func:`to_tool_config`.
+The Hydra tree becomes typed dataclasses in one tested function, :func:`to_tool_config`; a bad
+value stops the tool before any work with one line naming its key and exit status 2.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fedkd.config import ConfigError
 from fedkd.continual import (
     LearnerSpec,
     SequenceConfig,
@@ -37,6 +39,7 @@ from fedkd.continual import (
 )
 from fedkd.continual.study import summary_table
 from fedkd.training import TrainConfig
+from simulations.hydra_config import exit_on_config_error
 from simulations.tracking import MODES, Tracker
 
 __all__ = ["ToolConfig", "WandbConfig", "main", "run", "to_tool_config"]
@@ -56,7 +59,7 @@ _TOP_KEYS = {
 _TUPLE_FIELDS = {"class_order", "angles", "lam_schedule", "hidden_sizes", "channels"}
 
 
-class ConfigKeyError(ValueError):
+class ConfigKeyError(ConfigError):
     """A config key is unknown or its value invalid; the message names the Hydra path."""
 
 
@@ -225,14 +228,15 @@ def _event_logger(tracker: Tracker, bar: Any) -> Any:
     return on_task
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) -> dict[str, Any]:
     """Run the study ``cfg`` describes and write its files into ``run_dir``.
 
+    ``tool`` is ``to_tool_config(cfg)`` when the caller has already validated ``cfg``.
     Returns the results dict that was written to ``run_dir/metrics.json``.
     """
     from tqdm.auto import tqdm
 
-    tool = to_tool_config(cfg)
+    tool = tool if tool is not None else to_tool_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -271,8 +275,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../conf", config_name="continual", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: ``python -m simulations.continual_study [overrides]``."""
-    run(cfg, HydraConfig.get().runtime.output_dir)
+    """Hydra entry point: ``python -m simulations.continual_study [overrides]``.
+
+    Exits with status 2 and one line on stderr for an invalid config value, before any work.
+    """
+    try:
+        tool = to_tool_config(cfg)
+    except ConfigError as error:
+        exit_on_config_error("continual_study", error)
+    run(cfg, HydraConfig.get().runtime.output_dir, tool)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
 Each run writes into its Hydra run directory: ``metrics.json`` (one record per round),
 ``summary.json`` (final and reference accuracies), ``config.yaml`` (resolved config),
 ``run_config.json`` (the flat Flower run-config, reusable with ``flwr run``), plots, and the
-offline W&B run.
+offline W&B run. A bad config value stops the run before any work with one line naming the
+key (``fedkd-sim: error: invalid config key 'temperature': ... (Hydra key: fd.temperature)``)
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedkd.client import client_partitions, load_splits_for
 from fedkd.client_app import make_client_app
-from fedkd.config import to_run_config
+from fedkd.config import ConfigError, to_run_config
 from fedkd.data import label_histogram, plot_label_histogram
 from simulations.engine import run_apps
-from simulations.hydra_config import RunSpec, build_run_spec
+from simulations.hydra_config import RunSpec, build_run_spec, exit_on_config_error
 from simulations.tracking import Tracker
 from strategies.fed_distill import RoundRecord
 from strategies.reporting import write_json_atomic
@@ -134,12 +136,20 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: works 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns the final student accuracy (handy for sweepers)."""
+    """Hydra entry point; returns the final student accuracy (handy for sweepers).
+
+    Exits with status 2 and one line on stderr for an invalid config value, before any work.
+    """
     run_dir = HydraConfig.get().runtime.output_dir
-    spec = build_run_spec(cfg, run_dir=run_dir)
+    try:
+        spec = build_run_spec(cfg, run_dir=run_dir)
+    except ConfigError as error:
+        exit_on_config_error("fedkd-sim", error)
     if not spec.simulation.verbose:
         logging.getLogger("flwr").setLevel(logging.INFO)
-    summary = run_experiment(spec, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)  # a DictConfig always converts to a dict
+    summary = run_experiment(spec, {str(k): v for k, v in resolved.items()})
     print_summary(summary, run_dir)
     return float(summary["final_student_accuracy"])
 

@@ -2,8 +2,11 @@
 
 * :mod:`~fedkd.continual.tasks` — split (task-IL / class-IL), permuted and rotated sequences
   from any fedkd dataset;
-* :mod:`~fedkd.continual.learners` — fine-tuning, LwF (distilling through :mod:`fedkd.kd`) and
-  joint training on one :class:`Learner` base, registered by name;
+* :mod:`~fedkd.continual.base` — the :class:`Learner` base (extension points, one training
+  loop) on a :class:`MultiHeadNet` (:mod:`~fedkd.continual.network`);
+* :mod:`~fedkd.continual.finetune`, :mod:`~fedkd.continual.lwf` (distilling through
+  :mod:`fedkd.kd`), :mod:`~fedkd.continual.joint` — one method per module, named in
+  :mod:`~fedkd.continual.registry` (:mod:`~fedkd.continual.learners` re-exports them all);
 * :mod:`~fedkd.continual.metrics` — ACC, BWT, FWT, forgetting, intransigence from the
   accuracy matrix (pure numpy);
 * :mod:`~fedkd.continual.study` — learners × seeds over one sequence, as a JSON-ready dict;
@@ -12,24 +15,10 @@
 Nothing here imports Flower, Ray or Hydra; matplotlib is imported only when plotting.
 """
 
-from fedkd.continual.learners import (
-    Batch,
-    FineTune,
-    Joint,
-    JointConfig,
-    Learner,
-    LwF,
-    LwFConfig,
-    MultiHeadNet,
-    TrainingData,
-    available_learners,
-    build_learner,
-    build_net,
-    distill_targets,
-    evaluate_tasks,
-    register_learner,
-    task_data,
-)
+from fedkd.continual.base import Learner
+from fedkd.continual.finetune import FineTune
+from fedkd.continual.joint import Joint, JointConfig
+from fedkd.continual.lwf import LwF, LwFConfig, distill_targets
 from fedkd.continual.metrics import (
     accuracy,
     backward_transfer,
@@ -40,7 +29,9 @@ from fedkd.continual.metrics import (
     mean_std,
     summarize,
 )
+from fedkd.continual.network import MultiHeadNet, build_net, evaluate_tasks
 from fedkd.continual.plots import plot_accuracy_matrix, plot_accuracy_over_tasks
+from fedkd.continual.registry import available_learners, build_learner, register_learner
 from fedkd.continual.study import (
     LearnerSpec,
     StudyConfig,
@@ -61,6 +52,7 @@ from fedkd.continual.tasks import (
     rotated_sequence,
     split_sequence,
 )
+from fedkd.continual.training_data import Batch, TrainingData, task_data
 
 __all__ = [
     "SCENARIOS",

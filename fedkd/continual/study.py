@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedkd.continual.learners import available_learners, build_learner, build_net, evaluate_tasks
 from fedkd.continual.metrics import mean_std, summarize
+from fedkd.continual.network import build_net, evaluate_tasks
+from fedkd.continual.registry import available_learners, build_learner
 from fedkd.continual.tasks import SequenceConfig, TaskSequence, build_sequence
 from fedkd.models import available_models
 from fedkd.training import TrainConfig

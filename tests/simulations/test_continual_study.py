@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -156,3 +157,30 @@ def test_module_entry_point_runs_with_hydra(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file()
     assert str(run_dir) in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learners.lwf.lam=-1", "'learners.lwf': LwFConfig.lam"),
+        ("train.lr=-1", "'train': TrainConfig.lr"),
+    ],
+)
+def test_module_entry_point_bad_value_fails_with_one_line(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    """A bad value: exit status 2, one stderr line naming the key, no traceback, no run."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.continual_study", override, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("continual_study: error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "config.yaml").exists()

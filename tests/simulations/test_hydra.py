@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from fedkd.config import ConfigError, from_run_config
-from simulations.hydra_config import build_run_spec
+from simulations.hydra_config import build_run_spec, exit_on_config_error
 from simulations.run import CONF_DIR
 
 CONF = Path(CONF_DIR)
@@ -132,6 +135,55 @@ def test_bad_simulation_and_logging_values_are_refused() -> None:
         build_run_spec(_compose("simulation.backend=slurm"))
     with pytest.raises(ConfigError, match=r"logging\.wandb\.mode"):
         build_run_spec(_compose("logging.wandb.mode=cloud"))
+
+
+def test_bad_simulation_values_become_config_errors_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"simulation\.client_cpus"):
+        build_run_spec(_compose("simulation.client_cpus=0"))
+    with pytest.raises(ConfigError, match=r"unknown config key 'simulation\.bogus'"):
+        build_run_spec(_compose("+simulation.bogus=1"))
+    with pytest.raises(ConfigError, match=r"logging\.wandb\.colour"):
+        build_run_spec(_compose("+logging.wandb.colour=red"))
+
+
+def test_exit_on_config_error_prints_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_config_error("prog", ConfigError("invalid config key 'lr': must be > 0"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "prog: error: invalid config key 'lr': must be > 0\n"
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # asks for the full trace: re-raise
+    with pytest.raises(ConfigError):
+        exit_on_config_error("prog", ConfigError("x"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("fd.temperature=-1", "invalid config key 'temperature'"),
+        ("dataset.dataset=foo", "(Hydra key: dataset.dataset)"),
+    ],
+)
+def test_cli_bad_value_fails_with_one_line_and_no_traceback(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    """``fedkd-sim <bad value>``: exit status 2, one stderr line naming the key, no trace."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.run", override, f"hydra.run.dir={run_dir}"],
+        cwd=CONF.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("fedkd-sim: error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (run_dir / "partition.json").exists()  # stopped before any work
 
 
 def test_debug_experiment_end_to_end(tmp_path: Path) -> None:

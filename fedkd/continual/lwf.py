@@ -1,0 +1,305 @@
+"""Learning without Forgetting (Li & Hoiem, 2017): its options, what it distils, the learner.
+
+The distillation loss comes from :mod:`fedkd.kd` — the same core Federated Distillation
+uses — called as ``kd.distillation_loss`` so that one fix lands everywhere. ``docs/lwf.md``
+maps every option to the paper and to other libraries' defaults.
+
+This module imports only torch and fedkd; never Flower, Ray or Hydra.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fedkd import kd
+from fedkd.continual.base import fit, head_cross_entropy
+from fedkd.continual.finetune import FineTune
+from fedkd.continual.network import MultiHeadNet, module_device
+from fedkd.continual.tasks import SCENARIOS, Scenario, TaskSequence
+from fedkd.continual.training_data import Batch, TrainingData
+from fedkd.training import TrainConfig, make_optimizer
+
+__all__ = ["DistillUnits", "LwF", "LwFConfig", "TeacherMode", "TeacherOutputs", "distill_targets"]
+
+
+DistillUnits = Literal["old", "all"]
+TeacherOutputs = Literal["cached", "per_batch"]
+TeacherMode = Literal["eval", "train"]
+
+
+@dataclass(frozen=True)
+class LwFConfig:
+    """Options of Learning without Forgetting (Li & Hoiem, 2017); see ``docs/lwf.md``.
+
+    Defaults follow the paper: T = 2, λ = 1, no T² factor, only the old tasks' outputs
+    distilled, teacher outputs recorded once per task with the teacher frozen in eval mode,
+    no warm-up. ``__post_init__`` raises ``ValueError`` naming the offending field.
+    """
+
+    temperature: float = 2.0
+    """Softening temperature T of teacher and student (paper: 2)."""
+    lam: float = 1.0
+    """Weight λ_o of the distillation term (paper: 1; Mammoth 0.5; PyCIL 3)."""
+    lam_schedule: tuple[float, ...] | None = None
+    """λ per task: entry ``t`` is used while training task ``t`` (entry 0 is never used, task 0
+    has no teacher), as Avalanche's list-valued ``alpha``; overrides ``lam``."""
+    t2_scaling: bool = False
+    """Multiply the KD term by T² (Hinton et al., 2015). The paper does not."""
+    divergence: kd.Divergence = "kl"
+    """``kl`` has the gradient of the paper's modified cross-entropy (``soft_ce``) but reads 0
+    when the student matches the teacher; ``soft_ce`` reproduces the paper's loss value."""
+    distill: DistillUnits = "old"
+    """``old``: only units of earlier tasks (old heads in task-IL, old classes' columns in
+    class-IL; the whole shared head in domain-IL). ``all``: every unit of every head."""
+    teacher_outputs: TeacherOutputs = "cached"
+    """``cached``: teacher outputs on the new task's inputs computed once per task (the paper's
+    "record Y_o"; Mammoth); ``per_batch``: recomputed every step (Avalanche, FACIL, PyCIL).
+    Identical without data augmentation and with an eval-mode teacher."""
+    teacher_mode: TeacherMode = "eval"
+    """Mode of the frozen teacher's forward pass; ``train`` makes BatchNorm use batch
+    statistics (and dropout active), which is what a copy left in train mode does."""
+    warmup_epochs: int = 0
+    """Epochs of the paper's warm-up: train only the new task's head on frozen features
+    before joint optimisation (class-IL: only the new classes' units). 0 disables it."""
+    warmup_lr: float | None = None
+    """Learning rate of the warm-up; None uses the training lr."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("temperature", _positive(self.temperature), "a finite number > 0"),
+            ("lam", _non_negative(self.lam), "a finite number >= 0"),
+            (
+                "lam_schedule",
+                self.lam_schedule is None or all(_non_negative(v) for v in self.lam_schedule),
+                "None or a list of finite numbers >= 0",
+            ),
+            ("divergence", self.divergence in kd.DIVERGENCES, f"one of {kd.DIVERGENCES}"),
+            ("distill", self.distill in ("old", "all"), "'old' or 'all'"),
+            (
+                "teacher_outputs",
+                self.teacher_outputs in ("cached", "per_batch"),
+                "'cached' or 'per_batch'",
+            ),
+            ("teacher_mode", self.teacher_mode in ("eval", "train"), "'eval' or 'train'"),
+            (
+                "warmup_epochs",
+                isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
+                "an int >= 0",
+            ),
+            ("warmup_lr", self.warmup_lr is None or _positive(self.warmup_lr), "None or > 0"),
+            ("t2_scaling", isinstance(self.t2_scaling, bool), "a bool"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"LwFConfig.{name} must be {want}, got {getattr(self, name)!r}")
+        if self.lam_schedule is not None:
+            object.__setattr__(self, "lam_schedule", tuple(float(v) for v in self.lam_schedule))
+
+    @property
+    def spec(self) -> kd.KDSpec:
+        """The :class:`fedkd.kd.KDSpec` handed to the shared KD core."""
+        return kd.KDSpec(
+            temperature=float(self.temperature),
+            divergence=self.divergence,
+            t2_scaling=self.t2_scaling,
+        )
+
+    def lam_for(self, t: int) -> float:
+        """λ while training task ``t``."""
+        if self.lam_schedule is None:
+            return float(self.lam)
+        if t >= len(self.lam_schedule):
+            raise ValueError(
+                f"LwFConfig.lam_schedule has {len(self.lam_schedule)} entries; task {t} needs one"
+            )
+        return self.lam_schedule[t]
+
+
+def _positive(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _non_negative(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def distill_targets(
+    sequence: TaskSequence, t: int, units: DistillUnits
+) -> list[tuple[int, tuple[int, ...] | None]]:
+    """Which outputs LwF distils while training task ``t``: ``[(head, columns or None)]``.
+
+    Each entry is one softmax: task-IL distils each old head separately (as Li & Hoiem and
+    Avalanche do; FACIL instead concatenates old heads under one softmax); class-IL distils the
+    old classes' columns of the shared head, renormalised over them; ``None`` means every
+    column of that head. Empty for task 0 (no teacher yet).
+    """
+    if t == 0:
+        return []
+    if units == "all":
+        return [(h, None) for h in range(len(sequence.head_sizes))]
+    if sequence.scenario == "task_il":
+        return [(h, None) for h in range(t)]
+    if sequence.scenario == "class_il":
+        old = tuple(u for task in sequence.tasks[:t] for u in task.units)
+        return [(0, old)]
+    return [(0, None)]  # domain-IL: every class is an old class
+
+
+class LwF(FineTune):
+    """Learning without Forgetting (Li & Hoiem, 2017): cross-entropy on the new task plus
+    ``λ ×`` a distillation term that keeps the old outputs on the new inputs close to those
+    of a frozen copy of the network taken before the task.
+
+    The distillation term is ``fedkd.kd.distillation_loss`` — the core shared with Federated
+    Distillation — summed over :func:`distill_targets`. With ``λ = 0`` (for a task) the term is
+    skipped and the step is exactly fine-tuning's.
+    """
+
+    compatibility = SCENARIOS
+    config_class = LwFConfig
+
+    def __init__(
+        self, scenario: Scenario, train: TrainConfig | None = None, config: LwFConfig | None = None
+    ) -> None:
+        super().__init__(scenario, train)
+        self.config = config if config is not None else LwFConfig()
+        self._spec = self.config.spec
+        self._teacher: MultiHeadNet | None = None
+        self._targets: list[tuple[int, Tensor | None]] = []  # (head, column index or None)
+        self._cache: dict[int, Tensor] = {}  # head -> (n, head_size) teacher logits
+
+    def before_task(
+        self,
+        net: MultiHeadNet,
+        sequence: TaskSequence,
+        t: int,
+        data: TrainingData,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Freeze a teacher copy, optionally warm up the new head, then cache teacher outputs."""
+        self._teacher, self._cache = None, {}
+        self._targets = [
+            (head, None if columns is None else torch.tensor(columns))
+            for head, columns in distill_targets(sequence, t, self.config.distill)
+        ]
+        if t > 0 and self.config.lam_for(t) == 0:
+            self._targets = []
+        if self._targets:
+            self._teacher = copy.deepcopy(net).requires_grad_(False)
+            self._teacher.train(self.config.teacher_mode == "train")
+        if t > 0 and self.config.warmup_epochs > 0:
+            self._warm_up(net, sequence, t, data, generator)
+        if self._teacher is not None and self.config.teacher_outputs == "cached":
+            self._cache = self._teacher_logits_full(data.x)
+
+    def after_task(self, net: MultiHeadNet, sequence: TaskSequence, t: int) -> None:
+        """Drop the teacher and its cached outputs."""
+        self._teacher, self._cache = None, {}
+
+    def batch_loss(self, net: MultiHeadNet, batch: Batch, sequence: TaskSequence, t: int) -> Tensor:
+        """``CE(new task) + λ_t · Σ_targets kd.distillation_loss(student, teacher)``."""
+        features = net.features(batch.x)  # (b, feature_dim)
+        loss = head_cross_entropy(net, features, batch, self.train.label_smoothing)
+        if not self._targets:
+            return loss
+        teacher = self._teacher_logits(batch)
+        if self._stackable(net):  # one core call for all old heads (same value, less overhead)
+            heads = [h for h, _ in self._targets]
+            student = torch.cat([net.heads[h](features) for h in heads])  # (heads*b, k)
+            target = torch.cat([teacher[h] for h in heads])
+            # batchmean over heads*b rows, times heads = the sum over heads of per-head means
+            distill = len(heads) * kd.distillation_loss(student, target, self._spec)
+        else:
+            distill = features.new_zeros(())
+            for head, columns in self._targets:
+                distill = distill + kd.distillation_loss(
+                    net.heads[head](features), teacher[head], self._spec, class_mask=columns
+                )
+        return loss + self.config.lam_for(t) * distill
+
+    def _stackable(self, net: MultiHeadNet) -> bool:
+        """Several whole heads of one width: their softmaxes can share one batched call."""
+        if len(self._targets) < 2 or any(c is not None for _, c in self._targets):
+            return False
+        return len({net.heads[h].out_features for h, _ in self._targets}) == 1
+
+    # ---- teacher ----------------------------------------------------------------------
+
+    def _heads(self) -> list[int]:
+        return sorted({h for h, _ in self._targets})
+
+    def _teacher_logits(self, batch: Batch) -> dict[int, Tensor]:
+        if self._cache:
+            device = batch.x.device
+            return {h: out[batch.index].to(device) for h, out in self._cache.items()}
+        assert self._teacher is not None
+        with torch.no_grad():
+            features = self._teacher.features(batch.x)
+            return {h: self._teacher.heads[h](features) for h in self._heads()}
+
+    def _teacher_logits_full(self, x: Tensor, batch_size: int = 1024) -> dict[int, Tensor]:
+        """Teacher logits for every row of ``x`` (the paper's recorded responses Y_o)."""
+        assert self._teacher is not None
+        device = module_device(self._teacher)
+        out: dict[int, list[Tensor]] = {h: [] for h in self._heads()}
+        with torch.no_grad():
+            for i in range(0, x.shape[0], batch_size):
+                features = self._teacher.features(x[i : i + batch_size].to(device))
+                for h in out:
+                    out[h].append(self._teacher.heads[h](features).cpu())
+        return {h: torch.cat(parts) for h, parts in out.items()}  # head -> (n, head_size)
+
+    # ---- warm-up ----------------------------------------------------------------------
+
+    def _warm_up(
+        self,
+        net: MultiHeadNet,
+        sequence: TaskSequence,
+        t: int,
+        data: TrainingData,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Train only the new task's head on frozen (eval-mode) features (Li & Hoiem, 2017)."""
+        head_index = sequence.head_of(t)
+        head = net.heads[head_index]
+        columns = list(sequence.tasks[t].units) if sequence.scenario == "class_il" else None
+        offset = columns[0] if columns else 0
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            device = module_device(net)
+            features = torch.cat(
+                [
+                    net.features(data.x[i : i + 1024].to(device)).cpu()
+                    for i in range(0, len(data), 1024)
+                ]
+            )  # (n, feature_dim)
+        net.train(was_training)
+        cfg = dataclasses.replace(
+            self.train,
+            epochs=self.config.warmup_epochs,
+            lr=self.config.warmup_lr if self.config.warmup_lr is not None else self.train.lr,
+        )
+
+        def warm_loss(batch: Batch) -> Tensor:
+            logits = head(batch.x)  # (b, head_size); batch.x holds features here
+            if columns is not None:  # class-IL: only the new classes' units move
+                return F.cross_entropy(logits[:, columns], batch.y - offset)
+            return F.cross_entropy(logits, batch.y)
+
+        fit(
+            head,
+            TrainingData(features, data.y, data.heads),
+            cfg,
+            make_optimizer(head, cfg),
+            generator,
+            warm_loss,
+        )
