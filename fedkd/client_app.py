@@ -14,7 +14,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fedkd import faults
@@ -25,6 +33,9 @@ from fedkd.device_data import load_device_data
 
 log = logging.getLogger(__name__)
 STATE_KEY = "fedkd-client"  # Context.state ConfigRecord holding the model/optimizer blob
+# Flower's code for "the ClientApp raised" (flwr.common.constant.ErrorCode, a compatibility
+# module we do not import): a simulated crash reads on the server exactly like a real one.
+CLIENT_APP_RAISED_EXCEPTION = 2
 
 
 def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
@@ -89,8 +100,14 @@ def _save(context: Context, client: FDClient) -> None:
 def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> Message:
     req = P.parse_request(msg.content)
     client = _restore(context, cfg)
-    faults.straggle(cfg, client.partition_id, req.server_round, msg.metadata.message_type)
-    outcome = client.run_round(req, train=train)
+    faults.straggle(
+        cfg, client.partition_id, req.server_round, msg.metadata.message_type, msg.metadata
+    )
+    try:
+        outcome = client.run_round(req, train=train)
+    except faults.InjectedFault as fault:  # one log line, not the stack trace of a real crash
+        log.warning("%s", fault)
+        return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=str(fault)), reply_to=msg)
     if train:
         _save(context, client)
     content = P.reply_content(

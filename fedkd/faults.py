@@ -25,7 +25,7 @@ bother to add it):
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,12 +60,21 @@ def crash(cfg: FDConfig, partition_id: int, server_round: int, phase: Phase) -> 
         )
 
 
-def straggle(cfg: FDConfig, partition_id: int, server_round: int, message_type: str) -> None:
-    """Maybe sleep ``round-timeout + 1`` s before handling a message: the reply comes too late."""
+def straggle(
+    cfg: FDConfig, partition_id: int, server_round: int, message_type: str, sent: Any = None
+) -> None:
+    """Maybe wait until 1 s past the round timeout before handling a message: a late reply.
+
+    The wait counts from when the server created the message (``sent.created_at``, Flower
+    message metadata) when known, so a straggler that sat in a simulation queue waits only as
+    long as needed, and blocks its Ray worker no longer than that.
+    """
     p = cfg.fault_straggle
     salt = _SALT["straggle"] + len(message_type)  # train and query draw independently
     if p > 0 and _rng(cfg, partition_id, server_round, salt).random() < p:
-        time.sleep(cfg.round_timeout + 1.0)
+        created = getattr(sent, "created_at", None)
+        deadline = (created if created else time.time()) + cfg.round_timeout + 1.0
+        time.sleep(max(0.0, deadline - time.time()))
 
 
 def attack(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -94,4 +97,12 @@ def test_stragglers_sleep_past_the_round_timeout(monkeypatch) -> None:
     cfg = FDConfig(fault_straggle=0.5, round_timeout=7.0)
     for r in range(1, 201):
         faults.straggle(cfg, 0, r, "train")
-    assert 70 < len(slept) < 130 and set(slept) == {8.0}
+    assert 70 < len(slept) < 130 and all(7.9 < t <= 8.0 for t in slept)
+
+
+def test_a_straggler_waits_from_when_the_server_sent_the_message(monkeypatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    sent = SimpleNamespace(created_at=time.time() - 5.0)  # queued for 5 s already
+    faults.straggle(FDConfig(fault_straggle=1.0, round_timeout=7.0), 0, 1, "train", sent)
+    assert len(slept) == 1 and 2.9 < slept[0] <= 3.0
