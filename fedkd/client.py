@@ -115,12 +115,16 @@ def load_client_data(cfg: FDConfig, partition_id: int, num_partitions: int) -> C
     )
 
 
+Metrics = dict[str, int | float | list[int] | list[float]]
+"""What a Flower ``MetricRecord`` holds (``dict`` is invariant, so the full value type)."""
+
+
 @dataclass
 class RoundOutcome:
     """What one client round produced, ready to be put into a reply."""
 
     payload: dict[str, np.ndarray] | None
-    metrics: dict[str, int | float | list[int]]
+    metrics: Metrics
 
 
 class FDClient:
@@ -143,7 +147,7 @@ class FDClient:
             epochs=cfg.local_epochs,
             batch_size=cfg.batch_size,
             lr=cfg.lr,
-            optimizer=cfg.optimizer,  # type: ignore[arg-type]
+            optimizer=cfg.optimizer_name,
         )
         self.optimizer = make_optimizer(self.model, self.train_cfg)
 
@@ -216,7 +220,7 @@ class FDClient:
 
     def run_round(self, req: RoundRequest, *, train: bool) -> RoundOutcome:
         """Co-distil (optional), train locally (optional), then predict on the public query."""
-        metrics: dict[str, int | float | list[int]] = {
+        metrics: Metrics = {
             "num-examples": len(self.data.train_y),
             "class-counts": self.data.class_counts,
             "partition-id": self.partition_id,
@@ -280,7 +284,7 @@ class FDClient:
             generator=self._generator(req.server_round, salt=1),
         )
 
-    def evaluate(self) -> dict[str, int | float]:
+    def evaluate(self) -> Metrics:
         """Local model on the shared test set."""
         result = evaluate(
             self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes
@@ -305,7 +309,7 @@ def train_from_global(
     server_round: int,
     epochs: int,
     lr: float,
-) -> tuple[dict[str, torch.Tensor], dict[str, int | float]]:
+) -> tuple[dict[str, torch.Tensor], Metrics]:
     """The FedAvg baseline's client step: load the global weights, train locally, return them.
 
     Same model, data and local training as the FD client, so the two strategies differ only in
@@ -321,5 +325,5 @@ def train_from_global(
         optimizer=make_optimizer(client.model, cfg),
         generator=client._generator(server_round),
     )
-    metrics = {"num-examples": len(client.data.train_y), "train-loss": loss}
+    metrics: Metrics = {"num-examples": len(client.data.train_y), "train-loss": loss}
     return {k: v.detach().cpu() for k, v in client.model.state_dict().items()}, metrics

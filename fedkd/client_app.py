@@ -121,7 +121,8 @@ def _fedavg_train(msg: Message, context: Context, cfg: FDConfig) -> Message:
     data = _data(context, cfg, partition_id, num_partitions)
     client = FDClient(cfg, data, cfg.student_model, partition_id)
     flwr_cfg = msg.content.config_records.get(P.CONFIG, ConfigRecord())
-    server_round = int(flwr_cfg.get("server-round", 0))
+    round_value = flwr_cfg.get("server-round", 0)
+    server_round = round_value if isinstance(round_value, int) else 0
     weights, metrics = train_from_global(
         client,
         msg.content.array_records[P.ARRAYS].to_torch_state_dict(),

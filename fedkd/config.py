@@ -16,11 +16,11 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, cast
 
 from fedkd.compression import CODECS
 from fedkd.data import available_datasets
-from fedkd.kd import KDSpec
+from fedkd.kd import Divergence, KDSpec
 from fedkd.models import available_models
 
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "shard")
@@ -194,9 +194,14 @@ class FDConfig:
         """The distillation settings as the KD core's spec."""
         return KDSpec(
             temperature=self.temperature,
-            divergence=self.divergence,
-            t2_scaling=self.t2_scaling,  # type: ignore[arg-type]
+            divergence=cast(Divergence, self.divergence),  # validated in __post_init__
+            t2_scaling=self.t2_scaling,
         )
+
+    @property
+    def optimizer_name(self) -> Literal["sgd", "adam"]:
+        """``optimizer`` typed as :class:`fedkd.training.TrainConfig` wants it (validated)."""
+        return cast(Literal["sgd", "adam"], self.optimizer)
 
 
 def _require(ok: bool, key: str, message: str) -> None:

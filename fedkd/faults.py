@@ -91,7 +91,7 @@ def attack(
             raise ValueError(f"byzantine-target {target} outside [0, {classes})")
         return _one_hot(np.full(rows, target), classes)
     if kind == "peaked":
-        return _one_hot(rng.integers(classes, size=rows), classes)
+        return _one_hot(np.asarray(rng.integers(classes, size=rows)), classes)
     if kind == "scaled":
         return (probs * SCALE_FACTOR).astype(np.float32)
     raise ValueError(f"unknown attack {kind!r}")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
-MODES = ("offline", "online", "disabled")
+WandbMode = Literal["offline", "online", "disabled"]
+MODES: tuple[str, ...] = get_args(WandbMode)
 
 
 class Tracker:
@@ -53,7 +54,7 @@ class Tracker:
             name=name,
             group=group,
             dir=str(run_dir),
-            mode=mode,
+            mode=cast(WandbMode, mode),  # checked against MODES above
             config=dict(config or {}),
             reinit="finish_previous",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),

@@ -126,7 +126,7 @@ class FedDistill(Strategy):
             epochs=cfg.server_epochs,
             batch_size=cfg.batch_size,
             lr=cfg.server_lr,
-            optimizer=cfg.optimizer,  # type: ignore[arg-type]
+            optimizer=cfg.optimizer_name,
         )
         self.optimizer = make_optimizer(self.student, self.student_cfg)
         self.rng = np.random.default_rng(cfg.seed)
@@ -178,7 +178,11 @@ class FedDistill(Strategy):
             return None, MetricRecord({"valid-replies": len(valid), "rejected": len(rejected)})
         teacher = self.aggregate_teacher(valid)
         loss = self.distil_student(teacher, indices)
-        metrics = {"valid-replies": len(valid), "rejected": len(rejected), "distill-loss": loss}
+        metrics: dict[str, int | float | list[int] | list[float]] = {
+            "valid-replies": len(valid),
+            "rejected": len(rejected),
+            "distill-loss": loss,
+        }
         return ArrayRecord(self.student.state_dict()), MetricRecord(metrics)
 
     def configure_evaluate(
@@ -475,10 +479,10 @@ class FedDistill(Strategy):
 
     def teacher_accuracy(self, teacher: np.ndarray, indices: np.ndarray | None) -> float | None:
         """Diagnostic: how often the teacher's argmax is right (only when the simulator knows)."""
-        labels = self.public.oracle_labels
-        if labels is None:
+        oracle = self.public.oracle_labels
+        if oracle is None:
             return None
-        labels = labels.numpy() if indices is None else labels.numpy()[indices]
+        labels = oracle.numpy() if indices is None else oracle.numpy()[indices]
         return float(np.mean(teacher.argmax(axis=1) == labels))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -58,7 +59,7 @@ def run_fedavg(
         min_train_nodes=cfg.min_train_nodes,
         min_available_nodes=cfg.min_train_nodes,
     )
-    state = {"cum": 0, "t": time.perf_counter()}
+    state: dict[str, Any] = {"cum": 0, "t": time.perf_counter()}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -75,7 +76,7 @@ def run_fedavg(
                 teacher_accuracy=None,
                 bytes_up=up,
                 bytes_down=down,
-                cum_bytes=state["cum"],
+                cum_bytes=int(state["cum"]),
                 valid_replies=n,
                 rejected=0,
                 wall_seconds=now - state["t"],
