@@ -37,7 +37,10 @@ def format_round(record: RoundRecord, num_rounds: int) -> str:
         f"loss {record.student_loss:6.3f}  clients {client}  teacher {teacher}  "
         f"up {_kib(record.bytes_up)}  down {_kib(record.bytes_down)}  "
         f"total {_kib(record.cum_bytes)}  "
-        f"replies {record.valid_replies} ok/{record.rejected} rejected  {record.wall_seconds:5.1f}s"
+        f"replies {record.valid_replies} ok/{record.rejected} rejected"
+        + (f"/{record.missing} missing" if record.missing else "")
+        + (f"  ε {record.dp_epsilon:.2f}" if record.dp_epsilon is not None else "")
+        + f"  {record.wall_seconds:5.1f}s"
     )
     return line if record.status == "ok" else f"{line}  [{record.status}]"
 

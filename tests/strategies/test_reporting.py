@@ -1,0 +1,54 @@
+"""What a researcher sees per round (the progress line) and keeps (metrics.json)."""
+
+from __future__ import annotations
+
+import json
+
+from strategies.fed_distill import RoundRecord
+from strategies.reporting import RunRecorder, format_round
+
+
+def _record(**changes) -> RoundRecord:
+    base = dict(
+        round=2,
+        student_accuracy=0.8,
+        student_loss=0.5,
+        client_accuracy=0.6,
+        teacher_accuracy=None,
+        bytes_up=2048,
+        bytes_down=1024,
+        cum_bytes=3 * 2**20,
+        valid_replies=7,
+        rejected=2,
+        rejected_reasons={"client-error": 1, "non-finite": 1},
+        rejected_nodes=[11, 12],
+    )
+    return RoundRecord(**{**base, **changes})
+
+
+def test_progress_line_shows_accuracy_bytes_and_replies() -> None:
+    line = format_round(_record(), 10)
+    assert "round   2/10" in line and "student acc 0.800" in line and "teacher   n/a" in line
+    assert "2.0 KiB" in line and "3.00 MiB" in line and "7 ok/2 rejected" in line
+    assert "missing" not in line and "ε" not in line
+
+
+def test_progress_line_names_missing_replies_privacy_and_skips() -> None:
+    line = format_round(
+        _record(missing=3, missing_nodes=[1, 2, 3], dp_epsilon=4.25, status="skipped: x"), 10
+    )
+    assert (
+        "7 ok/2 rejected/3 missing" in line and "ε 4.25" in line and line.endswith("[skipped: x]")
+    )
+
+
+def test_metrics_json_holds_every_round_with_who_failed(tmp_path, capsys) -> None:
+    recorder = RunRecorder(tmp_path, 2)
+    recorder(_record(round=1))
+    recorder(_record(round=2, missing=1, missing_nodes=[99]))
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[1]["missing_nodes"] == [99] and rows[0]["rejected_nodes"] == [11, 12]
+    assert rows[0]["rejected_reasons"] == {"client-error": 1, "non-finite": 1}
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically, no leftovers
