@@ -14,6 +14,7 @@ and exit status 2.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -69,12 +70,21 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
             cfg.num_clients,
             spec.simulation,
         )
-        summary = summarize(spec, records, time.perf_counter() - started)
+        summary = summarize(spec, full_history(run_dir, records), time.perf_counter() - started)
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     finally:
         tracker.finish()
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def full_history(run_dir: Path, records: list[RoundRecord]) -> list[RoundRecord]:
+    """Every round of the run, also those before a resume: ``metrics.json`` holds them all
+    (the server replays the checkpoint's history into it), ``records`` only this process's."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return records
+    return [RoundRecord(**row) for row in json.loads(path.read_text())]
 
 
 def save_partition_plot(spec: RunSpec) -> Path:

@@ -116,3 +116,10 @@ def test_epsilon_grows_with_releases_and_shrinks_with_noise() -> None:
 def test_bad_spec_is_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         DPSpec(**kwargs)
+
+
+@pytest.mark.parametrize("z", [0.01, 0.02, 0.05])
+def test_tiny_noise_gets_a_finite_upper_bound_instead_of_an_error(z: float) -> None:
+    # Opacus's PRV accountant raises at z = 0.02 and gives up (inf) at 0.05; RDP bounds them.
+    eps = epsilon_spent(z, 5, 1e-5)
+    assert math.isfinite(eps) and eps > epsilon_spent(0.1, 5, 1e-5) > 100

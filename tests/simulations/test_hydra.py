@@ -249,3 +249,21 @@ def test_online_tracker_without_key_fails_fast(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     with pytest.raises(ValueError, match="WANDB_API_KEY"):
         Tracker(mode="online")
+
+
+def test_summary_after_a_resume_covers_every_round(tmp_path: Path) -> None:
+    from simulations.run import run_experiment
+
+    first = build_run_spec(_compose("+experiment=debug"), run_dir=str(tmp_path))
+    run_experiment(first)
+    before = json.loads((tmp_path / "metrics.json").read_text())
+    longer = build_run_spec(
+        _compose("+experiment=debug", "fd.num_rounds=3", "fd.resume=true"), run_dir=str(tmp_path)
+    )
+    summary = run_experiment(longer)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [m["round"] for m in metrics] == [1, 2, 3]
+    assert metrics[:2] == before  # replayed from the checkpoint (wall times too), not rerun
+    assert summary["rounds"] == 3
+    assert summary["best_student_accuracy"] == max(m["student_accuracy"] for m in metrics)
+    assert summary["cum_bytes"] == metrics[-1]["cum_bytes"]
