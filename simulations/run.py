@@ -157,6 +157,8 @@ def main(cfg: DictConfig) -> float:
         exit_on_config_error("fedkd-sim", error)
     if not spec.simulation.verbose:
         logging.getLogger("flwr").setLevel(logging.INFO)
+        # Flower's state database logs its migration plugins at INFO under Hydra's root logger.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)  # a DictConfig always converts to a dict
     summary = run_experiment(spec, {str(k): v for k, v in resolved.items()})
