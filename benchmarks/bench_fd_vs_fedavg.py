@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import add_common_args
 from fedkd.client_app import make_client_app
 from fedkd.config import FDConfig, to_run_config
 from simulations.engine import SimulationConfig, run_apps
@@ -164,10 +165,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", default="cnn", help="architecture of every client and the central model"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", default="outputs/bench_fd_vs_fedavg.json", help="JSON results file"
-    )
-    return parser.parse_args(argv)
+    add_common_args(parser, "bench_fd_vs_fedavg")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.alphas = 3, "0.5"
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(table)
     payload = {
-        "setting": {k: v for k, v in vars(args).items() if k != "out"},
+        "setting": {k: v for k, v in vars(args).items() if k != "out"},  # a Path: not JSON
         "table": table,
         "runs": [r.as_dict(args.target) for r in results.values()],
     }

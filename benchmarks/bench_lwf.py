@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_lwf                              # three scenarios on digits
     python -m benchmarks.bench_lwf --scenarios task_il --epochs 5 --repeats 9 --out /tmp/l.json
+    python -m benchmarks.bench_lwf --model cnn                  # a model with real work per step
+    python -m benchmarks.bench_lwf --quick                      # task-IL only, 3 repeats
 
 For each scenario the last task of the sequence is trained (LwF then distils the most old
 outputs: T-1 heads in task-IL, 8 old classes in class-IL) from the same starting weights by
@@ -9,21 +11,22 @@ fine-tuning, LwF with teacher outputs cached once per task, and LwF with the tea
 every batch. The three are timed side by side, in rotating order, ``--repeats`` times; the
 ratios are medians of the per-repeat ratios to fine-tuning measured in this one invocation.
 LwF's per-task set-up (copying the teacher and, when cached, one teacher pass over the task's
-data) is inside the timing, spread over ``--epochs`` epochs.
+data) is inside the first timing, spread over ``--epochs`` epochs; the "steady" columns are the
+slope between ``E`` and ``2E`` epochs, i.e. the cost of one more epoch with set-up excluded.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
+import dataclasses
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.common import add_common_args, write_json
 from fedkd.continual import (
     MultiHeadNet,
     SequenceConfig,
@@ -42,15 +45,29 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 KIND: dict[str, Any] = {"task_il": "split", "class_il": "split", "domain_il": "permuted"}
 
 
-def _time_epoch(variant: str, base: MultiHeadNet, seq: TaskSequence, train: TrainConfig) -> float:
-    """Seconds per epoch of ``variant`` training the last task of ``seq`` from ``base``."""
+def _time_task(variant: str, base: MultiHeadNet, seq: TaskSequence, train: TrainConfig) -> float:
+    """Seconds of ``variant`` training the last task of ``seq`` from ``base`` (set-up included)."""
     name, options = VARIANTS[variant]
     learner = build_learner(name, seq.scenario, train, options)
     net = copy.deepcopy(base)
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     learner.train_task(net, seq, seq.num_tasks - 1, generator)
-    return (time.perf_counter() - start) / train.epochs
+    return time.perf_counter() - start
+
+
+def _time_epoch(
+    variant: str, base: MultiHeadNet, seq: TaskSequence, train: TrainConfig
+) -> tuple[float, float]:
+    """``(seconds per epoch with set-up spread over the epochs, steady seconds per epoch)``.
+
+    The steady figure is the slope ``(T(2E) - T(E)) / E`` between a task trained for ``E`` and
+    for ``2E`` epochs: it drops LwF's once-per-task set-up (teacher copy, cached teacher pass),
+    which longer tasks amortise away.
+    """
+    once = _time_task(variant, base, seq, train)
+    twice = _time_task(variant, base, seq, dataclasses.replace(train, epochs=2 * train.epochs))
+    return once / train.epochs, (twice - once) / train.epochs
 
 
 def bench_scenario(
@@ -63,34 +80,51 @@ def bench_scenario(
     names = list(VARIANTS)
     _time_epoch(names[0], base, seq, train)  # warm-up: first-call allocations, lazy imports
     seconds: dict[str, list[float]] = {v: [] for v in names}
+    steady: dict[str, list[float]] = {v: [] for v in names}
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]  # rotate to cancel drift
         for variant in order:
-            seconds[variant].append(_time_epoch(variant, base, seq, train))
-    ratios = {
-        v: statistics.median(a / b for a, b in zip(seconds[v], seconds["finetune"], strict=True))
-        for v in names
-    }
+            per_epoch, slope = _time_epoch(variant, base, seq, train)
+            seconds[variant].append(per_epoch)
+            steady[variant].append(slope)
     return {
         "scenario": scenario,
         "sequence": seq.name,
         "task_rows": len(seq.tasks[-1].train_y),
         "ms_per_epoch_median": {v: 1000 * statistics.median(s) for v, s in seconds.items()},
-        "ratio_to_finetune": ratios,
+        "ratio_to_finetune": _paired(seconds),
+        "steady_ms_per_epoch_median": {v: 1000 * statistics.median(s) for v, s in steady.items()},
+        "steady_ratio_to_finetune": _paired(steady),
         "seconds": seconds,
+        "steady_seconds": steady,
+    }
+
+
+def _paired(seconds: dict[str, list[float]]) -> dict[str, float]:
+    """Median over repeats of each variant's time over fine-tuning's in the same repeat."""
+    base = seconds["finetune"]
+    return {
+        v: statistics.median(a / b for a, b in zip(s, base, strict=True) if b > 0)
+        for v, s in seconds.items()
     }
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
     """The table printed at the end (and pasted into docs/continual.md)."""
     lines = [
-        "| scenario | learner | ms / epoch (median) | × fine-tuning (median of paired ratios) |",
-        "|---|---|---|---|",
+        "| scenario | learner | ms / epoch (median) | × fine-tuning (median of paired ratios) "
+        "| steady ms / epoch | steady × fine-tuning |",
+        "|---|---|---|---|---|---|",
     ]
     for res in results:
         for variant, ratio in res["ratio_to_finetune"].items():
             ms = res["ms_per_epoch_median"][variant]
-            lines.append(f"| {res['scenario']} | {variant} | {ms:.1f} | {ratio:.2f} |")
+            steady = res["steady_ms_per_epoch_median"][variant]
+            steady_ratio = res["steady_ratio_to_finetune"][variant]
+            lines.append(
+                f"| {res['scenario']} | {variant} | {ms:.1f} | {ratio:.2f} "
+                f"| {steady:.1f} | {steady_ratio:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -104,8 +138,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    add_common_args(parser, "bench_lwf")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.scenarios, args.repeats = ["task_il"], 3
     torch.set_num_threads(args.threads)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05)
     results = [
@@ -114,9 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ]
     print(markdown(results))
     payload = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json(args.out, payload)}")
     return results
 
 

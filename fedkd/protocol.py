@@ -103,12 +103,14 @@ def public_hash(public_x: np.ndarray) -> str:
 
     Hashing the float32 bytes (shape included) is exact: any difference in preprocessing
     shows up, which is what we want before mixing soft labels from different devices.
+    The array's own buffer is hashed in place (no ``tobytes()`` copy of the whole public set):
+    same digest, half the memory traffic, and no transient copy the size of the set.
     """
     import hashlib
 
-    arr = np.ascontiguousarray(public_x, dtype=np.float32)
+    arr = np.ascontiguousarray(public_x, dtype=np.float32)  # a no-op for float32 C-order
     digest = hashlib.sha256(str(arr.shape).encode())
-    digest.update(arr.tobytes())
+    digest.update(arr.reshape(-1).view(np.uint8))  # a view of the same buffer
     return digest.hexdigest()[:16]
 
 

@@ -3,9 +3,11 @@
 Flower 1.41 marks its Python ``run_simulation`` entry point as deprecated in favour of the
 ``flwr run`` CLI. The CLI cannot take a Python config object or callbacks (W&B, sweeps) and
 starts a detached SuperLink per call, so Hydra sweeps keep the Python entry point — called
-only here, in :func:`run_ray`, with the deprecation warning filtered. ``flwr run .`` keeps
-working on the same ServerApp/ClientApp (see ``docs/simulation.md``). If Flower removes the
-function, this file is the one to change.
+only here, in :func:`run_ray`. Flower announces the deprecation on every call through its own
+logger (``flwr``, not the ``warnings`` module); :func:`run_ray` drops exactly that record with
+a logging filter that lives only for the call, so every other Flower message still shows.
+``flwr run .`` keeps working on the same ServerApp/ClientApp (see ``docs/simulation.md``). If
+Flower removes the function, this file is the one to change.
 
 Ray: Flower calls ``ray.init()`` only when Ray is not yet initialised, so we initialise it here
 ourselves. With ``address`` set (or ``RAY_ADDRESS`` in the environment) we join that running
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,12 +85,11 @@ def run_ray(
 
     if not ray.is_initialized():
         ray.init(**ray_init_args(sim))
-    backend_config = {
+    backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
     }
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
+        with _without_run_simulation_deprecation():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
@@ -98,6 +100,30 @@ def run_ray(
             )
     finally:
         ray.shutdown()
+
+
+class _RunSimulationDeprecation(logging.Filter):
+    """Matches Flower's "`run_simulation` function is deprecated" record, and only that one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("run_simulation" in message and "deprecated" in message)
+
+
+@contextmanager
+def _without_run_simulation_deprecation() -> Iterator[None]:
+    """Drop the deprecation record of ``run_simulation`` from Flower's logger, for one call.
+
+    A filter on the ``flwr`` logger (where Flower logs it) rather than a global log level:
+    every other Flower message, including other deprecations, still reaches the user.
+    """
+    flwr_logger = logging.getLogger("flwr")
+    drop = _RunSimulationDeprecation()
+    flwr_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        flwr_logger.removeFilter(drop)
 
 
 def run_apps(
