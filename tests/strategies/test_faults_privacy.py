@@ -125,8 +125,10 @@ def test_dp_epsilon_is_reported_every_round_and_the_noise_reaches_the_teacher() 
     assert [r.dp_epsilon for r in records] == pytest.approx(expected)
     assert all(r.valid_replies == 6 for r in records)  # noisy rows still pass validation
     assert _run(_cfg(num_rounds=1))[0].dp_epsilon is None
-    clean = _run(_cfg(num_rounds=1, public_subset=50))[0].teacher_accuracy
-    drowned = _run(_cfg(num_rounds=1, public_subset=50, dp_noise_multiplier=20.0))[0]
+    # All 539 public rows, so chance level (0.1) is measured to about ±0.013; the noise is
+    # not seeded (fedkd.privacy), so these bounds hold for any draw, not one.
+    clean = _run(_cfg(num_rounds=1, local_epochs=5))[0].teacher_accuracy
+    drowned = _run(_cfg(num_rounds=1, local_epochs=5, dp_noise_multiplier=20.0))[0]
     assert clean is not None and drowned.teacher_accuracy is not None
-    assert drowned.teacher_accuracy < clean - 0.3
+    assert clean > 0.6 and drowned.teacher_accuracy < 0.2
     assert np.isfinite(drowned.student_loss)
