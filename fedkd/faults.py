@@ -60,18 +60,23 @@ def crash(cfg: FDConfig, partition_id: int, server_round: int, phase: Phase) -> 
         )
 
 
+def straggles(cfg: FDConfig, partition_id: int, server_round: int, message_type: str) -> bool:
+    """Whether this client answers this message too late (train and query draw independently)."""
+    salt = _SALT["straggle"] + len(message_type)
+    p = cfg.fault_straggle
+    return p > 0 and bool(_rng(cfg, partition_id, server_round, salt).random() < p)
+
+
 def straggle(
     cfg: FDConfig, partition_id: int, server_round: int, message_type: str, sent: Any = None
 ) -> None:
-    """Maybe wait until 1 s past the round timeout before handling a message: a late reply.
+    """If :func:`straggles`, wait until 1 s past the round timeout before handling the message.
 
     The wait counts from when the server created the message (``sent.created_at``, Flower
     message metadata) when known, so a straggler that sat in a simulation queue waits only as
     long as needed, and blocks its Ray worker no longer than that.
     """
-    p = cfg.fault_straggle
-    salt = _SALT["straggle"] + len(message_type)  # train and query draw independently
-    if p > 0 and _rng(cfg, partition_id, server_round, salt).random() < p:
+    if straggles(cfg, partition_id, server_round, message_type):
         created = getattr(sent, "created_at", None)
         deadline = (created if created else time.time()) + cfg.round_timeout + 1.0
         time.sleep(max(0.0, deadline - time.time()))

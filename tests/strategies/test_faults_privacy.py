@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedkd import faults
+from fedkd.client import load_splits_for
 from fedkd.client_app import make_client_app
 from fedkd.config import FDConfig, to_run_config
 from fedkd.privacy import epsilon_spent
@@ -132,3 +133,18 @@ def test_dp_epsilon_is_reported_every_round_and_the_noise_reaches_the_teacher() 
     assert clean is not None and drowned.teacher_accuracy is not None
     assert clean > 0.6 and drowned.teacher_accuracy < 0.2
     assert np.isfinite(drowned.student_loss)
+
+
+def test_stragglers_are_missing_and_named_in_process() -> None:
+    # The in-process grid drops a reply whose handler outlasted the timeout, as a SuperLink would.
+    cfg = _cfg(num_rounds=2, fault_straggle=0.25, round_timeout=2.5)
+    load_splits_for(cfg)  # data loading must not count against an honest client's time
+    late = [
+        [NODE0 + p for p in range(cfg.num_clients) if faults.straggles(cfg, p, r, "train")]
+        for r in (1, 2)
+    ]
+    assert 1 <= sum(map(len, late)) <= 3  # the seed makes a few clients late (one per round)
+    records = _run(cfg)
+    for record, expected in zip(records, late, strict=True):
+        assert record.missing_nodes == expected and record.missing == len(expected)
+        assert record.valid_replies == cfg.num_clients - len(expected)
