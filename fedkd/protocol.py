@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
     from flwr.app import Array, RecordDict
 
 # ---------------------------------------------------------------- message types
@@ -110,12 +111,15 @@ def public_hash(public_x: np.ndarray) -> str:
 
     arr = np.ascontiguousarray(public_x, dtype=np.float32)  # a no-op for float32 C-order
     digest = hashlib.sha256(str(arr.shape).encode())
-    digest.update(arr.reshape(-1).view(np.uint8))  # a view of the same buffer
+    digest.update(arr.data)  # the array's own buffer (C-contiguous), no copy
     return digest.hexdigest()[:16]
 
 
-def select_public(public_x: np.ndarray, indices: np.ndarray | None) -> np.ndarray:
-    """The queried public rows, in the order the server asked for."""
+Rows = TypeVar("Rows", "np.ndarray", "torch.Tensor")  # strings: no torch import at run time
+
+
+def select_public(public_x: Rows, indices: np.ndarray | torch.Tensor | None) -> Rows:
+    """The queried public rows, in the order the server asked for (NumPy or torch alike)."""
     return public_x if indices is None else public_x[indices]
 
 
@@ -165,6 +169,13 @@ def parse_request(content: RecordDict) -> RoundRequest:
     something this client does not understand.
     """
     cfg = content.config_records[CONFIG]
+
+    def number(key: str) -> float:
+        value = cfg[key]
+        if not isinstance(value, int | float):  # bool is an int: accepted, as Flower sends it
+            raise ValueError(f"request key {key!r}: expected a number, got {value!r}")
+        return value
+
     indices = None
     if not bool(cfg[PUBLIC_ALL]):
         indices = content.array_records[PUBLIC_INDICES]["idx"].numpy().astype(np.int64)
@@ -174,17 +185,17 @@ def parse_request(content: RecordDict) -> RoundRequest:
         teacher_probs = teacher["probs"].numpy()
         teacher_idx = teacher["idx"].numpy().astype(np.int64)
     return RoundRequest(
-        server_round=int(cfg[ROUND]),
-        local_epochs=int(cfg[LOCAL_EPOCHS]),
-        lr=float(cfg[LR]),
-        temperature=float(cfg[TEMPERATURE]),
+        server_round=int(number(ROUND)),
+        local_epochs=int(number(LOCAL_EPOCHS)),
+        lr=float(number(LR)),
+        temperature=float(number(TEMPERATURE)),
         codec=str(cfg[CODEC]),
-        topk=int(cfg[TOPK]),
+        topk=int(number(TOPK)),
         public_indices=indices,
-        public_size=int(cfg[PUBLIC_SIZE]),
+        public_size=int(number(PUBLIC_SIZE)),
         public_hash=str(cfg[PUBLIC_HASH]),
         with_predictions=bool(cfg[WITH_PREDICTIONS]),
-        distill_epochs=int(cfg[DISTILL_EPOCHS]),
+        distill_epochs=int(number(DISTILL_EPOCHS)),
         teacher_probs=teacher_probs,
         teacher_indices=teacher_idx,
     )
