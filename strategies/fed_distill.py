@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,12 @@ from fedkd import protocol as P
 from fedkd.config import FDConfig
 from fedkd.privacy import DPSpec, epsilon_spent
 from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
-from strategies.aggregation import AggregationContext, aggregate
+from strategies.aggregation import (
+    STREAMABLE_RULES,
+    AggregationContext,
+    StreamingAggregator,
+    aggregate,
+)
 from strategies.validation import Expected, Rejection, ValidReply, validate_reply
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,9 @@ class RoundRecord:
 
 
 RoundCallback = Callable[[RoundRecord], None]
+
+FOLDED = np.empty((0, 0), dtype=np.float32)
+"""What a valid reply's ``probs`` becomes once folded into a :class:`StreamingAggregator`."""
 
 
 @dataclass(frozen=True)
@@ -266,7 +274,8 @@ class FedDistill(Strategy):
         indices = self.choose_public_indices()
         num_samples = len(indices) if indices is not None else self.public.size
         phases = self.collect(grid, server_round, nodes, indices, timeout)
-        valid, rejected = self.validate(phases.replies, num_samples)
+        fold = self.streaming_aggregator(num_samples)
+        valid, rejected = self.validate(phases.replies, num_samples, fold=fold)
         rejected = phases.train_errors + rejected
         self.cum_bytes += phases.bytes_up + phases.bytes_down
         record = RoundRecord(
@@ -294,7 +303,7 @@ class FedDistill(Strategy):
             )
             log.error("round %d %s; the student is unchanged", server_round, record.status)
         else:
-            teacher = self.aggregate_teacher(valid)
+            teacher = fold.result() if fold is not None else self.aggregate_teacher(valid)
             record.teacher_accuracy = self.teacher_accuracy(teacher, indices)
             self.distil_student(teacher, indices)
             self.teacher = (teacher, _resolve(indices, self.public.size))
@@ -422,10 +431,32 @@ class FedDistill(Strategy):
                 )
         return replies, down, up
 
+    def streaming_aggregator(self, num_samples: int) -> StreamingAggregator | None:
+        """Running sums for the configured rule when it is a mean-type rule, else ``None``
+        (``median``, ``trimmed_mean`` and ``filtered_mean`` need every reply at once)."""
+        if self.cfg.aggregation not in STREAMABLE_RULES:
+            return None
+        return StreamingAggregator(
+            self.cfg.aggregation,
+            num_samples,
+            self.test.num_classes,
+            era_temperature=self.cfg.era_temperature,
+        )
+
     def validate(
-        self, replies: list[Message], num_samples: int
+        self,
+        replies: list[Message],
+        num_samples: int,
+        *,
+        fold: StreamingAggregator | None = None,
     ) -> tuple[list[ValidReply], list[Rejection]]:
-        """Check each reply; log and count every rejection (the round goes on)."""
+        """Check each reply; log and count every rejection (the round goes on).
+
+        With ``fold``, each valid reply's decoded soft labels go into the running sums at once
+        and are not kept (its ``probs`` becomes :data:`FOLDED`): the server never holds the
+        decoded ``(clients, samples, classes)`` stack for a mean-type rule. (Flower returns a
+        phase's encoded replies together, so those are in memory at once regardless.)
+        """
         expected = Expected(
             num_samples=num_samples, num_classes=self.test.num_classes, codec=self.cfg.codec
         )
@@ -442,8 +473,15 @@ class FedDistill(Strategy):
                     "rejected reply from node %d (%s): %s", node, checked.reason, checked.detail
                 )
                 rejected.append(checked)
-            else:
+            elif fold is None:
                 valid.append(checked)
+            else:
+                valid.append(replace(checked, probs=FOLDED))
+                fold.add(
+                    checked.probs,
+                    num_examples=checked.num_examples,
+                    class_counts=checked.class_counts,
+                )
         return valid, rejected
 
     def aggregate_teacher(self, valid: list[ValidReply]) -> np.ndarray:

@@ -149,8 +149,8 @@ def test_heterogeneous_architectures_in_one_run(monkeypatch: pytest.MonkeyPatch)
     seen: list[tuple[int, str]] = []
     original = FedDistill.validate
 
-    def spy(self: FedDistill, replies: list[Message], num_samples: int) -> Any:
-        valid, rejected = original(self, replies, num_samples)
+    def spy(self: FedDistill, replies: list[Message], num_samples: int, **kwargs: Any) -> Any:
+        valid, rejected = original(self, replies, num_samples, **kwargs)
         seen.extend((int(v.metrics[P.PARTITION_ID]), v.model_name) for v in valid)
         return valid, rejected
 
@@ -276,3 +276,38 @@ def test_fedavg_path_reports_bytes_far_above_fd() -> None:
     fd_per_round = np.mean([r.bytes_up + r.bytes_down for r in fd])
     fedavg_per_round = np.mean([r.bytes_up + r.bytes_down for r in fedavg])
     assert fedavg_per_round > 5 * fd_per_round
+
+
+# ----------------------------------------------------------------------------- streaming teacher
+@pytest.mark.parametrize("rule", ["mean", "confidence", "median"])
+def test_mean_type_rules_fold_replies_and_give_the_stacked_teacher(
+    rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The round folds each decoded reply into running sums for mean-type rules (no stack);
+    # a spy recomputes the teacher from the same replies the stacked way and compares.
+    from strategies import fed_distill as FD
+
+    kept: list[tuple[np.ndarray, np.ndarray, bool]] = []
+    original = FedDistill.validate
+
+    def spy(self: FedDistill, replies: list[Message], num_samples: int, **kwargs: Any) -> Any:
+        full, _ = original(self, replies, num_samples)  # unfolded copy, for the reference
+        valid, rejected = original(self, replies, num_samples, **kwargs)
+        folded = kwargs.get("fold") is not None
+        kept.append((self.aggregate_teacher(full), np.stack([v.probs for v in full]), folded))
+        assert all((v.probs is FD.FOLDED) == folded for v in valid)
+        return valid, rejected
+
+    monkeypatch.setattr(FedDistill, "validate", spy)
+    teachers: list[np.ndarray] = []
+    original_distil = FedDistill.distil_student
+
+    def capture(self: FedDistill, teacher: np.ndarray, indices: Any) -> float:
+        teachers.append(teacher)
+        return original_distil(self, teacher, indices)
+
+    monkeypatch.setattr(FedDistill, "distil_student", capture)
+    _run(_cfg(aggregation=rule, num_rounds=1))
+    [(reference, stack, folded)] = kept
+    assert folded == (rule != "median") and stack.shape[0] == 3
+    np.testing.assert_allclose(teachers[0], reference, atol=1e-6)
