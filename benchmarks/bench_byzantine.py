@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.common import add_common_args, markdown_table, write_json
+from benchmarks.common import add_common_args, digits_fd_config, markdown_table, write_json
 from fedkd.client_app import make_client_app
 from fedkd.config import ATTACKS, FDConfig, to_run_config
 from simulations.local_grid import run_local
@@ -148,17 +148,9 @@ def settings(
 
 def make_config(setting: Setting, seed: int, args: argparse.Namespace) -> FDConfig:
     """The shared FD setting; only the partition, the attack and the rule vary."""
-    return FDConfig(
-        dataset="digits",
+    return digits_fd_config(
+        args,
         partition=setting.partition,
-        alpha=args.alpha,
-        num_clients=args.clients,
-        min_train_nodes=args.clients,
-        num_rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        server_epochs=args.server_epochs,
-        client_models=args.model,
-        student_model=args.model,
         aggregation=setting.rule,
         trim_ratio=args.trim_ratio,
         outlier_threshold=args.outlier_threshold,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.bench_byzantine import Outcome, run_records
-from benchmarks.common import add_common_args, markdown_table, write_json
+from benchmarks.common import add_common_args, digits_fd_config, markdown_table, write_json
 from fedkd.client import load_splits_for
 from fedkd.config import FDConfig
 from fedkd.privacy import DPSpec
@@ -88,17 +88,9 @@ def settings(
 
 def make_config(setting: Setting, seed: int, args: argparse.Namespace) -> FDConfig:
     """The shared FD setting; only the public subset and the DP parameters vary."""
-    return FDConfig(
-        dataset="digits",
+    return digits_fd_config(
+        args,
         partition=args.partition,
-        alpha=args.alpha,
-        num_clients=args.clients,
-        min_train_nodes=args.clients,
-        num_rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        server_epochs=args.server_epochs,
-        client_models=args.model,
-        student_model=args.model,
         public_subset=setting.subset,
         dp_noise_multiplier=setting.noise,
         dp_clip=setting.clip,

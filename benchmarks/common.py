@@ -29,6 +29,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from fedkd.config import FDConfig
+
 DEFAULT_OUT_DIR = Path("outputs/benchmarks")
 
 __all__ = [
@@ -51,6 +53,25 @@ def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument(
         "--quick", action="store_true", help="smallest meaningful run (smoke test, CI)"
+    )
+
+
+def digits_fd_config(args: argparse.Namespace, **changes: Any) -> FDConfig:
+    """The FD setting the accuracy benchmarks share (digits, every client every round), read
+    from their common flags; each benchmark passes what it varies as ``changes``."""
+    return FDConfig(
+        **{
+            "dataset": "digits",
+            "alpha": args.alpha,
+            "num_clients": args.clients,
+            "min_train_nodes": args.clients,
+            "num_rounds": args.rounds,
+            "local_epochs": args.local_epochs,
+            "server_epochs": args.server_epochs,
+            "client_models": args.model,
+            "student_model": args.model,
+            **changes,
+        }
     )
 
 
