@@ -11,6 +11,8 @@ simulation workers are not pinned to clients.
 from __future__ import annotations
 
 import logging
+import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,17 +86,66 @@ def _data(context: Context, cfg: FDConfig, partition_id: int, num_partitions: in
     return device if device is not None else load_client_data(cfg, partition_id, num_partitions)
 
 
+class LiveClients:
+    """Clients kept alive in this process between messages, so a worker reuses models.
+
+    Rebuilding a client from ``Context.state`` on every message (build the model, ``torch.load``
+    its state) is what Ray's unpinned workers need in general; but when the same worker serves
+    the same node again and nobody else touched the node's state since, the live object is that
+    state. Each save stamps the state with a fresh token; a live client is reused only when the
+    token (and the run config) still match, so a node served meanwhile by another worker is
+    rebuilt from its blob. Bounded (least recently used first out) to cap memory.
+    """
+
+    def __init__(self, max_size: int = 64) -> None:
+        self.max_size = max_size  # 0 turns reuse off
+        self._items: OrderedDict[tuple[int, int], tuple[str, FDClient]] = OrderedDict()
+
+    def get(self, key: tuple[int, int], token: str, cfg: FDConfig) -> FDClient | None:
+        item = self._items.get(key)
+        if item is None or item[0] != token or item[1].cfg != cfg:
+            return None
+        self._items.move_to_end(key)
+        return item[1]
+
+    def put(self, key: tuple[int, int], token: str, client: FDClient) -> None:
+        if self.max_size <= 0:
+            return
+        self._items[key] = (token, client)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_size:
+            self._items.popitem(last=False)
+
+    def drop(self, key: tuple[int, int]) -> None:
+        self._items.pop(key, None)
+
+
+LIVE_CLIENTS = LiveClients()
+
+
+def _key(context: Context) -> tuple[int, int]:
+    return int(context.run_id), int(context.node_id)
+
+
 def _restore(context: Context, cfg: FDConfig) -> FDClient:
+    record = context.state.config_records.get(STATE_KEY)
+    if record is not None and "token" in record:
+        live = LIVE_CLIENTS.get(_key(context), str(record["token"]), cfg)
+        if live is not None:
+            return live
     partition_id, num_partitions, model = _identity(context, cfg)
     data = _data(context, cfg, partition_id, num_partitions)
     client = FDClient(cfg, data, model, partition_id)
-    if STATE_KEY in context.state.config_records:
-        client.load_state_bytes(context.state.config_records[STATE_KEY]["blob"])  # type: ignore[arg-type]
+    if record is not None:
+        client.load_state_bytes(record["blob"])  # type: ignore[arg-type]
     return client
 
 
 def _save(context: Context, client: FDClient) -> None:
-    context.state[STATE_KEY] = ConfigRecord({"blob": client.state_bytes()})
+    token = uuid.uuid4().hex
+    context.state[STATE_KEY] = ConfigRecord({"blob": client.state_bytes(), "token": token})
+    client.restored = True  # its state is current: no need to reload a disk checkpoint
+    LIVE_CLIENTS.put(_key(context), token, client)
 
 
 def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> Message:
@@ -106,8 +157,12 @@ def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> 
     try:
         outcome = client.run_round(req, train=train)
     except faults.InjectedFault as fault:  # one log line, not the stack trace of a real crash
+        LIVE_CLIENTS.drop(_key(context))  # it may have trained without saving: not the state
         log.warning("%s", fault)
         return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=str(fault)), reply_to=msg)
+    except Exception:
+        LIVE_CLIENTS.drop(_key(context))
+        raise
     if train:
         _save(context, client)
     content = P.reply_content(
