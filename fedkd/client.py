@@ -30,6 +30,7 @@ from fedkd.training import (
     make_optimizer,
     predict_probs,
     resolve_device,
+    resolve_threads,
     train_supervised,
 )
 
@@ -140,7 +141,7 @@ class FDClient:
         self.model_name = model_name
         self.partition_id = partition_id
         self.device = resolve_device(cfg.client_device)
-        torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(resolve_threads(cfg.torch_threads))
         torch.manual_seed(cfg.seed * 10_007 + partition_id)  # reproducible initial weights
         self.model = build_model(model_name, data.input_shape, data.num_classes).to(self.device)
         self.train_cfg = TrainConfig(

@@ -159,8 +159,9 @@ class FDConfig:
     device: str = _doc("Server device: auto | cpu | cuda", default="auto")
     client_device: str = _doc("Client device: auto | cpu | cuda", default="cpu")
     torch_threads: int = _doc(
-        "torch CPU threads per process (1 suits small models and one Ray worker per core)",
-        default=1,
+        "torch CPU threads per process; 0 = auto: OMP_NUM_THREADS when set (Ray sets it to a "
+        "worker's client-cpus), else 1, which suits small models",
+        default=0,
     )
     run_dir: str = _doc(
         "Directory for metrics.json, plots and checkpoints ('' = no files)", default=""
@@ -244,7 +245,6 @@ def _validate(cfg: FDConfig) -> None:
         "batch_size",
         "server_epochs",
         "topk",
-        "torch_threads",
         "classes_per_partition",
         "shards_per_partition",
     )
@@ -294,6 +294,9 @@ def _validate(cfg: FDConfig) -> None:
     )
     _require(cfg.public_subset >= 0, "public-subset", f"must be >= 0, got {cfg.public_subset}")
     _require(cfg.client_distill_epochs >= 0, "client-distill-epochs", "must be >= 0")
+    _require(
+        cfg.torch_threads >= 0, "torch-threads", f"must be >= 0 (0 = auto), got {cfg.torch_threads}"
+    )
     _require(
         cfg.min_train_nodes <= cfg.num_clients,
         "min-train-nodes",

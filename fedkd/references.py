@@ -17,7 +17,7 @@ import torch
 from fedkd.client import client_partitions, load_splits_for
 from fedkd.config import FDConfig
 from fedkd.models import build_model
-from fedkd.training import TrainConfig, evaluate, train_supervised
+from fedkd.training import TrainConfig, evaluate, resolve_threads, train_supervised
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _train_eval(
 
 def compute_references(cfg: FDConfig) -> References:
     """Train the local-only clients and the centralized model; evaluate on the test set."""
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(resolve_threads(cfg.torch_threads))
     splits = load_splits_for(cfg)
     parts = client_partitions(cfg, cfg.num_clients)
     local = [

@@ -18,6 +18,7 @@ This module imports only torch, numpy and :mod:`fedkd.kd`; never Flower, Ray or 
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -111,6 +112,22 @@ def _is_real(v: object) -> bool:
 
 
 # --------------------------------------------------------------------------- setup
+
+
+def resolve_threads(requested: int = 0) -> int:
+    """torch CPU threads for this process: ``requested``, or for 0 ``OMP_NUM_THREADS`` if set.
+
+    Ray sets ``OMP_NUM_THREADS`` to the CPUs it reserved for a worker (``client-cpus``), so
+    "auto" follows the reservation there; elsewhere it is 1, the fastest setting measured for
+    fedkd's small models on few cores (docs/benchmarks.md: 2 workers × 2 threads on 2 cores
+    were 3–46× slower than 1 thread each).
+    """
+    if requested > 0:
+        return requested
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except ValueError:
+        return 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedkd.client import load_splits_for
 from fedkd.config import FDConfig, from_run_config
 from fedkd.models import build_model
-from fedkd.training import resolve_device
+from fedkd.training import resolve_device, resolve_threads
 from strategies.fed_distill import FedDistill, PublicSet, RoundCallback, TestSet
 from strategies.fedavg_baseline import run_fedavg
 from strategies.reporting import RunRecorder
@@ -48,7 +48,7 @@ def build_student(cfg: FDConfig, input_shape: tuple[int, ...], num_classes: int)
 
 def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> RunRecorder:
     """Run the configured strategy to completion; returns the recorder with every round."""
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(resolve_threads(cfg.torch_threads))
     splits = load_splits_for(cfg)
     recorder = RunRecorder(cfg.run_dir or None, cfg.num_rounds)
     all_callbacks: list[RoundCallback] = [recorder, *callbacks]

@@ -338,3 +338,15 @@ def test_import_pulls_in_no_federated_stack():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_auto_threads_follow_the_worker_reservation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedkd.training import resolve_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert resolve_threads(0) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # what Ray sets for client_cpus=3
+    assert resolve_threads(0) == 3
+    assert resolve_threads(2) == 2  # an explicit count wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    assert resolve_threads(0) == 1
