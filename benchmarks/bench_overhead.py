@@ -18,9 +18,10 @@ The figure compared is the *warm* round: the median wall time of rounds 2..R (ro
 worker start-up and imports, reported separately together with the whole run). With
 ``--repeats N`` every variant runs N times in rotating order and each ratio is the median of
 the N ratios within a repeat (paired), which tames this machine's drift. Every process
-uses ``torch_threads`` threads (1 by default, as each Ray worker does); the plain loop therefore
-runs on one core while Ray spreads clients over every core. The FD runs must end each round
-with the same student accuracy as the plain loop (same seeds); the table says whether they do.
+uses ``torch_threads`` threads (auto: 1 here, as a 1-CPU Ray worker gets); the plain loop
+therefore runs on one core while Ray spreads clients over every core. The FD runs must end each
+round with the same student accuracy as the plain loop (same seeds); the table says whether
+they do.
 """
 
 from __future__ import annotations

@@ -27,7 +27,14 @@ from fedkd.client import FDClient, load_client_data, load_splits_for
 from fedkd.compression import decode_probs
 from fedkd.config import FDConfig
 from fedkd.models import build_model
-from fedkd.training import TrainConfig, distill, evaluate, make_optimizer, resolve_device
+from fedkd.training import (
+    TrainConfig,
+    distill,
+    evaluate,
+    make_optimizer,
+    resolve_device,
+    resolve_threads,
+)
 from strategies.aggregation import AggregationContext, aggregate
 
 __all__ = ["PlainRound", "run_plain_fd"]
@@ -127,7 +134,7 @@ def run_plain_fd(cfg: FDConfig) -> list[PlainRound]:
     """
     if cfg.co_distillation or cfg.separate_query or cfg.strategy != "fd":
         raise ValueError("the plain loop mirrors plain FD only (no co-distillation/query phase)")
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(resolve_threads(cfg.torch_threads))
     splits = load_splits_for(cfg)
     n = cfg.num_clients
     clients = [
