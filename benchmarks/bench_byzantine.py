@@ -32,11 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.common import add_common_args, digits_fd_config, markdown_table, write_json
-from fedkd.client_app import make_client_app
-from fedkd.config import ATTACKS, FDConfig, to_run_config
-from simulations.local_grid import run_local
+from fedkd.config import ATTACKS, FDConfig
+from simulations.local_grid import run_fd_local
 from strategies.fed_distill import RoundRecord
-from strategies.server_app import make_server_app
 
 RULES = ("mean", "median", "trimmed_mean", "filtered_mean")
 NO_ATTACK = "none"  # the label of the attacker-free runs every attack's table shares
@@ -49,14 +47,8 @@ def run_records(cfg: FDConfig) -> list[RoundRecord]:
     injected crash) are swallowed: they are counted in the records, and a grid of runs prints
     its own progress.
     """
-    run_config = to_run_config(cfg)
-    records: list[RoundRecord] = []
     with contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
-        run_local(
-            make_server_app(run_config, [records.append]),
-            make_client_app(run_config),
-            cfg.num_clients,
-        )
+        records = run_fd_local(cfg)
     if len(records) != cfg.num_rounds:
         raise RuntimeError(f"expected {cfg.num_rounds} round records, got {len(records)}")
     return records

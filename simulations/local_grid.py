@@ -22,6 +22,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity  # internal, see module docstring
 
+from fedkd.client_app import make_client_app
+from fedkd.config import FDConfig, to_run_config
+from strategies.fed_distill import RoundRecord
+from strategies.server_app import make_server_app
+
 SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
 RUN_ID = 1
 
@@ -153,3 +158,19 @@ def run_local(
     )
     server_app(grid, context)
     return grid
+
+
+def run_fd_local(cfg: FDConfig, client_app: ClientApp | None = None) -> list[RoundRecord]:
+    """Run the fedkd apps for ``cfg`` in process and return every round's record.
+
+    The one place tests and benchmarks get "a whole run, in process" from: the real ServerApp
+    and ClientApp (or ``client_app``, e.g. a wrapped one that misbehaves), no Ray.
+    """
+    run_config = to_run_config(cfg)
+    records: list[RoundRecord] = []
+    run_local(
+        make_server_app(run_config, [records.append]),
+        client_app if client_app is not None else make_client_app(run_config),
+        cfg.num_clients,
+    )
+    return records

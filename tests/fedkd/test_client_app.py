@@ -8,11 +8,9 @@ from typing import Any
 import pytest
 
 from fedkd import client_app
-from fedkd.client_app import LIVE_CLIENTS, make_client_app
-from fedkd.config import FDConfig, to_run_config
-from simulations.local_grid import run_local
-from strategies.fed_distill import RoundRecord
-from strategies.server_app import make_server_app
+from fedkd.client_app import LIVE_CLIENTS
+from fedkd.config import FDConfig
+from simulations.local_grid import run_fd_local
 
 
 @pytest.fixture(autouse=True)
@@ -23,12 +21,9 @@ def _quiet() -> Any:
 
 
 def _run(cfg: FDConfig) -> list[dict[str, Any]]:
-    run_config = to_run_config(cfg)
-    records: list[RoundRecord] = []
-    run_local(
-        make_server_app(run_config, [records.append]), make_client_app(run_config), cfg.num_clients
-    )
-    return [{k: v for k, v in r.as_dict().items() if k != "wall_seconds"} for r in records]
+    return [
+        {k: v for k, v in r.as_dict().items() if k != "wall_seconds"} for r in run_fd_local(cfg)
+    ]
 
 
 def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:

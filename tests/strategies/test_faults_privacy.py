@@ -14,12 +14,10 @@ import pytest
 
 from fedkd import faults
 from fedkd.client import load_splits_for
-from fedkd.client_app import make_client_app
-from fedkd.config import FDConfig, to_run_config
+from fedkd.config import FDConfig
 from fedkd.privacy import epsilon_spent
-from simulations.local_grid import run_local
+from simulations.local_grid import run_fd_local
 from strategies.fed_distill import RoundRecord
-from strategies.server_app import make_server_app
 
 NODE0 = 1000  # LocalGrid's first node id
 
@@ -45,11 +43,7 @@ def _cfg(**changes: Any) -> FDConfig:
 
 
 def _run(cfg: FDConfig) -> list[RoundRecord]:
-    run_config = to_run_config(cfg)
-    records: list[RoundRecord] = []
-    run_local(
-        make_server_app(run_config, [records.append]), make_client_app(run_config), cfg.num_clients
-    )
+    records = run_fd_local(cfg)
     assert [r.round for r in records] == list(range(1, cfg.num_rounds + 1))
     return records
 

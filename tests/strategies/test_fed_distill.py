@@ -1,7 +1,7 @@
 """FedDistill end to end, in process: the real ServerApp against real ClientApps (no Ray).
 
-Every run goes through ``simulations.local_grid.run_local`` with ``make_server_app`` and
-``make_client_app``; misbehaving clients are made by wrapping the real ClientApp.
+Every run goes through ``simulations.local_grid.run_fd_local`` (the real ServerApp and
+ClientApp); misbehaving clients are made by wrapping the real ClientApp.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from fedkd.client_app import make_client_app
 from fedkd.config import FDConfig, replace, to_run_config
 from fedkd.models import build_model, model_nbytes
 from fedkd.training import evaluate
-from simulations.local_grid import run_local
+from simulations.local_grid import run_fd_local
 from strategies.fed_distill import FedDistill, RoundRecord
-from strategies.server_app import build_student, make_server_app
+from strategies.server_app import build_student
 
 Transform = Callable[[Message, Context], Message]
 
@@ -69,12 +69,10 @@ def _wrap(inner: ClientApp, transform: Transform) -> ClientApp:
 
 
 def _run(cfg: FDConfig, transform: Transform | None = None) -> list[RoundRecord]:
-    run_config = to_run_config(cfg)
-    records: list[RoundRecord] = []
-    client_app = make_client_app(run_config)
+    client_app = None
     if transform is not None:
-        client_app = _wrap(client_app, transform)
-    run_local(make_server_app(run_config, [records.append]), client_app, cfg.num_clients)
+        client_app = _wrap(make_client_app(to_run_config(cfg)), transform)
+    records = run_fd_local(cfg, client_app)
     assert [r.round for r in records] == list(range(1, cfg.num_rounds + 1))
     return records
 
