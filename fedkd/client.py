@@ -20,9 +20,11 @@ from fedkd import faults
 from fedkd.compression import encode_probs
 from fedkd.config import FDConfig
 from fedkd.data import DataSplits, load_splits, partition_indices
+from fedkd.data.splits import with_validation
 from fedkd.models import build_model
 from fedkd.privacy import DPSpec, privatize
 from fedkd.protocol import RoundRequest, public_hash, select_public
+from fedkd.support import encode_support, support_scores
 from fedkd.training import (
     TrainConfig,
     distill,
@@ -32,6 +34,7 @@ from fedkd.training import (
     resolve_device,
     resolve_threads,
     train_supervised,
+    train_with_teacher,
 )
 
 
@@ -54,15 +57,16 @@ class ClientData:
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(dataset: str, seed: int, public_fraction: float) -> DataSplits:
+def _splits(dataset: str, seed: int, public_fraction: float, val_fraction: float) -> DataSplits:
     # Cached per process: a Ray worker serves many clients of the same run.
-    return load_splits(dataset, seed=seed, public_fraction=public_fraction)
+    splits = load_splits(dataset, seed=seed, public_fraction=public_fraction)
+    return with_validation(splits, val_fraction, seed=seed)
 
 
 @functools.lru_cache(maxsize=4)
 def _partitions(cfg_key: tuple, num_partitions: int) -> list[np.ndarray]:
-    dataset, seed, public_fraction, scheme, alpha, k, shards = cfg_key
-    splits = _splits(dataset, seed, public_fraction)
+    dataset, seed, public_fraction, val_fraction, scheme, alpha, k, shards = cfg_key
+    splits = _splits(dataset, seed, public_fraction, val_fraction)
     return partition_indices(
         splits.train_y.numpy(),
         num_partitions,
@@ -82,6 +86,7 @@ def partition_key(cfg: FDConfig) -> tuple:
         cfg.dataset,
         cfg.seed,
         cfg.public_fraction,
+        cfg.val_fraction,
         cfg.partition,
         cfg.alpha,
         cfg.classes_per_partition,
@@ -91,7 +96,7 @@ def partition_key(cfg: FDConfig) -> tuple:
 
 def load_splits_for(cfg: FDConfig) -> DataSplits:
     """The run's dataset splits (cached per process)."""
-    return _splits(cfg.dataset, cfg.seed, cfg.public_fraction)
+    return _splits(cfg.dataset, cfg.seed, cfg.public_fraction, cfg.val_fraction)
 
 
 def client_partitions(cfg: FDConfig, num_partitions: int) -> list[np.ndarray]:
@@ -126,6 +131,7 @@ class RoundOutcome:
 
     payload: dict[str, np.ndarray] | None
     metrics: Metrics
+    support: np.ndarray | None = None  # (subset,) uint8 support codes, when asked for
 
 
 class FDClient:
@@ -229,27 +235,64 @@ class FDClient:
         self.restore_from_disk(req.server_round)
         if train:
             faults.crash(self.cfg, self.partition_id, req.server_round, "train")
-            self._co_distil(req)
-            _set_lr(self.optimizer, req.lr)
-            metrics["train-loss"] = train_supervised(
-                self.model,
-                self.data.train_x,
-                self.data.train_y,
-                self.round_cfg(req.local_epochs, req.lr),
-                optimizer=self.optimizer,
-                generator=self._generator(req.server_round),
-            )
+            metrics["train-loss"] = self.train(req)
             result = evaluate(
                 self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes
             )
             metrics["test-accuracy"] = result.accuracy
             metrics["test-loss"] = result.loss
             self.save_to_disk(req.server_round)
-        payload = None
+        payload = support = None
         if req.with_predictions or not train:
             faults.crash(self.cfg, self.partition_id, req.server_round, "query")
             payload = self.predict(req)
-        return RoundOutcome(payload=payload, metrics=metrics)
+            if req.with_support:
+                support = encode_support(select_public(self.support, req.public_indices))
+        return RoundOutcome(payload=payload, metrics=metrics, support=support)
+
+    def train(self, req: RoundRequest) -> float:
+        """This round's local training; with a teacher, co-distillation in the configured mode.
+
+        ``joint`` (default) adds ``codistill-weight`` × KD on the teacher's rows to every
+        supervised step (:func:`fedkd.training.train_with_teacher`); ``digest`` is FedMD's
+        order: ``distill-epochs`` of KD first, then plain local training (revisit).
+        """
+        cfg = self.round_cfg(req.local_epochs, req.lr)
+        generator = self._generator(req.server_round)
+        has_teacher = req.teacher_probs is not None and req.teacher_indices is not None
+        if has_teacher and self.cfg.codistill_mode == "joint" and len(req.teacher_indices):
+            self.check_public(req)
+            _set_lr(self.optimizer, req.lr)
+            return train_with_teacher(
+                self.model,
+                self.data.train_x,
+                self.data.train_y,
+                self.data.public_x[torch.as_tensor(req.teacher_indices)],
+                torch.as_tensor(req.teacher_probs),
+                self.cfg.kd_spec(),
+                cfg,
+                lam=self.cfg.codistill_weight,
+                optimizer=self.optimizer,
+                generator=generator,
+            )
+        if has_teacher and self.cfg.codistill_mode == "digest":
+            self._co_distil(req)
+        _set_lr(self.optimizer, req.lr)
+        return train_supervised(
+            self.model,
+            self.data.train_x,
+            self.data.train_y,
+            cfg,
+            optimizer=self.optimizer,
+            generator=generator,
+        )
+
+    @functools.cached_property
+    def support(self) -> np.ndarray:
+        """``(public,)`` support scores of every public row (computed once per client)."""
+        return support_scores(
+            self.data.train_x, self.data.public_x, quantile=self.cfg.support_quantile
+        )
 
     def predict(self, req: RoundRequest) -> dict[str, np.ndarray]:
         """Soft labels at temperature T on the queried public rows, encoded by the codec.
@@ -273,6 +316,8 @@ class FDClient:
     def _co_distil(self, req: RoundRequest) -> None:
         """FedMD/DS-FL co-distillation: first move toward last round's teacher."""
         if req.teacher_probs is None or req.teacher_indices is None or req.distill_epochs == 0:
+            return
+        if len(req.teacher_indices) == 0:
             return
         self.check_public(req)
         distill(

@@ -166,7 +166,11 @@ def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> 
     if train:
         _save(context, client)
     content = P.reply_content(
-        outcome.payload, outcome.metrics, model_name=client.model_name, codec=req.codec
+        outcome.payload,
+        outcome.metrics,
+        model_name=client.model_name,
+        codec=req.codec,
+        support=outcome.support,
     )
     return Message(content, reply_to=msg)
 

@@ -40,7 +40,10 @@ AGGREGATION_RULES = (
     "median",
     "trimmed_mean",
     "filtered_mean",
+    "selective",
+    "certainty",
 )
+CODISTILL_MODES = ("joint", "digest")
 # Simulated Byzantine behaviours (fedkd.faults); repeated here for the same reason.
 ATTACKS = ("uniform", "label_flip", "targeted", "peaked", "scaled")
 
@@ -87,6 +90,11 @@ class FDConfig:
     public_subset: int = _doc(
         "Public samples queried per round; 0 = all (DS-FL: fresh subset)", default=0
     )
+    val_fraction: float = _doc(
+        "Share of the private pool held out as the server's labelled validation set: what "
+        "selects the reported round and tunes references (never the test set)",
+        default=0.15,
+    )
     # --- models ---------------------------------------------------------------------------
     client_models: str = _doc(
         "Comma-separated model names, assigned round-robin by partition id", default="mlp,cnn"
@@ -103,7 +111,11 @@ class FDConfig:
     temperature: float = _doc(
         "Softmax temperature of the uploaded soft labels and of KD", default=2.0
     )
-    aggregation: str = _doc("Teacher aggregation rule (strategies.aggregation)", default="mean")
+    aggregation: str = _doc(
+        "Teacher aggregation rule (strategies.aggregation); 'selective' keeps each client's "
+        "vote to the public samples its data supports (Selective-FD)",
+        default="selective",
+    )
     era_temperature: float = _doc(
         "Temperature of era (softmax(mean/T): sharpens only below ~1/(2·classes)) and of "
         "sharpen (mean**(1/T): sharpens for any T < 1)",
@@ -122,10 +134,21 @@ class FDConfig:
     server_epochs: int = _doc("Student distillation epochs per round on the public set", default=5)
     server_lr: float = _doc("Student learning rate", default=0.05)
     co_distillation: bool = _doc(
-        "Send the teacher back; clients distil toward it before training", default=False
+        "Send the teacher back to clients, which digest it (codistill-mode)", default=True
     )
+    codistill_mode: str = _doc(
+        "How clients digest the teacher: 'joint' (CE on private + weight × KD on public rows in "
+        "every step) or 'digest' (FedMD: client-distill-epochs of KD, then local training)",
+        default="joint",
+    )
+    codistill_weight: float = _doc("Weight of the KD term in joint co-distillation", default=1.0)
     client_distill_epochs: int = _doc(
-        "Client distillation epochs toward the received teacher", default=1
+        "Client distillation epochs toward the received teacher (digest mode)", default=1
+    )
+    support_quantile: float = _doc(
+        "selective/certainty rules: quantile of private nearest-neighbour distances that sets "
+        "a client's support radius (fedkd.support)",
+        default=0.95,
     )
     codec: str = _doc("Uplink soft-label codec: none | fp16 | int8 | topk", default="none")
     topk: int = _doc("k for the topk codec", default=3)
@@ -225,6 +248,7 @@ def _validate(cfg: FDConfig) -> None:
     _one_of(cfg, "aggregation", AGGREGATION_RULES)
     _one_of(cfg, "byzantine_attack", ATTACKS)
     _one_of(cfg, "divergence", DIVERGENCES)
+    _one_of(cfg, "codistill_mode", CODISTILL_MODES)
     _one_of(cfg, "codec", tuple(CODECS))
     _one_of(cfg, "device", ("auto", "cpu", "cuda"))
     _one_of(cfg, "client_device", ("auto", "cpu", "cuda"))
@@ -291,6 +315,21 @@ def _validate(cfg: FDConfig) -> None:
     )
     _require(
         0.0 <= cfg.trim_ratio < 0.5, "trim-ratio", f"must be in [0, 0.5), got {cfg.trim_ratio}"
+    )
+    _require(
+        0.0 <= cfg.val_fraction < 1.0,
+        "val-fraction",
+        f"must be in [0, 1), got {cfg.val_fraction}",
+    )
+    _require(
+        0.0 < cfg.support_quantile <= 1.0,
+        "support-quantile",
+        f"must be in (0, 1], got {cfg.support_quantile}",
+    )
+    _require(
+        cfg.codistill_weight >= 0,
+        "codistill-weight",
+        f"must be >= 0, got {cfg.codistill_weight}",
     )
     _require(cfg.public_subset >= 0, "public-subset", f"must be >= 0, got {cfg.public_subset}")
     _require(cfg.client_distill_epochs >= 0, "client-distill-epochs", "must be >= 0")

@@ -36,6 +36,8 @@ CONFIG = "config"  # ConfigRecord: round settings
 PUBLIC_INDICES = "public-indices"  # ArrayRecord: {"idx": int32 (subset,)} when not the whole set
 TEACHER = "teacher"  # ArrayRecord: {"probs": (subset, classes), "idx": (subset,)} co-distillation
 SOFT_LABELS = "soft-labels"  # ArrayRecord: codec arrays, see fedkd.compression
+SUPPORT = "support"  # ArrayRecord: {"scores": uint8 (subset,)} when the round asks (fedkd.support)
+SUPPORT_SCORES = "scores"
 METRICS = "metrics"  # MetricRecord
 META = "meta"  # ConfigRecord: non-numeric reply metadata
 ARRAYS = "arrays"  # FedAvg: model weights (Flower's default key)
@@ -52,6 +54,7 @@ PUBLIC_SIZE = "public-size"  # int: total public-set size the server holds
 PUBLIC_HASH = "public-hash"  # str: content hash of the public inputs (devices check theirs)
 WITH_PREDICTIONS = "with-predictions"  # bool: train reply also carries soft labels
 DISTILL_EPOCHS = "distill-epochs"  # client epochs toward the received teacher
+WITH_SUPPORT = "with-support"  # bool: reply also carries per-row support scores
 
 # ---------------------------------------------------------------- metric names (reply)
 NUM_EXAMPLES = "num-examples"  # Flower's conventional weight key
@@ -97,6 +100,7 @@ class RoundRequest:
     distill_epochs: int
     teacher_probs: np.ndarray | None  # (subset, classes) co-distillation target
     teacher_indices: np.ndarray | None  # (subset,) public indices the teacher refers to
+    with_support: bool = False  # also send support scores for the queried rows
 
 
 def public_hash(public_x: np.ndarray) -> str:
@@ -146,6 +150,7 @@ def request_content(req: RoundRequest) -> RecordDict:
             PUBLIC_HASH: req.public_hash,
             WITH_PREDICTIONS: req.with_predictions,
             DISTILL_EPOCHS: req.distill_epochs,
+            WITH_SUPPORT: req.with_support,
         }
     )
     content = RecordDict({CONFIG: config})
@@ -198,6 +203,7 @@ def parse_request(content: RecordDict) -> RoundRequest:
         distill_epochs=int(number(DISTILL_EPOCHS)),
         teacher_probs=teacher_probs,
         teacher_indices=teacher_idx,
+        with_support=bool(cfg.get(WITH_SUPPORT, False)),
     )
 
 
@@ -207,8 +213,10 @@ def reply_content(
     *,
     model_name: str,
     codec: str,
+    support: np.ndarray | None = None,
 ) -> RecordDict:
-    """Encode a client's reply: encoded soft labels (optional), metrics and metadata."""
+    """Encode a client's reply: encoded soft labels (optional), support codes (optional),
+    metrics and metadata."""
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
     content = RecordDict(
@@ -219,6 +227,8 @@ def reply_content(
     )
     if payload is not None:
         content[SOFT_LABELS] = ArrayRecord({k: _array(v) for k, v in payload.items()})
+    if support is not None:
+        content[SUPPORT] = ArrayRecord({SUPPORT_SCORES: _array(support)})
     return content
 
 

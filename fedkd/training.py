@@ -44,6 +44,7 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "train_supervised",
+    "train_with_teacher",
 ]
 
 DeviceLike = torch.device | str | None
@@ -377,6 +378,74 @@ def distill(
     return _fit(model, inputs.shape[0], cfg, opt, generator, batch_loss)
 
 
+def train_with_teacher(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    public_x: Tensor,
+    teacher: Tensor,
+    spec: KDSpec,
+    cfg: TrainConfig,
+    *,
+    lam: float,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+    device: DeviceLike = None,
+) -> float:
+    """Supervised training with a distillation term on public inputs in *every* step.
+
+    Each step pairs a private batch with ``cfg.batch_size`` public rows drawn at random (with
+    replacement) and minimises ``CE(private) + lam * KD(public, teacher)``. This is how fedkd's
+    clients co-distil: FedMD's digest-then-revisit order lets the revisit epochs on a client's
+    one or two classes overwrite what the digest taught about the others (catastrophic
+    forgetting, as in continual learning); optimising both terms together keeps both, as LwF
+    keeps old tasks (Li & Hoiem 2017). docs/recipes.md shows the measurement.
+
+    Parameters
+    ----------
+    model, x, y, cfg, optimizer, generator, device
+        As in :func:`train_supervised` (epochs count passes over the private data).
+    public_x : Tensor
+        ``(m, *features)`` public inputs the teacher refers to.
+    teacher : Tensor
+        ``(m, classes)`` teacher probabilities, already softened (used as is).
+    spec : KDSpec
+        Temperature, divergence and T² scaling of the distillation term.
+    lam : float
+        Weight (>= 0) of the distillation term.
+
+    Returns
+    -------
+    float
+        Mean total loss over the last epoch.
+    """
+    _check_rows(x, y, "y")
+    _check_rows(public_x, teacher, "teacher")
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    dev = _place(model, device)
+    opt = optimizer if optimizer is not None else make_optimizer(model, cfg)
+    x_dev, y_dev = _stage(x, dev), _stage(y, dev)
+    pub_dev, teacher_dev = _stage(public_x, dev), _stage(teacher, dev)
+    validate_labels(y, int(teacher.shape[1]))
+    num_public = public_x.shape[0]
+
+    def batch_loss(idx: Tensor) -> Tensor:
+        logits = model(_rows(x_dev, idx, dev))  # (batch, classes)
+        ce = F.cross_entropy(logits, _rows(y_dev, idx, dev), label_smoothing=cfg.label_smoothing)
+        pick = torch.randint(num_public, (cfg.batch_size,), generator=generator)
+        kd = distillation_loss(
+            model(_rows(pub_dev, pick, dev)),
+            _rows(teacher_dev, pick, dev),
+            spec,
+            teacher_is_probs=True,
+            teacher_temperature=1.0,
+        )
+        return ce + lam * kd
+
+    return _fit(model, x.shape[0], cfg, opt, generator, batch_loss)
+
+
 # --------------------------------------------------------------------------- inference
 
 
@@ -446,6 +515,20 @@ class EvalResult:
     average over present classes is ``np.nanmean``, and absence is never mistaken for 0)."""
     num_examples: int
     """Number of evaluated examples (the weight in federated averaging of metrics)."""
+    top_prediction_share: float = 0.0
+    """Share of examples predicted as the most predicted class (1.0: constant predictions)."""
+
+    def collapsed(self, train_labels: Tensor, *, share: float = 0.95) -> bool:
+        """Whether the model collapsed into (almost) constant predictions.
+
+        True when at least ``share`` of the examples get one class although no class holds
+        more than half of ``train_labels``: a model that saw several classes and answers one
+        has diverged (loss near ln C), which the loss alone does not flag. A client holding one
+        class predicting it everywhere is not a collapse.
+        """
+        counts = torch.bincount(train_labels.detach().cpu().long())
+        balanced = len(train_labels) > 0 and float(counts.max()) <= 0.5 * len(train_labels)
+        return balanced and self.top_prediction_share >= share
 
 
 def evaluate(
@@ -473,9 +556,11 @@ def evaluate(
     seen = torch.bincount(labels, minlength=num_classes).double()  # (classes,)
     hits = torch.bincount(labels[correct], minlength=num_classes).double()
     per_class = torch.where(seen > 0, hits / seen.clamp_min(1), torch.nan)
+    predicted = torch.bincount(logits.argmax(dim=1), minlength=num_classes)
     return EvalResult(
         accuracy=float(correct.double().mean()),
         loss=float(F.cross_entropy(logits, labels)),
         per_class_accuracy=per_class.tolist(),
         num_examples=int(x.shape[0]),
+        top_prediction_share=float(predicted.max()) / int(x.shape[0]),
     )

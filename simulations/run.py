@@ -32,7 +32,7 @@ from simulations.engine import run_apps
 from simulations.hydra_config import RunSpec, build_run_spec, exit_on_config_error
 from simulations.tracking import Tracker
 from strategies.fed_distill import RoundRecord
-from strategies.reporting import write_json_atomic
+from strategies.reporting import accuracy_summary, write_json_atomic
 from strategies.server_app import make_server_app
 
 log = logging.getLogger(__name__)
@@ -100,18 +100,13 @@ def save_partition_plot(spec: RunSpec) -> Path:
 
 
 def summarize(spec: RunSpec, records: list[RoundRecord], seconds: float) -> dict[str, Any]:
-    """Final numbers of a run, with local-only and centralized references when asked."""
+    """Final numbers of a run (never a max over test rounds), with the references when asked."""
     if not records:
         raise RuntimeError("the run produced no rounds; see the log above for the cause")
-    last = records[-1]
     summary: dict[str, Any] = {
         "strategy": spec.fd.strategy,
         "aggregation": spec.fd.aggregation,
-        "rounds": len(records),
-        "final_student_accuracy": last.student_accuracy,
-        "best_student_accuracy": max(r.student_accuracy for r in records),
-        "final_client_accuracy": last.client_accuracy,
-        "cum_bytes": last.cum_bytes,
+        **accuracy_summary(records),
         "wall_seconds": seconds,
     }
     if spec.references:
@@ -122,6 +117,8 @@ def summarize(spec: RunSpec, records: list[RoundRecord], seconds: float) -> dict
             local_only_accuracy=refs.local_only_mean,
             local_only_per_client=refs.local_only,
             centralized_accuracy=refs.centralized,
+            public_labels_accuracy=refs.public_labels,
+            references=refs.as_dict(),
         )
     return summary
 
@@ -129,15 +126,23 @@ def summarize(spec: RunSpec, records: list[RoundRecord], seconds: float) -> dict
 def print_summary(summary: dict[str, Any], run_dir: str) -> None:
     """The last lines a user reads."""
     print(
-        f"\nfinal student accuracy {summary['final_student_accuracy']:.3f} "
-        f"after {summary['rounds']} rounds, "
+        f"\nfinal student test accuracy {summary['final_student_accuracy']:.3f} "
+        f"after {summary['rounds']} rounds (validation picks round {summary['selected_round']}: "
+        f"{summary['selected_student_accuracy']:.3f}), "
         f"{summary['cum_bytes'] / 2**20:.2f} MiB exchanged, {summary['wall_seconds']:.0f}s"
     )
+    if summary.get("final_client_accuracy") is not None:
+        print(f"clients' mean test accuracy {summary['final_client_accuracy']:.3f}")
     if "local_only_accuracy" in summary:
         print(
-            f"references: local-only mean {summary['local_only_accuracy']:.3f}, "
-            f"centralized {summary['centralized_accuracy']:.3f}"
+            f"references (test, selected on validation): local-only mean "
+            f"{summary['local_only_accuracy']:.3f}, centralized "
+            f"{summary['centralized_accuracy']:.3f}, student on public labels "
+            f"{summary['public_labels_accuracy']:.3f}"
         )
+        collapsed = summary["references"]["collapsed"]
+        if collapsed:
+            print(f"warning: reference training collapsed to one class: {', '.join(collapsed)}")
     print(f"outputs in {run_dir}")
 
 

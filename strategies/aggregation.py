@@ -28,11 +28,13 @@ __all__ = [
     "AGGREGATION_RULES",
     "LOG_EPS",
     "STREAMABLE_RULES",
+    "SUPPORT_RULES",
     "AggregationContext",
     "AggregationRule",
     "StreamingAggregator",
     "aggregate",
     "available_rules",
+    "supported_rows",
 ]
 
 LOG_EPS = 1e-12
@@ -64,6 +66,10 @@ class AggregationContext:
     outlier_threshold : float
         ``filtered_mean`` keeps clients whose distance to the coordinate-wise median is at most
         ``median distance + outlier_threshold × 1.4826 × MAD`` (a robust z-score cut).
+    support : np.ndarray, optional
+        ``(clients, samples)`` support scores in ``[0, 1]`` (:mod:`fedkd.support`): how much
+        each public sample looks like the client's private data. Read by ``selective`` and
+        ``certainty``; ``None`` means every client supports every row (they become the mean).
     """
 
     num_examples: np.ndarray
@@ -71,6 +77,7 @@ class AggregationContext:
     era_temperature: float = 0.5
     trim_ratio: float = 0.2
     outlier_threshold: float = 3.0
+    support: np.ndarray | None = None
 
     @classmethod
     def uniform(cls, num_clients: int, num_classes: int, **kwargs: float) -> AggregationContext:
@@ -270,6 +277,63 @@ def filtered_mean_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray
     return _renormalise(probs[keep].mean(axis=0, dtype=np.float64))
 
 
+def _support(ctx: AggregationContext, shape: tuple[int, int]) -> np.ndarray:
+    """``(clients, samples)`` scores; without any (``None``) every client supports every row."""
+    if ctx.support is None:
+        return np.ones(shape)
+    return np.asarray(ctx.support, dtype=np.float64).reshape(shape)
+
+
+def _supported_mean(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum_k w[k,s] p[k,s] / sum_k w[k,s]``; rows no client supports take the plain mean."""
+    total = weights.sum(axis=0)  # (samples,)
+    weighted = np.einsum("ks,ksc->sc", weights, probs, dtype=np.float64)
+    mean = probs.mean(axis=0, dtype=np.float64)
+    safe = np.where(total > 0, total, 1.0)[:, None]
+    return _renormalise(np.where(total[:, None] > 0, weighted / safe, mean))
+
+
+def selective_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Mean over the clients whose private data supports each sample (Selective-FD).
+
+    Shao et al. 2024, "Selective Knowledge Sharing for Privacy-Preserving Federated
+    Distillation without A Good Teacher" (Nature Communications): a client's prediction
+    counts on a public sample only when its selector says the sample looks like its own data
+    (here :func:`fedkd.support.in_support`, a nearest-neighbour radius test). Under label
+    skew this removes the confident wrong votes of clients that never saw the class. Rows no
+    client supports fall back to the plain mean; the server leaves them out of distillation
+    (:func:`supported_rows`).
+    """
+    from fedkd.support import in_support
+
+    mask = in_support(_support(ctx, probs.shape[:2])).astype(np.float64)  # (clients, samples)
+    return _supported_mean(probs, mask)
+
+
+def certainty_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Mean weighted by each client's soft support score per sample (FedAUX-style).
+
+    Sattler et al. 2021, "FedAUX: Leveraging Unlabeled Auxiliary Data in Federated Learning"
+    weigh each client's prediction on an auxiliary sample by a certainty score of how well the
+    sample matches the client's data. fedkd's score is :func:`fedkd.support.support_scores`
+    (FedAUX trains a differentially private logistic scorer on features instead).
+    """
+    return _supported_mean(probs, _support(ctx, probs.shape[:2]))
+
+
+def supported_rows(support: np.ndarray | None, num_samples: int) -> np.ndarray:
+    """``(samples,)`` bool: rows at least one client supports (all rows without scores).
+
+    Selective-FD's server-side filter: a row nobody can speak for carries no knowledge, so the
+    student does not distil on it and co-distilling clients are not sent it.
+    """
+    if support is None:
+        return np.ones(num_samples, dtype=bool)
+    from fedkd.support import in_support
+
+    return in_support(np.asarray(support).reshape(-1, num_samples)).any(axis=0)
+
+
 AGGREGATION_RULES: dict[str, AggregationRule] = {
     "mean": mean_rule,
     "logit_mean": logit_mean_rule,
@@ -281,10 +345,25 @@ AGGREGATION_RULES: dict[str, AggregationRule] = {
     "median": median_rule,
     "trimmed_mean": trimmed_mean_rule,
     "filtered_mean": filtered_mean_rule,
+    "selective": selective_rule,
+    "certainty": certainty_rule,
 }
 
+SUPPORT_RULES: frozenset[str] = frozenset({"selective", "certainty"})
+"""Rules that need each client's per-sample support scores (clients then compute and send them)."""
+
 STREAMABLE_RULES: frozenset[str] = frozenset(
-    {"mean", "logit_mean", "weighted", "class_weighted", "confidence", "era", "sharpen"}
+    {
+        "mean",
+        "logit_mean",
+        "weighted",
+        "class_weighted",
+        "confidence",
+        "era",
+        "sharpen",
+        "selective",
+        "certainty",
+    }
 )
 """Rules that decompose into per-client sums; ``median``, ``trimmed_mean`` and
 ``filtered_mean`` need all replies at once."""
@@ -324,6 +403,10 @@ def _check_context(ctx: AggregationContext, num_clients: int, num_classes: int) 
         raise ValueError(f"trim_ratio must lie in [0, 0.5), got {ctx.trim_ratio}")
     if not ctx.outlier_threshold > 0:
         raise ValueError(f"outlier_threshold must be > 0, got {ctx.outlier_threshold}")
+    if ctx.support is not None:
+        support = np.asarray(ctx.support, dtype=np.float64)
+        if support.shape[0] != num_clients or not np.all((support >= 0) & (support <= 1)):
+            raise ValueError(f"support must be ({num_clients}, samples) scores in [0, 1]")
 
 
 def aggregate(name: str, probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
@@ -389,41 +472,70 @@ class StreamingAggregator:
         self._plain = np.zeros(self.shape)  # sum_k p[k]: mean, era and every zero-weight fallback
         # sum_k w[k] * p[k] (or log p[k] for logit_mean); the mean-based rules need none.
         needs_weighted = name not in ("mean", "era", "sharpen")
+        self._covered = np.zeros(num_samples, dtype=bool)  # rows some client supports
         self._weighted = np.zeros(self.shape if needs_weighted else ())
         self._weight = np.zeros(self._weight_shape())  # sum_k w[k]
 
     def _weight_shape(self) -> tuple[int, ...]:
         if self.name == "class_weighted":
             return (self.shape[1],)  # per class
-        if self.name == "confidence":
+        if self.name in ("confidence", "selective", "certainty"):
             return (self.shape[0], 1)  # per sample
         return ()
 
-    def add(self, probs: np.ndarray, *, num_examples: int, class_counts: np.ndarray) -> None:
-        """Fold one client's ``(samples, classes)`` reply into the running sums."""
+    def add(
+        self,
+        probs: np.ndarray,
+        *,
+        num_examples: int,
+        class_counts: np.ndarray,
+        support: np.ndarray | None = None,
+    ) -> None:
+        """Fold one client's ``(samples, classes)`` reply (and ``(samples,)`` support scores,
+        for the rules in :data:`SUPPORT_RULES`) into the running sums."""
         probs = np.asarray(probs)
         _check_probs(probs, ndim=2)
         if probs.shape != self.shape:
             raise ValueError(f"reply has shape {probs.shape}, expected {self.shape}")
         _check_counts(np.asarray(num_examples), (), "num_examples")
         _check_counts(np.asarray(class_counts), (self.shape[1],), "class_counts")
+        if self.name in SUPPORT_RULES:
+            support = _checked_support(support, self.shape[0])
+            self._covered |= supported_rows(support[None, :], self.shape[0])
         self.num_clients += 1
         self._plain += probs
         if self.name == "logit_mean":
             self._weighted += np.log(np.maximum(probs, LOG_EPS))
-        elif self.name in ("weighted", "class_weighted", "confidence"):
-            w = self._client_weight(probs, num_examples, class_counts)
+        elif self.name in ("weighted", "class_weighted", "confidence", *SUPPORT_RULES):
+            w = self._client_weight(probs, num_examples, class_counts, support)
             self._weighted += w * probs
             self._weight += w
 
     def _client_weight(
-        self, probs: np.ndarray, num_examples: int, class_counts: np.ndarray
+        self,
+        probs: np.ndarray,
+        num_examples: int,
+        class_counts: np.ndarray,
+        support: np.ndarray | None,
     ) -> np.ndarray:
+        if self.name in SUPPORT_RULES:
+            assert support is not None  # checked in add()
+            if self.name == "selective":
+                from fedkd.support import in_support
+
+                return in_support(support).astype(np.float64)[:, None]  # (samples, 1)
+            return support[:, None]  # (samples, 1)
         if self.name == "weighted":
             return np.asarray(num_examples, dtype=np.float64)  # ()
         if self.name == "class_weighted":
             return np.asarray(class_counts, dtype=np.float64)  # (classes,)
         return _certainty(probs)[:, None]  # (samples, 1)
+
+    def covered(self) -> np.ndarray:
+        """``(samples,)`` rows some client supports (all rows for rules without support)."""
+        if self.name not in SUPPORT_RULES:
+            return np.ones(self.shape[0], dtype=bool)
+        return self._covered.copy()
 
     def result(self) -> np.ndarray:
         """The ``(samples, classes)`` float32 teacher for all replies added so far."""
@@ -438,6 +550,16 @@ class StreamingAggregator:
             return _power_sharpen(mean, self.era_temperature)
         if self.name == "logit_mean":
             return _renormalise(_softmax(self._weighted / self.num_clients))
-        # weighted / class_weighted / confidence: zero total weight falls back to the plain mean.
+        # weighted / class_weighted / confidence / support rules: zero total weight falls back
+        # to the plain mean.
         safe = np.where(self._weight > 0, self._weight, 1.0)
         return _renormalise(np.where(self._weight > 0, self._weighted / safe, mean))
+
+
+def _checked_support(support: np.ndarray | None, num_samples: int) -> np.ndarray:
+    if support is None:  # no scores: the client speaks for every row, as in aggregate()
+        return np.ones(num_samples)
+    scores = np.asarray(support, dtype=np.float64)
+    if scores.shape != (num_samples,) or not np.all((scores >= 0) & (scores <= 1)):
+        raise ValueError(f"support must be ({num_samples},) scores in [0, 1]")
+    return scores

@@ -36,9 +36,11 @@ from fedkd.privacy import DPSpec, epsilon_spent
 from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
 from strategies.aggregation import (
     STREAMABLE_RULES,
+    SUPPORT_RULES,
     AggregationContext,
     StreamingAggregator,
     aggregate,
+    supported_rows,
 )
 from strategies.validation import Expected, Rejection, ValidReply, validate_reply
 
@@ -66,6 +68,8 @@ class RoundRecord:
     missing_nodes: list[int] = field(default_factory=list)  # who timed out
     rejected_nodes: list[int] = field(default_factory=list)  # whose reply was an error or invalid
     dp_epsilon: float | None = None  # ε spent so far by the most-uploading client (DP on)
+    student_val_accuracy: float | None = None  # on the server's labelled validation set
+    teacher_coverage: float | None = None  # share of queried public rows some client supports
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -111,9 +115,11 @@ class FedDistill(Strategy):
     public : PublicSet
         Public unlabeled inputs held by the server and every client (checked by hash).
     test : TestSet
-        Labelled test set for the student's per-round evaluation.
+        Labelled test set for the student's per-round evaluation (reported, never selected on).
     device : torch.device
         Where the student trains (CUDA when available by default).
+    val : TestSet, optional
+        The server's labelled validation set: what selects the reported round.
     """
 
     def __init__(
@@ -123,8 +129,10 @@ class FedDistill(Strategy):
         public: PublicSet,
         test: TestSet,
         device: torch.device | None = None,
+        val: TestSet | None = None,
     ) -> None:
         self.cfg = cfg
+        self.val = val if val is not None and len(val.y) else None
         self.device = device or torch.device("cpu")
         self.student = student.to(self.device)
         self.public = public
@@ -185,7 +193,8 @@ class FedDistill(Strategy):
         if len(valid) < self.cfg.min_replies:
             return None, MetricRecord({"valid-replies": len(valid), "rejected": len(rejected)})
         teacher = self.aggregate_teacher(valid)
-        loss = self.distil_student(teacher, indices)
+        rows = self.supported(valid, num_samples)
+        loss = self.distil_student(teacher[rows], _resolve(indices, self.public.size)[rows])
         metrics: dict[str, int | float | list[int] | list[float]] = {
             "valid-replies": len(valid),
             "rejected": len(rejected),
@@ -304,19 +313,31 @@ class FedDistill(Strategy):
             log.error("round %d %s; the student is unchanged", server_round, record.status)
         else:
             teacher = fold.result() if fold is not None else self.aggregate_teacher(valid)
+            rows = fold.covered() if fold is not None else self.supported(valid, num_samples)
             record.teacher_accuracy = self.teacher_accuracy(teacher, indices)
-            self.distil_student(teacher, indices)
-            self.teacher = (teacher, _resolve(indices, self.public.size))
-        result = evaluate(
-            self.student,
-            self.test.x,
-            self.test.y,
-            num_classes=self.test.num_classes,
-            device=self.device,
-        )
+            record.teacher_coverage = float(rows.mean())
+            public_rows = _resolve(indices, self.public.size)[rows]
+            if rows.any():  # Selective-FD: rows nobody supports teach nothing
+                self.distil_student(teacher[rows], public_rows)
+            self.teacher = (teacher[rows], public_rows)
+        result = self.evaluate_student(self.test)
         record.student_accuracy, record.student_loss = result.accuracy, result.loss
+        if self.val is not None:
+            record.student_val_accuracy = self.evaluate_student(self.val).accuracy
         record.wall_seconds = time.perf_counter() - started
         return record
+
+    def evaluate_student(self, data: TestSet) -> Any:
+        """The student's accuracy and loss on a labelled set (test, or the validation set)."""
+        return evaluate(
+            self.student, data.x, data.y, num_classes=data.num_classes, device=self.device
+        )
+
+    def supported(self, valid: list[ValidReply], num_samples: int) -> np.ndarray:
+        """``(samples,)`` rows some valid reply supports (every row for rules without support)."""
+        if self.cfg.aggregation not in SUPPORT_RULES:
+            return np.ones(num_samples, dtype=bool)
+        return supported_rows(np.stack([v.support for v in valid]), num_samples)
 
     def collect(
         self,
@@ -411,6 +432,7 @@ class FedDistill(Strategy):
             distill_epochs=self.cfg.client_distill_epochs if send_teacher else 0,
             teacher_probs=self.teacher[0] if send_teacher else None,  # type: ignore[index]
             teacher_indices=self.teacher[1] if send_teacher else None,  # type: ignore[index]
+            with_support=self.cfg.aggregation in SUPPORT_RULES,
         )
 
     def exchange(
@@ -458,7 +480,10 @@ class FedDistill(Strategy):
         phase's encoded replies together, so those are in memory at once regardless.)
         """
         expected = Expected(
-            num_samples=num_samples, num_classes=self.test.num_classes, codec=self.cfg.codec
+            num_samples=num_samples,
+            num_classes=self.test.num_classes,
+            codec=self.cfg.codec,
+            with_support=self.cfg.aggregation in SUPPORT_RULES,
         )
         valid: list[ValidReply] = []
         rejected: list[Rejection] = []
@@ -481,6 +506,7 @@ class FedDistill(Strategy):
                     checked.probs,
                     num_examples=checked.num_examples,
                     class_counts=checked.class_counts,
+                    support=checked.support,
                 )
         return valid, rejected
 
@@ -493,11 +519,16 @@ class FedDistill(Strategy):
             era_temperature=self.cfg.era_temperature,
             trim_ratio=self.cfg.trim_ratio,
             outlier_threshold=self.cfg.outlier_threshold,
+            support=(
+                np.stack([v.support for v in valid])  # type: ignore[misc]
+                if self.cfg.aggregation in SUPPORT_RULES
+                else None
+            ),
         )
         return aggregate(self.cfg.aggregation, probs, ctx)  # (samples, classes)
 
     def distil_student(self, teacher: np.ndarray, indices: np.ndarray | None) -> float:
-        """KD of the student toward the teacher on the queried public inputs (the one KD core)."""
+        """KD of the student toward the teacher on the given public rows (the one KD core)."""
         inputs = P.select_public(
             self.public.inputs, None if indices is None else torch.as_tensor(indices)
         )

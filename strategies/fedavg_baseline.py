@@ -49,9 +49,16 @@ class CountingFedAvg(FedAvg):
 
 
 def run_fedavg(
-    grid: Grid, cfg: FDConfig, model: torch.nn.Module, test: TestSet, callbacks: list[RoundCallback]
+    grid: Grid,
+    cfg: FDConfig,
+    model: torch.nn.Module,
+    test: TestSet,
+    callbacks: list[RoundCallback],
+    *,
+    val: TestSet | None = None,
 ) -> ArrayRecord:
-    """Run FedAvg for ``cfg.num_rounds`` rounds, reporting a :class:`RoundRecord` per round."""
+    """Run FedAvg for ``cfg.num_rounds`` rounds, reporting a :class:`RoundRecord` per round
+    (test accuracy, and validation accuracy when ``val`` holds data)."""
     random.seed(cfg.seed)  # Flower's node sampling uses the `random` module
     strategy = CountingFedAvg(
         fraction_train=cfg.fraction_train,
@@ -80,6 +87,11 @@ def run_fedavg(
                 valid_replies=n,
                 rejected=0,
                 wall_seconds=now - state["t"],
+                student_val_accuracy=(
+                    evaluate(model, val.x, val.y, num_classes=val.num_classes).accuracy
+                    if val is not None and len(val.y)
+                    else None
+                ),
             )
             state["t"] = now
             for callback in callbacks:

@@ -28,13 +28,49 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def selected_round(records: list[RoundRecord]) -> RoundRecord:
+    """The round a researcher may report besides the last one: best on **validation**.
+
+    Ties go to the earliest such round. Without validation accuracies (``val-fraction=0``) it
+    is the last round: fedkd never selects on the test set, so a max over test accuracies
+    cannot appear in a summary.
+    """
+    if not records:
+        raise ValueError("no rounds to select from")
+    scored = [r for r in records if r.student_val_accuracy is not None]
+    if not scored:
+        return records[-1]
+    best = max(r.student_val_accuracy for r in scored)  # type: ignore[type-var]
+    return next(r for r in scored if r.student_val_accuracy == best)
+
+
+def accuracy_summary(records: list[RoundRecord]) -> dict[str, Any]:
+    """Final and validation-selected accuracies of a run (what ``summary.json`` reports)."""
+    last, chosen = records[-1], selected_round(records)
+    return {
+        "rounds": len(records),
+        "final_student_accuracy": last.student_accuracy,
+        "final_student_val_accuracy": last.student_val_accuracy,
+        "selected_round": chosen.round,
+        "selected_student_accuracy": chosen.student_accuracy,
+        "selected_student_val_accuracy": chosen.student_val_accuracy,
+        "final_client_accuracy": last.client_accuracy,
+        "final_teacher_public_accuracy": last.teacher_accuracy,
+        "cum_bytes": last.cum_bytes,
+    }
+
+
 def format_round(record: RoundRecord, num_rounds: int) -> str:
     """One human line per round: what a researcher watches while a run goes."""
     client = "  n/a" if record.client_accuracy is None else f"{record.client_accuracy:5.3f}"
     teacher = "  n/a" if record.teacher_accuracy is None else f"{record.teacher_accuracy:5.3f}"
+    val = (
+        "" if record.student_val_accuracy is None else f" (val {record.student_val_accuracy:5.3f})"
+    )
     line = (
-        f"round {record.round:>3}/{num_rounds}  student acc {record.student_accuracy:5.3f}  "
-        f"loss {record.student_loss:6.3f}  clients {client}  teacher {teacher}  "
+        f"round {record.round:>3}/{num_rounds}  student test acc {record.student_accuracy:5.3f}"
+        f"{val}  loss {record.student_loss:6.3f}  clients {client}  "
+        f"teacher on public {teacher}  "
         f"up {_kib(record.bytes_up)}  down {_kib(record.bytes_down)}  "
         f"total {_kib(record.cum_bytes)}  "
         f"replies {record.valid_replies} ok/{record.rejected} rejected"

@@ -54,8 +54,9 @@ def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> Run
     all_callbacks: list[RoundCallback] = [recorder, *callbacks]
     student = build_student(cfg, splits.input_shape, splits.num_classes)
     test = TestSet(splits.test_x, splits.test_y, splits.num_classes)
+    val = TestSet(splits.val_x, splits.val_y, splits.num_classes)
     if cfg.strategy == "fedavg":
-        run_fedavg(grid, cfg, student, test, all_callbacks)
+        run_fedavg(grid, cfg, student, test, all_callbacks, val=val)
     else:
         strategy = FedDistill(
             cfg,
@@ -63,6 +64,7 @@ def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> Run
             PublicSet(splits.public_x, oracle_labels=splits.oracle_public_labels()),
             test,
             device=resolve_device(cfg.device),
+            val=val,
         )
         strategy.callbacks.extend(all_callbacks)
         strategy.start(grid, first_round=_prepare_checkpoint(strategy, cfg, recorder) + 1)

@@ -16,6 +16,7 @@ import numpy as np
 
 from fedkd import protocol as P
 from fedkd.compression import CODECS, decode_probs
+from fedkd.support import decode_support
 
 ROW_SUM_TOLERANCE = 1e-3  # float16 soft labels sum to 1 within ~5e-4 over 10-100 classes
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 2**20
@@ -29,6 +30,7 @@ class Expected:
     num_classes: int
     codec: str
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    with_support: bool = False  # the rule needs per-sample support scores (fedkd.support)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class ValidReply:
     class_counts: np.ndarray  # (classes,)
     model_name: str
     metrics: dict[str, Any]
+    support: np.ndarray | None = None  # (samples,) scores in [0, 1] when the round asked
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,22 @@ def _validate(node_id: int, content: Any, expected: Expected) -> ValidReply:
         class_counts=class_counts,
         model_name=str(meta.get(P.MODEL_NAME, "?")),
         metrics=dict(metrics.items()),
+        support=_support(content, expected) if expected.with_support else None,
     )
+
+
+def _support(content: Any, expected: Expected) -> np.ndarray:
+    """The reply's support scores: one uint8 code per queried row (fedkd.support)."""
+    record = _record(content.array_records, P.SUPPORT, "missing-support")
+    if P.SUPPORT_SCORES not in record:
+        raise _Reject("missing-support", f"{P.SUPPORT!r} record lacks {P.SUPPORT_SCORES!r}")
+    codes = record[P.SUPPORT_SCORES].numpy()
+    if codes.dtype != np.uint8 or codes.shape != (expected.num_samples,):
+        raise _Reject(
+            "bad-support",
+            f"support must be uint8 ({expected.num_samples},), got {codes.dtype} {codes.shape}",
+        )
+    return decode_support(codes)
 
 
 def _record(records: Mapping[str, Any], key: str, reason: str) -> Any:

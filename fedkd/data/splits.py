@@ -9,13 +9,21 @@ exist only behind :meth:`DataSplits.oracle_public_labels` for simulator diagnost
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DataSplits", "carve_public", "make_splits", "split_three_ways", "take"]
+__all__ = [
+    "DataSplits",
+    "carve_public",
+    "make_splits",
+    "split_three_ways",
+    "take",
+    "with_validation",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +46,10 @@ class DataSplits:
         Number of classes; labels lie in ``[0, num_classes)``.
     input_shape : tuple of int
         One sample's shape (what :func:`fedkd.models.build_model` takes).
+    val_x, val_y : Tensor
+        Labelled validation set held by the server (the experimenter), carved from the
+        private pool by :func:`with_validation`; empty until then. Everything that selects
+        (best round, early stopping, tuning of references) looks here, never at the test set.
     """
 
     name: str
@@ -49,12 +61,17 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     _public_y_oracle: Tensor = field(repr=False)
+    val_x: Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
+    val_y: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64), repr=False)
 
     def __post_init__(self) -> None:
+        if len(self.val_y) == 0:  # no validation set: an empty one of the right shape
+            object.__setattr__(self, "val_x", torch.empty(0, *self.input_shape))
         for split, x, y in [
             ("train", self.train_x, self.train_y),
             ("public", self.public_x, self._public_y_oracle),
             ("test", self.test_x, self.test_y),
+            ("val", self.val_x, self.val_y),
         ]:
             if x.dtype != torch.float32 or y.dtype != torch.int64:
                 raise TypeError(f"{split}: expected float32 inputs and int64 labels")
@@ -77,7 +94,7 @@ class DataSplits:
     def __repr__(self) -> str:
         return (
             f"DataSplits(name={self.name!r}, train={len(self.train_y)}, "
-            f"public={len(self.public_x)}, test={len(self.test_y)}, "
+            f"public={len(self.public_x)}, val={len(self.val_y)}, test={len(self.test_y)}, "
             f"num_classes={self.num_classes}, input_shape={self.input_shape})"
         )
 
@@ -165,3 +182,22 @@ def take(x: Tensor, y: Tensor, index: np.ndarray) -> tuple[Tensor, Tensor]:
     """Rows ``index`` of ``(x, y)``."""
     i = torch.as_tensor(index, dtype=torch.long)
     return x[i], y[i]
+
+
+def with_validation(splits: DataSplits, val_fraction: float, *, seed: int) -> DataSplits:
+    """``splits`` with ``val_fraction`` of the private pool moved to a labelled validation set.
+
+    Stratified and seeded like the other splits. The clients' partitions are then drawn from
+    what remains, so no validation sample is ever a client's training sample.
+    """
+    _check_fraction("val_fraction", val_fraction)
+    labels = splits.train_y.numpy()
+    n_val = round(val_fraction * len(labels))
+    train, val = _split(np.arange(len(labels)), labels, n_val, seed + 2)
+    return dataclasses.replace(
+        splits,
+        train_x=splits.train_x[torch.as_tensor(train)].contiguous(),
+        train_y=splits.train_y[torch.as_tensor(train)].contiguous(),
+        val_x=splits.train_x[torch.as_tensor(val, dtype=torch.long)].contiguous(),
+        val_y=splits.train_y[torch.as_tensor(val, dtype=torch.long)].contiguous(),
+    )

@@ -12,11 +12,13 @@ from strategies.aggregation import (
     AGGREGATION_RULES,
     LOG_EPS,
     STREAMABLE_RULES,
+    SUPPORT_RULES,
     AggregationContext,
     StreamingAggregator,
     aggregate,
     available_rules,
     outlier_mask,
+    supported_rows,
 )
 
 ERA_T = 0.3
@@ -173,6 +175,30 @@ def ref_median_unnormalised(p):
     ]
 
 
+def _support_ref(p, ctx, hard: bool):
+    num_clients, num_samples, num_classes = p.shape
+    out = []
+    for s in range(num_samples):
+        w = [float(ctx.support[k][s]) for k in range(num_clients)]
+        if hard:
+            w = [1.0 if v >= 0.5 else 0.0 for v in w]
+        if sum(w) == 0:
+            w = [1.0] * num_clients  # nobody supports the row: the plain mean
+        row = [
+            sum(w[k] * p[k, s, c] for k in range(num_clients)) / sum(w) for c in range(num_classes)
+        ]
+        out.append(_normalise_row(row))
+    return out
+
+
+def ref_selective(p, ctx):
+    return _support_ref(p, ctx, hard=True)
+
+
+def ref_certainty(p, ctx):
+    return _support_ref(p, ctx, hard=False)
+
+
 REFERENCES = {
     "mean": ref_mean,
     "logit_mean": ref_logit_mean,
@@ -184,6 +210,8 @@ REFERENCES = {
     "median": ref_median,
     "trimmed_mean": ref_trimmed_mean,
     "filtered_mean": ref_filtered_mean,
+    "selective": ref_selective,
+    "certainty": ref_certainty,
 }
 ALL_RULES = available_rules()
 STREAMABLE = sorted(STREAMABLE_RULES)
@@ -196,11 +224,14 @@ def random_case(seed: int, clients: int = 5, samples: int = 7, classes: int = 4,
     probs = rng.dirichlet(np.full(classes, alpha), size=(clients, samples)).astype(np.float32)
     counts = rng.integers(0, 50, size=(clients, classes))
     counts[:, 0] = 0  # a class nobody holds exercises the uniform fallback of class_weighted
+    support = rng.uniform(size=(clients, samples))
+    support[:, 0] = 0.0  # a row nobody supports exercises the mean fallback of selective
     ctx = AggregationContext(
         num_examples=counts.sum(axis=1) + 1,
         class_counts=counts,
         era_temperature=ERA_T,
         trim_ratio=TRIM,
+        support=support,
     )
     return probs, ctx
 
@@ -211,6 +242,7 @@ def permuted(ctx: AggregationContext, perm: np.ndarray) -> AggregationContext:
         class_counts=ctx.class_counts[perm],
         era_temperature=ctx.era_temperature,
         trim_ratio=ctx.trim_ratio,
+        support=None if ctx.support is None else ctx.support[perm],
     )
 
 
@@ -434,9 +466,31 @@ def test_streaming_equals_batch(name, seed):
     probs[1, 0] = 0.2  # a uniform row: zero confidence weight for that client on sample 0
     streaming = StreamingAggregator(name, 20, 5, era_temperature=ctx.era_temperature)
     for k in range(6):
-        streaming.add(probs[k], num_examples=ctx.num_examples[k], class_counts=ctx.class_counts[k])
+        streaming.add(
+            probs[k],
+            num_examples=ctx.num_examples[k],
+            class_counts=ctx.class_counts[k],
+            support=ctx.support[k],
+        )
     assert streaming.num_clients == 6
     np.testing.assert_allclose(streaming.result(), aggregate(name, probs, ctx), atol=1e-6)
+    expected_rows = supported_rows(ctx.support, 20) if name in SUPPORT_RULES else np.ones(20)
+    np.testing.assert_array_equal(streaming.covered(), expected_rows.astype(bool))
+
+
+def test_selective_keeps_only_supporting_clients_and_flags_unsupported_rows():
+    probs = np.zeros((3, 3, 3), dtype=np.float32)
+    for k in range(3):
+        probs[k, :, k] = 1.0  # client k always answers class k
+    support = np.array([[1.0, 0.0, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 0.2]])
+    ctx = AggregationContext(np.ones(3), np.ones((3, 3)), support=support)
+    out = aggregate("selective", probs, ctx)
+    np.testing.assert_allclose(out[0], [0.5, 0.5, 0.0], atol=1e-6)  # clients 0 and 1 support it
+    np.testing.assert_allclose(out[1], [0.0, 1.0, 0.0], atol=1e-6)  # only client 1
+    np.testing.assert_allclose(out[2], [1 / 3] * 3, atol=1e-6)  # nobody: the plain mean
+    np.testing.assert_array_equal(supported_rows(support, 3), [True, True, False])
+    soft = aggregate("certainty", probs, ctx)  # weights 1, 0.9 on row 0
+    np.testing.assert_allclose(soft[0], [1 / 1.9, 0.9 / 1.9, 0.0], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", STREAMABLE)

@@ -49,6 +49,8 @@ def _cfg(**changes: Any) -> FDConfig:
         student_model="mlp",
         dataset="digits",
         seed=0,
+        aggregation="mean",  # the plain path; the selective path has its own tests
+        co_distillation=False,
     )
     return FDConfig(**{**base, **changes})
 

@@ -28,7 +28,11 @@ def _record(**changes) -> RoundRecord:
 
 def test_progress_line_shows_accuracy_bytes_and_replies() -> None:
     line = format_round(_record(), 10)
-    assert "round   2/10" in line and "student acc 0.800" in line and "teacher   n/a" in line
+    assert (
+        "round   2/10" in line
+        and "student test acc 0.800" in line
+        and "teacher on public   n/a" in line
+    )
     assert "2.0 KiB" in line and "3.00 MiB" in line and "7 ok/2 rejected" in line
     assert "missing" not in line and "ε" not in line
 

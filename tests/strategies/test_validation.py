@@ -36,8 +36,8 @@ from strategies.validation import Expected, Rejection, ValidReply, validate_repl
 ROWS, CLASSES = 12, 10
 
 
-def _strategy(codec: str = "none") -> FedDistill:
-    cfg = FDConfig(codec=codec, client_models="mlp", student_model="mlp")
+def _strategy(codec: str = "none", aggregation: str = "mean") -> FedDistill:
+    cfg = FDConfig(codec=codec, client_models="mlp", student_model="mlp", aggregation=aggregation)
     public = PublicSet(torch.rand(ROWS, 1, 8, 8))
     test = EvalSet(torch.rand(4, 1, 8, 8), torch.arange(4), CLASSES)
     return FedDistill(cfg, build_model("mlp", (1, 8, 8), CLASSES), public, test)
@@ -255,3 +255,26 @@ def test_garbage_content_never_raises(content: object) -> None:
     expected = Expected(num_samples=ROWS, num_classes=CLASSES, codec="none")
     result = validate_reply(5, content, expected)
     assert isinstance(result, Rejection) and result.node_id == 5
+
+
+def test_support_rules_need_well_formed_support_codes() -> None:
+    """selective asks for uint8 support codes, one per row; a reply without them, or with the
+    wrong shape or dtype, is rejected; a good one arrives decoded to [0, 1]."""
+    strategy = _strategy(aggregation="selective")
+    missing, rejected = strategy.validate([_reply(1, _content())], ROWS)
+    assert missing == [] and [r.reason for r in rejected] == ["missing-support"]
+    payload = encode_probs(_probs(), "none")
+    metrics = {P.NUM_EXAMPLES: 80, P.CLASS_COUNTS: [8] * CLASSES}
+    for codes, reason in [
+        (np.zeros(ROWS - 1, dtype=np.uint8), "bad-support"),
+        (np.zeros(ROWS, dtype=np.float32), "bad-support"),
+    ]:
+        content = P.reply_content(payload, metrics, model_name="mlp", codec="none", support=codes)
+        valid, rejected = strategy.validate([_reply(2, content)], ROWS)
+        assert valid == [] and [r.reason for r in rejected] == [reason]
+    codes = np.full(ROWS, 255, dtype=np.uint8)
+    codes[0] = 0
+    content = P.reply_content(payload, metrics, model_name="mlp", codec="none", support=codes)
+    (reply,), rejected = strategy.validate([_reply(3, content)], ROWS)
+    assert rejected == [] and reply.support is not None
+    assert reply.support[0] == 0.0 and np.all(reply.support[1:] == 1.0)
