@@ -142,6 +142,11 @@ class FDConfig:
         default="joint",
     )
     codistill_weight: float = _doc("Weight of the KD term in joint co-distillation", default=1.0)
+    codistill_min_certainty: float = _doc(
+        "Teacher rows sent back to clients need certainty 1 - H/log(C) at least this (0 = "
+        "all rows); near-uniform rows flatten clients and collapse co-distillation",
+        default=0.25,
+    )
     client_distill_epochs: int = _doc(
         "Client distillation epochs toward the received teacher (digest mode)", default=1
     )
@@ -325,6 +330,11 @@ def _validate(cfg: FDConfig) -> None:
         0.0 < cfg.support_quantile <= 1.0,
         "support-quantile",
         f"must be in (0, 1], got {cfg.support_quantile}",
+    )
+    _require(
+        0.0 <= cfg.codistill_min_certainty <= 1.0,
+        "codistill-min-certainty",
+        f"must be in [0, 1], got {cfg.codistill_min_certainty}",
     )
     _require(
         cfg.codistill_weight >= 0,

@@ -34,6 +34,7 @@ __all__ = [
     "StreamingAggregator",
     "aggregate",
     "available_rules",
+    "normalised_certainty",
     "supported_rows",
 ]
 
@@ -116,6 +117,11 @@ def _certainty(probs: np.ndarray) -> np.ndarray:
     plogp = p * np.log(np.maximum(p, LOG_EPS))  # 0 * log(eps) = 0, the 0 log 0 = 0 convention
     entropy = -plogp.sum(axis=-1, dtype=np.float64)
     return np.clip(np.log(p.shape[-1]) - entropy, 0.0, None)
+
+
+def normalised_certainty(probs: np.ndarray) -> np.ndarray:
+    """``1 - H(p) / log C`` over the last axis: 0 for uniform rows, 1 for one-hot rows."""
+    return _certainty(probs) / np.log(np.asarray(probs).shape[-1])
 
 
 def _share_weights(weights: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ from strategies.aggregation import (
     AggregationContext,
     StreamingAggregator,
     aggregate,
+    normalised_certainty,
     supported_rows,
 )
 from strategies.validation import Expected, Rejection, ValidReply, validate_reply
@@ -319,7 +320,7 @@ class FedDistill(Strategy):
             public_rows = _resolve(indices, self.public.size)[rows]
             if rows.any():  # Selective-FD: rows nobody supports teach nothing
                 self.distil_student(teacher[rows], public_rows)
-            self.teacher = (teacher[rows], public_rows)
+            self.teacher = self.teacher_for_clients(teacher[rows], public_rows)
         result = self.evaluate_student(self.test)
         record.student_accuracy, record.student_loss = result.accuracy, result.loss
         if self.val is not None:
@@ -332,6 +333,20 @@ class FedDistill(Strategy):
         return evaluate(
             self.student, data.x, data.y, num_classes=data.num_classes, device=self.device
         )
+
+    def teacher_for_clients(
+        self, teacher: np.ndarray, public_rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The rows co-distilling clients get: those the teacher is certain enough about.
+
+        Certainty is ``1 - H(t) / log C`` (0 uniform, 1 one-hot). Digesting near-uniform rows
+        is what collapsed co-distillation: it flattens every client's outputs, and the next
+        teacher (the mean of flattened outputs) is flatter still, round after round, until
+        all sit at chance (docs/recipes.md). Rows under ``codistill-min-certainty`` stay home.
+        """
+        certainty = normalised_certainty(teacher)  # (rows,)
+        keep = certainty >= self.cfg.codistill_min_certainty
+        return teacher[keep], public_rows[keep]
 
     def supported(self, valid: list[ValidReply], num_samples: int) -> np.ndarray:
         """``(samples,)`` rows some valid reply supports (every row for rules without support)."""
