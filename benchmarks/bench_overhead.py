@@ -57,6 +57,8 @@ def overhead_config(strategy: str, clients: int, rounds: int, model: str) -> Any
         student_model=model,
         checkpoint=False,
         seed=0,
+        aggregation="mean",  # the one-way mean protocol: what the plain loop mirrors
+        co_distillation=False,
     )
 
 

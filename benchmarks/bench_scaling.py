@@ -212,6 +212,8 @@ def round_config(clients: int, public_subset: int = 0, rounds: int = 3) -> Any:
         public_subset=public_subset,
         checkpoint=False,
         seed=0,
+        aggregation="mean",  # the one-way mean protocol: what the plain loop mirrors
+        co_distillation=False,
     )
 
 

@@ -70,6 +70,9 @@ def digits_fd_config(args: argparse.Namespace, **changes: Any) -> FDConfig:
             "server_epochs": args.server_epochs,
             "client_models": args.model,
             "student_model": args.model,
+            # The one-way mean protocol these benchmarks measured; each passes its own rule.
+            "aggregation": "mean",
+            "co_distillation": False,
             **changes,
         }
     )

@@ -132,8 +132,16 @@ def run_plain_fd(cfg: FDConfig) -> list[PlainRound]:
     Supports plain FD with or without a public subset; not co-distillation or a separate query
     phase (``ValueError``).
     """
-    if cfg.co_distillation or cfg.separate_query or cfg.strategy != "fd":
-        raise ValueError("the plain loop mirrors plain FD only (no co-distillation/query phase)")
+    if (
+        cfg.co_distillation
+        or cfg.separate_query
+        or cfg.strategy != "fd"
+        or cfg.aggregation in ("selective", "certainty")
+    ):
+        raise ValueError(
+            "the plain loop mirrors plain FD only (no co-distillation, query phase or "
+            "support scores)"
+        )
     torch.set_num_threads(resolve_threads(cfg.torch_threads))
     splits = load_splits_for(cfg)
     n = cfg.num_clients

@@ -31,6 +31,8 @@ def _tiny(**changes: object) -> FDConfig:
         local_epochs=1,
         server_epochs=1,
         checkpoint=False,
+        aggregation="mean",
+        co_distillation=False,
     )
     return replace(base, **changes)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from strategies.fed_distill import RoundRecord
 from strategies.reporting import RunRecorder, format_round
@@ -56,3 +57,22 @@ def test_metrics_json_holds_every_round_with_who_failed(tmp_path, capsys) -> Non
     assert rows[0]["rejected_reasons"] == {"client-error": 1, "non-finite": 1}
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert not list(tmp_path.glob("*.tmp"))  # written atomically, no leftovers
+
+
+def test_summaries_never_select_on_test() -> None:
+    """The best test round (0.99) is not the best validation round: a max over test accuracies
+    would report 0.99; the summary must report the validation-selected round and the last."""
+    from strategies.reporting import accuracy_summary, selected_round
+
+    accs = [(0.70, 0.70), (0.99, 0.80), (0.90, 0.95), (0.91, 0.90)]  # (test, val) per round
+    records = [
+        replace(_record(), round=i + 1, student_accuracy=t, student_val_accuracy=v)
+        for i, (t, v) in enumerate(accs)
+    ]
+    assert selected_round(records).round == 3
+    summary = accuracy_summary(records)
+    assert summary["selected_student_accuracy"] == 0.90
+    assert summary["final_student_accuracy"] == 0.91
+    assert 0.99 not in summary.values()
+    no_val = [replace(r, student_val_accuracy=None) for r in records]
+    assert selected_round(no_val).round == 4  # without validation: the last round, not the max

@@ -1,57 +1,97 @@
-"""Does federated distillation pay off? The FD student against clients that train alone.
+"""Does federated distillation pay off? Statistical checks on digits, several seeds, margins.
 
-Setting: digits, Dirichlet α = 0.5 over 10 heterogeneous clients (mlp/cnn), 5 rounds, the
-defaults of FDConfig otherwise. The local-only reference (``fedkd.references``) trains each
-client on its own partition for the same number of epochs it trains in the federation.
+Each test states the setting and the margin, and the numbers measured when it was written,
+so a failure says how far off the science is, not only that it is. The full 30-round table
+is ``python -m benchmarks.fd_recipes`` (docs/benchmarks.md); these are short versions of its
+claims that can still fail:
 
-Measured when this test was written (in-process, seeds 0, 1, 2):
-student 0.905 / 0.891 / 0.905, local-only mean 0.587 / 0.581 / 0.549, gap 0.32 / 0.31 / 0.36.
-The margins below sit about 0.1 under the smallest gap: loose enough for platform noise,
-tight enough that a broken teacher, student or aggregation fails them.
+* co-distillation (the default: Selective-FD teacher, joint digest) never ends at chance and
+  lifts the clients above one-way FD;
+* the class-support-aware rule builds a better teacher than the plain mean at α = 0.1;
+* every named recipe runs end to end and its student beats the local-only clients.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
-from fedkd.client_app import make_client_app
-from fedkd.config import FDConfig, to_run_config
+from fedkd.config import FDConfig
 from fedkd.references import compute_references
-from simulations.local_grid import run_local
+from simulations.local_grid import run_fd_local
 from strategies.fed_distill import RoundRecord
-from strategies.server_app import make_server_app
 
 SEEDS = (0, 1, 2)
-MEAN_MARGIN = 0.20  # FD student over local-only mean, averaged over seeds
-SEED_MARGIN = 0.15  # ... and on every single seed
 
 
-def _gap(seed: int) -> tuple[float, float]:
-    cfg = FDConfig(
-        dataset="digits", partition="dirichlet", alpha=0.5, num_clients=10, num_rounds=5, seed=seed
-    )
-    run_config = to_run_config(cfg)
-    records: list[RoundRecord] = []
-    run_local(
-        make_server_app(run_config, [records.append]), make_client_app(run_config), cfg.num_clients
-    )
-    assert len(records) == 5 and all(r.status == "ok" for r in records)
-    return records[-1].student_accuracy, compute_references(cfg).local_only_mean
+@pytest.fixture(autouse=True)
+def _quiet(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    logging.disable(logging.WARNING)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def _run(**changes: Any) -> list[RoundRecord]:
+    cfg = FDConfig(**{"checkpoint": False, **changes})
+    records = run_fd_local(cfg)
+    assert len(records) == cfg.num_rounds and all(r.status == "ok" for r in records)
+    return records
 
 
 @pytest.mark.slow
-def test_fd_student_beats_local_only_training() -> None:
-    logging.disable(logging.WARNING)
-    try:
-        results = {seed: _gap(seed) for seed in SEEDS}
-    finally:
-        logging.disable(logging.NOTSET)
-    gaps = {seed: student - local for seed, (student, local) in results.items()}
-    detail = ", ".join(
-        f"seed {s}: student {a:.3f} vs local {b:.3f}" for s, (a, b) in results.items()
+def test_codistillation_lifts_clients_and_never_collapses() -> None:
+    """α = 0.1, 5 rounds. Measured (seeds 0, 1, 2): clients 0.38 / 0.42 / 0.41 with the teacher
+    sent back vs 0.26 / 0.30 / 0.29 without; students 0.93 / 0.93 / 0.94. Before the fix the
+    same co-distillation ended at 0.10 for student, teacher and clients."""
+    rows = []
+    for seed in SEEDS:
+        codist = _run(alpha=0.1, num_rounds=5, seed=seed)
+        oneway = _run(alpha=0.1, num_rounds=5, seed=seed, co_distillation=False)
+        rows.append((codist[-1], oneway[-1]))
+    detail = "; ".join(
+        f"clients {c.client_accuracy:.3f} vs {o.client_accuracy:.3f}, "
+        f"student {c.student_accuracy:.3f}"
+        for c, o in rows
     )
-    assert np.mean(list(gaps.values())) >= MEAN_MARGIN, detail
-    assert min(gaps.values()) >= SEED_MARGIN, detail
+    assert all(c.student_accuracy > 0.5 for c, _ in rows), detail  # chance is 0.1
+    assert all(min(c.client_accuracy or 0, c.teacher_accuracy or 0) > 0.2 for c, _ in rows)
+    lift = [(c.client_accuracy or 0) - (o.client_accuracy or 0) for c, o in rows]
+    assert np.mean(lift) >= 0.05 and min(lift) > 0.0, detail
+
+
+@pytest.mark.slow
+def test_support_aware_teacher_beats_the_plain_mean_at_alpha_0_1() -> None:
+    """One round, α = 0.1, one-way: the teacher's accuracy on the public set (the simulator
+    knows its labels). Measured: selective 0.61-0.74 vs mean 0.12-0.32 over the seeds."""
+    gaps = []
+    for seed in SEEDS:
+        common = dict(alpha=0.1, num_rounds=1, seed=seed, co_distillation=False)
+        selective = _run(**common)[-1]
+        mean = _run(**common, aggregation="mean")[-1]
+        gaps.append((selective.teacher_accuracy or 0) - (mean.teacher_accuracy or 0))
+    assert np.mean(gaps) >= 0.2 and min(gaps) > 0.05, gaps
+
+
+@functools.cache
+def _local_only(alpha: float, seed: int, rounds: int) -> float:
+    from benchmarks.fd_recipes import recipe_config
+
+    return compute_references(recipe_config("selective_fd", alpha, seed, rounds)).local_only_mean
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["fd_mean", "fedmd", "dsfl", "fedaux", "selective_fd"])
+def test_each_recipe_runs_end_to_end_and_beats_local_only(recipe: str) -> None:
+    """The Hydra preset as ``fedkd-sim recipe=<name>`` composes it, 3 rounds at α = 0.5
+    (the local-only reference is the same partition and client models for every recipe)."""
+    from benchmarks.fd_recipes import recipe_config
+
+    records = run_fd_local(recipe_config(recipe, alpha=0.5, seed=0, rounds=3))
+    local = _local_only(0.5, 0, 3)
+    final = records[-1].student_accuracy
+    assert final >= local + 0.1, f"{recipe}: student {final:.3f} vs local-only {local:.3f}"
