@@ -71,6 +71,7 @@ class RoundRecord:
     dp_epsilon: float | None = None  # ε spent so far by the most-uploading client (DP on)
     student_val_accuracy: float | None = None  # on the server's labelled validation set
     teacher_coverage: float | None = None  # share of queried public rows some client supports
+    teacher_certainty: float | None = None  # mean 1 - H/log C of the teacher rows (0: uniform)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -317,6 +318,7 @@ class FedDistill(Strategy):
             rows = fold.covered() if fold is not None else self.supported(valid, num_samples)
             record.teacher_accuracy = self.teacher_accuracy(teacher, indices)
             record.teacher_coverage = float(rows.mean())
+            record.teacher_certainty = float(normalised_certainty(teacher).mean())
             public_rows = _resolve(indices, self.public.size)[rows]
             if rows.any():  # Selective-FD: rows nobody supports teach nothing
                 self.distil_student(teacher[rows], public_rows)
