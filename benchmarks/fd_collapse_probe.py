@@ -22,11 +22,12 @@ import contextlib
 import io
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import markdown_table
+from benchmarks.common import markdown_table, update_docs
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "mean + digest": {
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--docs", type=Path, help="rewrite the marked table in this file")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     show = sorted({1, 2, 3, 5, args.rounds})
@@ -89,7 +91,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         "student",
     ]
     table = markdown_table(headers, rows)
-    print(f"\nα = {args.alpha}, means over {args.seeds} seeds\n\n{table}")
+    table = f"α = {args.alpha}, digits, 10 clients, means over {args.seeds} seeds\n\n{table}"
+    print(f"\n{table}")
+    if args.docs:
+        command = (
+            f"python -m benchmarks.fd_collapse_probe --alpha {args.alpha} --seeds {args.seeds} "
+            f"--rounds {args.rounds}"
+        )
+        update_docs(args.docs, "fd_collapse_probe", table, command)
     return table
 
 

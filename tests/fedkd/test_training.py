@@ -350,3 +350,43 @@ def test_auto_threads_follow_the_worker_reservation(monkeypatch: pytest.MonkeyPa
     assert resolve_threads(2) == 2  # an explicit count wins
     monkeypatch.setenv("OMP_NUM_THREADS", "lots")
     assert resolve_threads(0) == 1
+
+
+def test_train_with_teacher_fits_private_labels_and_moves_toward_the_teacher() -> None:
+    """Joint co-distillation: the private labels are learned and, on public rows, the model's
+    predictions move toward a teacher that disagrees with what the private data alone teaches."""
+    from fedkd.kd import KDSpec
+    from fedkd.training import predict_probs, train_with_teacher
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    y = (x[:, 0] > 0).long()  # classes 0 and 1 only
+    public = torch.randn(64, 6, generator=g)
+    public[:, 1] += 4.0  # a region the private data never covers: both can be learned
+    teacher = torch.zeros(64, 3)
+    teacher[:, 2] = 1.0  # the teacher says "class 2", which the private data never shows
+
+    def trained(lam: float) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 3)
+        train_with_teacher(
+            model,
+            x,
+            y,
+            public,
+            teacher,
+            KDSpec(temperature=1.0),
+            TrainConfig(epochs=30, batch_size=16, lr=0.1),
+            lam=lam,
+            generator=torch.Generator().manual_seed(1),
+        )
+        return model
+
+    alone, joint = trained(0.0), trained(1.0)
+    for model in (alone, joint):
+        assert (model(x).argmax(1) == y).float().mean() >= 0.9
+    assert (
+        predict_probs(joint, public)[:, 2].mean() > predict_probs(alone, public)[:, 2].mean() + 0.3
+    )
+    with pytest.raises(ValueError, match="lam"):
+        train_with_teacher(alone, x, y, public, teacher, KDSpec(), TrainConfig(), lam=-1.0)
