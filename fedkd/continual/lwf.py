@@ -217,7 +217,7 @@ class LwF(FineTune):
         if t > 0 and self.config.lam_for(t) == 0:
             self._targets = []
         if self._targets:
-            self._teacher = copy.deepcopy(net).requires_grad_(False)
+            self._teacher = self.teacher_copy(net).requires_grad_(False)
             self._teacher.train(self.config.teacher_mode == "train")
         if t > 0 and self.config.warmup_epochs > 0:
             self._warm_up(net, sequence, t, data, warmup_generator(generator, t))
@@ -225,6 +225,14 @@ class LwF(FineTune):
             self._cache = self._teacher_logits_full(data.x)
             if self._stackable(net):  # one (heads, n, k) tensor: no per-batch torch.cat
                 self._stacked = torch.stack([self._cache[h] for h, _ in self._targets])
+
+    def teacher_copy(self, net: MultiHeadNet) -> MultiHeadNet:
+        """The frozen teacher of the task about to start: a copy of ``net`` as it is now.
+
+        A federated client overrides this to distil from the federation's model at the start
+        of the task rather than from its own weights at the start of a round.
+        """
+        return copy.deepcopy(net)
 
     def after_task(self, net: MultiHeadNet, sequence: TaskSequence, t: int) -> None:
         """Drop the teacher and its cached outputs."""
@@ -236,6 +244,14 @@ class LwF(FineTune):
         loss = head_cross_entropy(net, features, batch, self.train.label_smoothing)
         if not self._targets:
             return loss
+        return loss + self.config.lam_for(t) * self.retention_loss(net, features, batch)
+
+    def retention_loss(self, net: MultiHeadNet, features: Tensor, batch: Batch) -> Tensor:
+        """``Σ_targets kd.distillation_loss(student, teacher)``: the old outputs' term, without λ.
+
+        ``features`` are the student's ``(b, feature_dim)`` features of ``batch``; needs a
+        teacher from :meth:`before_task` (``self._targets`` non-empty).
+        """
         # The core checks values (finiteness, mask range: host syncs) on the task's first
         # batch only; the cached teacher outputs were checked whole when recorded.
         validate = not self._validated
@@ -259,7 +275,7 @@ class LwF(FineTune):
                     class_mask=columns,
                     validate=validate,
                 )
-        return loss + self.config.lam_for(t) * distill
+        return distill
 
     def _stackable(self, net: MultiHeadNet) -> bool:
         """Several whole heads of one width: their softmaxes can share one batched call."""
