@@ -250,7 +250,9 @@ def run_variant(spec: VariantSpec, tasks: FederatedTasks, cfg: FCLConfig, seed: 
     teacher_spec = kd.KDSpec(temperature=cfg.temperature, t2_scaling=True)
     distiller = StudentDistiller(seq.scenario, cfg.server, lwf, teacher_spec)
     generator = torch.Generator().manual_seed(seed)
-    student_rows, client_rows, nbytes = [], [[] for _ in clients], []
+    student_rows: list[list[float]] = []
+    client_rows: list[list[list[float]]] = [[] for _ in clients]
+    nbytes: list[int] = []
     start = time.perf_counter()
     for t in range(seq.num_tasks):
         if spec.federation == "fedavg":
@@ -504,7 +506,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return results
 
 
-@hydra.main(config_path="../conf", config_name="fcl", version_base="1.3")
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: works as a console script
+
+
+@hydra.main(config_path=CONF_DIR, config_name="fcl", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         to_fcl_config(cfg)

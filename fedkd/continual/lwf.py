@@ -338,6 +338,7 @@ class LwF(FineTune):
         other unit stays exactly as it was — weight decay and momentum included.
         """
         head = net.heads[sequence.head_of(t)]
+        assert isinstance(head, nn.Linear)  # MultiHeadNet's heads are linear layers
         device = head.weight.device
         units = (
             list(sequence.tasks[t].units)

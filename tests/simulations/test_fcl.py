@@ -149,20 +149,27 @@ def test_console_script_is_declared() -> None:
 
 
 @pytest.mark.slow
-def test_module_entry_point_runs_and_rejects_bad_values(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["module", "console_script"])
+def test_entry_points_run_and_reject_bad_values(tmp_path: Path, how: str) -> None:
+    """``python -m simulations.fcl`` and the installed ``fedkd-fcl`` (from any directory)."""
+    script = Path(sys.executable).parent / "fedkd-fcl"
+    if how == "console_script" and not script.exists():
+        pytest.skip("fedkd-fcl is not installed (pip install -e .)")
+    command = (
+        [str(script)] if how == "console_script" else [sys.executable, "-m", "simulations.fcl"]
+    )
+    cwd = tmp_path if how == "console_script" else ROOT
     run_dir = tmp_path / "run"
     ok = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "simulations.fcl",
+            *command,
             *TINY,
             "plots=false",
             "threads=1",
             "~fcl/variant@variants.fedavg_lwf",
             f"hydra.run.dir={run_dir}",
         ],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
@@ -170,14 +177,8 @@ def test_module_entry_point_runs_and_rejects_bad_values(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (run_dir / "metrics.json").is_file() and "| fd_lwf |" in ok.stdout
     bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.fcl",
-            "rounds_per_task=0",
-            f"hydra.run.dir={tmp_path / 'bad'}",
-        ],
-        cwd=ROOT,
+        [*command, "rounds_per_task=0", f"hydra.run.dir={tmp_path / 'bad'}"],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
