@@ -360,7 +360,8 @@ def summary_table(results: Mapping[str, Any]) -> str:
 
 
 def write_plots(results: Mapping[str, Any], run_dir: Path) -> list[Path]:
-    """Heatmaps (student; clients pooled) per variant, and forgetting across clients."""
+    """Heatmaps with ± std (student over seeds; clients over clients × seeds) per variant,
+    and forgetting across clients."""
     paths = []
     scenario = results["scenario"]
     for label in results["variants"]:
@@ -369,7 +370,10 @@ def write_plots(results: Mapping[str, Any], run_dir: Path) -> list[Path]:
         clients = [m for r in per_seed for m in r["clients"]]
         paths.append(
             plot_accuracy_matrix(
-                student, run_dir / f"heatmap_{label}_student.png", title=f"{label} student"
+                student,
+                run_dir / f"heatmap_{label}_student.png",
+                title=f"{label} student",
+                spread=True,
             )
         )
         paths.append(
@@ -377,6 +381,7 @@ def write_plots(results: Mapping[str, Any], run_dir: Path) -> list[Path]:
                 clients,
                 run_dir / f"heatmap_{label}_clients.png",
                 title=f"{label} clients ({scenario})",
+                spread=True,
             )
         )
     paths.append(plot_client_forgetting(results, run_dir / "forgetting_across_clients.png"))
