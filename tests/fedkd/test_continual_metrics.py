@@ -164,3 +164,15 @@ def test_vector_lengths_are_checked() -> None:
         forward_transfer(R3, [0.1, 0.2])
     with pytest.raises(ValueError, match="reference_acc"):
         intransigence(R3, [0.1])
+
+
+def test_heatmap_spread_annotates_mean_and_std(monkeypatch, tmp_path) -> None:
+    from fedkd.continual import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    runs = [[[0.8, 0.1], [0.6, 0.9]], [[0.6, 0.1], [0.4, 0.9]]]  # R[0][0]: 0.7 ± 0.1
+    plots.plot_accuracy_matrix(runs, tmp_path / "a.png", spread=True)
+    plots.plot_accuracy_matrix(runs, tmp_path / "b.png")
+    with_spread, plain = ([t.get_text() for t in f.axes[0].texts] for f in figures)
+    assert with_spread[0] == "0.70\n±0.10" and plain[0] == "0.70"
