@@ -4,6 +4,11 @@
     python -m benchmarks.bench_lwf --scenarios task_il --epochs 5 --repeats 9 --out /tmp/l.json
     python -m benchmarks.bench_lwf --model cnn                  # a model with real work per step
     python -m benchmarks.bench_lwf --quick                      # task-IL only, 3 repeats
+    python -m benchmarks.bench_lwf --core-only                  # the KD core call alone
+
+The ``core`` table times one LwF-shaped call of ``fedkd.kd.distillation_loss`` (forward and
+backward) with the value checks on (``validate=True``: every call, as LwF did before issue 15)
+and off (``validate=False``: what LwF passes after its first batch of a task), interleaved.
 
 For each scenario the last task of the sequence is trained (LwF then distils the most old
 outputs: T-1 heads in task-IL, 8 old classes in class-IL) from the same starting weights by
@@ -109,6 +114,62 @@ def _paired(seconds: dict[str, list[float]]) -> dict[str, float]:
     }
 
 
+CORE_CASES: dict[str, tuple[int, int, list[int] | None]] = {
+    # name: (rows, classes, class mask): task-IL stacks 4 old heads of 2 units (4 x 32 rows);
+    # class-IL distils the 8 old classes of a 10-unit head on a 32-row batch.
+    "task_il (4 heads stacked)": (128, 2, None),
+    "class_il (8 of 10 units)": (32, 10, list(range(8))),
+}
+
+
+def bench_core(repeats: int, calls: int = 200) -> list[dict[str, Any]]:
+    """Microseconds per KD core call (forward + backward), value checks on vs off."""
+    from fedkd import kd
+
+    spec = kd.KDSpec(temperature=2.0, t2_scaling=False)
+    rows_out = []
+    for name, (rows, classes, mask) in CORE_CASES.items():
+        gen = torch.Generator().manual_seed(0)
+        student = torch.randn(rows, classes, generator=gen, requires_grad=True)
+        teacher = torch.randn(rows, classes, generator=gen)
+        cols = None if mask is None else torch.tensor(mask)
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for r in range(repeats + 1):  # repeat 0 warms up
+            for validate in (True, False) if r % 2 else (False, True):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    kd.distillation_loss(
+                        student, teacher, spec, class_mask=cols, validate=validate
+                    ).backward()
+                if r:
+                    times[validate].append((time.perf_counter() - start) / calls * 1e6)
+        rows_out.append(
+            {
+                "case": name,
+                "us_validate": statistics.median(times[True]),
+                "us_no_validate": statistics.median(times[False]),
+                "ratio": statistics.median(
+                    a / b for a, b in zip(times[False], times[True], strict=True)
+                ),
+            }
+        )
+    return rows_out
+
+
+def core_markdown(rows: list[dict[str, Any]]) -> str:
+    """The KD-core table: µs per call with and without the per-call value checks."""
+    lines = [
+        "| KD core call | validate=True µs | validate=False µs | ratio (median, paired) |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['case']} | {row['us_validate']:.1f} | {row['us_no_validate']:.1f} "
+            f"| {row['ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     """The table printed at the end (and pasted into docs/continual.md)."""
     lines = [
@@ -138,18 +199,32 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--core-only", action="store_true", help="only the KD core table")
     add_common_args(parser, "bench_lwf")
     args = parser.parse_args(argv)
     if args.quick:
         args.scenarios, args.repeats = ["task_il"], 3
     torch.set_num_threads(args.threads)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05)
-    results = [
-        bench_scenario(s, model=args.model, hidden=args.hidden, train=train, repeats=args.repeats)
-        for s in args.scenarios
-    ]
-    print(markdown(results))
-    payload = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results}
+    results = (
+        []
+        if args.core_only
+        else [
+            bench_scenario(
+                s, model=args.model, hidden=args.hidden, train=train, repeats=args.repeats
+            )
+            for s in args.scenarios
+        ]
+    )
+    core = bench_core(args.repeats)
+    if results:
+        print(markdown(results))
+    print(core_markdown(core))
+    payload = {
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+        "core": core,
+    }
     print(f"wrote {write_json(args.out, payload)}")
     return results
 

@@ -261,14 +261,14 @@ def _row_divergence(log_q: Tensor, log_p: Tensor, spec: KDSpec) -> Tensor:
     ``log_q`` is always finite; ``log_p`` may be ``-inf`` where the teacher is exactly zero.
     """
     p = log_p.exp()  # (rows, classes); exact 0 where log_p = -inf
-    q = log_q.exp()
-    present = p > 0
-    safe_log_p = torch.where(present, log_p, torch.zeros_like(log_p))  # no -inf past here
 
     def forward_kl() -> Tensor:  # KL(p || q); 0·log 0 = 0
+        present = p > 0
+        safe_log_p = torch.where(present, log_p, torch.zeros_like(log_p))  # no -inf past here
         return torch.where(present, p * (safe_log_p - log_q), torch.zeros_like(p)).sum(dim=1)
 
     def reverse_kl() -> Tensor:  # KL(q || p), teacher log floored (see REVERSE_KL_LOG_FLOOR)
+        q = log_q.exp()  # only the divergences that read q pay for it
         return (q * (log_q - log_p.clamp_min(REVERSE_KL_LOG_FLOOR))).sum(dim=1)
 
     if spec.divergence == "kl":
@@ -279,7 +279,7 @@ def _row_divergence(log_q: Tensor, log_p: Tensor, spec: KDSpec) -> Tensor:
         return spec.balance * forward_kl() + (1.0 - spec.balance) * reverse_kl()
     if spec.divergence == "soft_ce":
         return -(p * log_q).sum(dim=1)
-    return (p - q).pow(2).sum(dim=1)  # "mse"
+    return (p - log_q.exp()).pow(2).sum(dim=1)  # "mse"
 
 
 def _check_pair(student_logits: Tensor, teacher: Tensor) -> None:
@@ -301,6 +301,7 @@ def distillation_loss(
     teacher_temperature: float | None = None,
     class_mask: Tensor | Sequence[int] | None = None,
     reduction: Reduction = "batchmean",
+    validate: bool = True,
 ) -> Tensor:
     """Distillation loss of a student against a (detached) teacher.
 
@@ -331,6 +332,14 @@ def distillation_loss(
     reduction : {"batchmean", "sum", "none"}
         ``"batchmean"`` sums over classes and averages over rows (the true per-example
         divergence); ``"sum"`` sums everything; ``"none"`` returns the ``(rows,)`` vector.
+    validate : bool
+        Check the values (finite student and teacher, a teacher that is a distribution, a
+        ``class_mask`` in range without duplicates). Each check reads a result back to the
+        host, a device sync on accelerators. ``False`` skips them (shapes, dtypes and the
+        reduction are still checked) for hot loops whose inputs the caller has checked once:
+        LwF validates its first batch of a task and reuses one mask tensor. An integer
+        ``class_mask`` should then already be a long tensor on the student's device. The
+        value returned is the same either way.
 
     Returns
     -------
@@ -354,17 +363,23 @@ def distillation_loss(
     _check_pair(student_logits, teacher)
     t_teacher = spec.temperature if teacher_temperature is None else teacher_temperature
     _check_temperature(t_teacher, "teacher_temperature")
-    _check_finite(student_logits, "student_logits")
-    if teacher_is_probs:
-        validate_distribution(teacher, name="teacher")
-    else:
-        _check_finite(teacher, "teacher")
+    if validate:
+        _check_finite(student_logits, "student_logits")
+        if teacher_is_probs:
+            validate_distribution(teacher, name="teacher")
+        else:
+            _check_finite(teacher, "teacher")
 
     if class_mask is not None:
-        cols = _column_index(class_mask, student_logits.shape[1]).to(student_logits.device)
+        if validate:
+            cols = _column_index(class_mask, student_logits.shape[1])
+        else:  # trusted: no range/duplicate checks (each would sync)
+            cols = torch.as_tensor(class_mask)
+            cols = cols.nonzero().squeeze(1) if cols.dtype == torch.bool else cols.long()
+        cols = cols.to(student_logits.device)
         student_logits = student_logits.index_select(1, cols)  # (rows, kept)
         teacher = teacher.index_select(1, cols)
-        if teacher_is_probs and bool((teacher.sum(dim=1) <= 0).any()):
+        if validate and teacher_is_probs and bool((teacher.sum(dim=1) <= 0).any()):
             raise ValueError("teacher has a row with zero mass on the class_mask columns")
 
     log_q = F.log_softmax(student_logits / spec.temperature, dim=1)  # (rows, classes)

@@ -55,6 +55,7 @@ _TOP_KEYS = {
     "logging",
     "sequence",
     "learners",
+    "forgetting_since",
 }
 _TUPLE_FIELDS = {"class_order", "angles", "lam_schedule", "hidden_sizes", "channels"}
 
@@ -158,6 +159,7 @@ def to_tool_config(cfg: DictConfig) -> ToolConfig:
             "model_options": _plain(model.get("options"), "model.options"),
             "train": train,
             "device": str(cfg.device),
+            "forgetting_since": str(cfg.get("forgetting_since", "start")),
         },
         "study",
     )

@@ -10,7 +10,10 @@
 * :mod:`~fedkd.continual.metrics` — ACC, BWT, FWT, forgetting, intransigence from the
   accuracy matrix (pure numpy);
 * :mod:`~fedkd.continual.study` — learners × seeds over one sequence, as a JSON-ready dict;
-* :mod:`~fedkd.continual.plots` — accuracy-matrix heatmap and accuracy over tasks.
+* :mod:`~fedkd.continual.plots` — accuracy-matrix heatmap and accuracy over tasks;
+* :mod:`~fedkd.continual.federated` — federated continual learning: per-client task
+  sequences, client learners, the FD student with LwF retention (imported on its own; the
+  round loop is ``simulations/fcl.py``).
 
 Nothing here imports Flower, Ray or Hydra; matplotlib is imported only when plotting.
 """

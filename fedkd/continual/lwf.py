@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from fedkd import kd
 from fedkd.continual.base import fit, head_cross_entropy
@@ -27,7 +27,15 @@ from fedkd.continual.tasks import SCENARIOS, Scenario, TaskSequence
 from fedkd.continual.training_data import Batch, TrainingData
 from fedkd.training import TrainConfig, make_optimizer
 
-__all__ = ["DistillUnits", "LwF", "LwFConfig", "TeacherMode", "TeacherOutputs", "distill_targets"]
+__all__ = [
+    "DistillUnits",
+    "LwF",
+    "LwFConfig",
+    "TeacherMode",
+    "TeacherOutputs",
+    "distill_targets",
+    "warmup_generator",
+]
 
 
 DistillUnits = Literal["old", "all"]
@@ -171,10 +179,21 @@ class LwF(FineTune):
     ) -> None:
         super().__init__(scenario, train)
         self.config = config if config is not None else LwFConfig()
+        if scenario == "domain_il" and self.config.warmup_epochs > 0:
+            # The paper's warm-up trains only the new task's parameters. A domain-IL task adds
+            # none: every unit of the shared head belongs to old classes, and training it
+            # without distillation erases the old tasks before joint optimisation starts.
+            raise ValueError(
+                "LwFConfig.warmup_epochs must be 0 for scenario 'domain_il': the warm-up trains "
+                "only a new task's units, and a domain-IL task has none (every unit of the "
+                f"shared head is an old class's); got {self.config.warmup_epochs}"
+            )
         self._spec = self.config.spec
         self._teacher: MultiHeadNet | None = None
         self._targets: list[tuple[int, Tensor | None]] = []  # (head, column index or None)
-        self._cache: dict[int, Tensor] = {}  # head -> (n, head_size) teacher logits
+        self._cache: dict[int, Tensor] = {}  # head -> (n, head_size) teacher logits, on device
+        self._stacked: Tensor | None = None  # (heads, n, k) cached logits of stackable heads
+        self._validated = False  # the KD core has checked one batch of this task
 
     def before_task(
         self,
@@ -184,25 +203,40 @@ class LwF(FineTune):
         data: TrainingData,
         generator: torch.Generator | None,
     ) -> None:
-        """Freeze a teacher copy, optionally warm up the new head, then cache teacher outputs."""
-        self._teacher, self._cache = None, {}
-        self._targets = [
-            (head, None if columns is None else torch.tensor(columns))
+        """Freeze a teacher copy, optionally warm up the new head, then cache teacher outputs.
+
+        The warm-up shuffles with its own generator (:func:`warmup_generator`), so switching
+        it on or off leaves the batch order of the joint optimisation unchanged.
+        """
+        self.after_task(net, sequence, t)
+        device = module_device(net)
+        self._targets = [  # column indices live on the model's device, built once per task
+            (head, None if columns is None else torch.tensor(columns, device=device))
             for head, columns in distill_targets(sequence, t, self.config.distill)
         ]
         if t > 0 and self.config.lam_for(t) == 0:
             self._targets = []
         if self._targets:
-            self._teacher = copy.deepcopy(net).requires_grad_(False)
+            self._teacher = self.teacher_copy(net).requires_grad_(False)
             self._teacher.train(self.config.teacher_mode == "train")
         if t > 0 and self.config.warmup_epochs > 0:
-            self._warm_up(net, sequence, t, data, generator)
+            self._warm_up(net, sequence, t, data, warmup_generator(generator, t))
         if self._teacher is not None and self.config.teacher_outputs == "cached":
             self._cache = self._teacher_logits_full(data.x)
+            if self._stackable(net):  # one (heads, n, k) tensor: no per-batch torch.cat
+                self._stacked = torch.stack([self._cache[h] for h, _ in self._targets])
+
+    def teacher_copy(self, net: MultiHeadNet) -> MultiHeadNet:
+        """The frozen teacher of the task about to start: a copy of ``net`` as it is now.
+
+        A federated client overrides this to distil from the federation's model at the start
+        of the task rather than from its own weights at the start of a round.
+        """
+        return copy.deepcopy(net)
 
     def after_task(self, net: MultiHeadNet, sequence: TaskSequence, t: int) -> None:
         """Drop the teacher and its cached outputs."""
-        self._teacher, self._cache = None, {}
+        self._teacher, self._cache, self._stacked, self._validated = None, {}, None, False
 
     def batch_loss(self, net: MultiHeadNet, batch: Batch, sequence: TaskSequence, t: int) -> Tensor:
         """``CE(new task) + λ_t · Σ_targets kd.distillation_loss(student, teacher)``."""
@@ -210,20 +244,38 @@ class LwF(FineTune):
         loss = head_cross_entropy(net, features, batch, self.train.label_smoothing)
         if not self._targets:
             return loss
-        teacher = self._teacher_logits(batch)
+        return loss + self.config.lam_for(t) * self.retention_loss(net, features, batch)
+
+    def retention_loss(self, net: MultiHeadNet, features: Tensor, batch: Batch) -> Tensor:
+        """``Σ_targets kd.distillation_loss(student, teacher)``: the old outputs' term, without λ.
+
+        ``features`` are the student's ``(b, feature_dim)`` features of ``batch``; needs a
+        teacher from :meth:`before_task` (``self._targets`` non-empty).
+        """
+        # The core checks values (finiteness, mask range: host syncs) on the task's first
+        # batch only; the cached teacher outputs were checked whole when recorded.
+        validate = not self._validated
+        self._validated = True
         if self._stackable(net):  # one core call for all old heads (same value, less overhead)
             heads = [h for h, _ in self._targets]
             student = torch.cat([net.heads[h](features) for h in heads])  # (heads*b, k)
-            target = torch.cat([teacher[h] for h in heads])
+            target = self._stacked_teacher(batch, heads)  # (heads*b, k)
             # batchmean over heads*b rows, times heads = the sum over heads of per-head means
-            distill = len(heads) * kd.distillation_loss(student, target, self._spec)
+            distill = len(heads) * kd.distillation_loss(
+                student, target, self._spec, validate=validate
+            )
         else:
+            teacher = self._teacher_logits(batch)
             distill = features.new_zeros(())
             for head, columns in self._targets:
                 distill = distill + kd.distillation_loss(
-                    net.heads[head](features), teacher[head], self._spec, class_mask=columns
+                    net.heads[head](features),
+                    teacher[head],
+                    self._spec,
+                    class_mask=columns,
+                    validate=validate,
                 )
-        return loss + self.config.lam_for(t) * distill
+        return distill
 
     def _stackable(self, net: MultiHeadNet) -> bool:
         """Several whole heads of one width: their softmaxes can share one batched call."""
@@ -237,16 +289,25 @@ class LwF(FineTune):
         return sorted({h for h, _ in self._targets})
 
     def _teacher_logits(self, batch: Batch) -> dict[int, Tensor]:
-        if self._cache:
-            device = batch.x.device
-            return {h: out[batch.index].to(device) for h, out in self._cache.items()}
+        if self._cache:  # cached on the model's device: index there, no host copy per batch
+            index = batch.index.to(batch.x.device, non_blocking=True)
+            return {h: out[index] for h, out in self._cache.items()}
         assert self._teacher is not None
         with torch.no_grad():
             features = self._teacher.features(batch.x)
             return {h: self._teacher.heads[h](features) for h in self._heads()}
 
+    def _stacked_teacher(self, batch: Batch, heads: list[int]) -> Tensor:
+        """Teacher logits of ``heads`` on the batch, stacked head-major: ``(heads*b, k)``."""
+        if self._stacked is not None:
+            index = batch.index.to(batch.x.device, non_blocking=True)
+            return self._stacked[:, index].flatten(0, 1)  # = cat over heads of (b, k)
+        teacher = self._teacher_logits(batch)
+        return torch.cat([teacher[h] for h in heads])
+
     def _teacher_logits_full(self, x: Tensor, batch_size: int = 1024) -> dict[int, Tensor]:
-        """Teacher logits for every row of ``x`` (the paper's recorded responses Y_o)."""
+        """Teacher logits for every row of ``x`` (the paper's recorded responses Y_o), kept on
+        the model's device and checked finite once here rather than in every step."""
         assert self._teacher is not None
         device = module_device(self._teacher)
         out: dict[int, list[Tensor]] = {h: [] for h in self._heads()}
@@ -254,8 +315,11 @@ class LwF(FineTune):
             for i in range(0, x.shape[0], batch_size):
                 features = self._teacher.features(x[i : i + batch_size].to(device))
                 for h in out:
-                    out[h].append(self._teacher.heads[h](features).cpu())
-        return {h: torch.cat(parts) for h, parts in out.items()}  # head -> (n, head_size)
+                    out[h].append(self._teacher.heads[h](features))
+        cache = {h: torch.cat(parts) for h, parts in out.items()}  # head -> (n, head_size)
+        if not all(bool(torch.isfinite(v).all()) for v in cache.values()):
+            raise ValueError("the LwF teacher's recorded outputs contain NaN or inf")
+        return cache
 
     # ---- warm-up ----------------------------------------------------------------------
 
@@ -267,15 +331,32 @@ class LwF(FineTune):
         data: TrainingData,
         generator: torch.Generator | None,
     ) -> None:
-        """Train only the new task's head on frozen (eval-mode) features (Li & Hoiem, 2017)."""
-        head_index = sequence.head_of(t)
-        head = net.heads[head_index]
-        columns = list(sequence.tasks[t].units) if sequence.scenario == "class_il" else None
-        offset = columns[0] if columns else 0
+        """Train only the new task's units on frozen (eval-mode) features (Li & Hoiem, 2017).
+
+        The new units (the new head in task-IL; the new classes' rows of the shared head in
+        class-IL) are copied into a standalone layer, trained, and copied back, so every
+        other unit stays exactly as it was — weight decay and momentum included.
+        """
+        head = net.heads[sequence.head_of(t)]
+        assert isinstance(head, nn.Linear)  # MultiHeadNet's heads are linear layers
+        device = head.weight.device
+        units = (
+            list(sequence.tasks[t].units)
+            if sequence.scenario == "class_il"
+            else list(range(head.out_features))
+        )
+        cols = torch.tensor(units, device=device)
+        position = torch.full((head.out_features,), -1, dtype=torch.long)
+        position[torch.tensor(units)] = torch.arange(len(units))  # head unit -> new-layer unit
+        new = nn.Linear(head.in_features, len(units), bias=head.bias is not None)
+        new = new.to(device=device, dtype=head.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(head.weight[cols])
+            if head.bias is not None and new.bias is not None:
+                new.bias.copy_(head.bias[cols])
         was_training = net.training
         net.eval()
         with torch.no_grad():
-            device = module_device(net)
             features = torch.cat(
                 [
                     net.features(data.x[i : i + 1024].to(device)).cpu()
@@ -288,18 +369,26 @@ class LwF(FineTune):
             epochs=self.config.warmup_epochs,
             lr=self.config.warmup_lr if self.config.warmup_lr is not None else self.train.lr,
         )
-
-        def warm_loss(batch: Batch) -> Tensor:
-            logits = head(batch.x)  # (b, head_size); batch.x holds features here
-            if columns is not None:  # class-IL: only the new classes' units move
-                return F.cross_entropy(logits[:, columns], batch.y - offset)
-            return F.cross_entropy(logits, batch.y)
-
         fit(
-            head,
-            TrainingData(features, data.y, data.heads),
+            new,
+            TrainingData(features, position[data.y], data.heads),  # batch.x holds features
             cfg,
-            make_optimizer(head, cfg),
+            make_optimizer(new, cfg),
             generator,
-            warm_loss,
+            lambda batch: F.cross_entropy(new(batch.x), batch.y),
         )
+        with torch.no_grad():
+            head.weight[cols] = new.weight
+            if head.bias is not None and new.bias is not None:
+                head.bias[cols] = new.bias
+
+
+_WARMUP_STREAM = 0x9E3779B97F4A7C15  # odd 64-bit constant (SplitMix64's increment)
+
+
+def warmup_generator(generator: torch.Generator | None, t: int) -> torch.Generator:
+    """The warm-up's own shuffling generator for task ``t``, derived without drawing from
+    ``generator`` (or from torch's global RNG when it is None), so the warm-up never shifts
+    the batch order of the training that follows."""
+    base = generator.initial_seed() if generator is not None else torch.initial_seed()
+    return torch.Generator().manual_seed((base + _WARMUP_STREAM * (t + 1)) % 2**63)

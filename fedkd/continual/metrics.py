@@ -13,7 +13,11 @@ diagonal is included), which is why each function states its formula exactly.
   training on it, relative to ``b_j``, the accuracy at random initialisation (GEM).
 * ``forgetting = mean_{j<T-1} (max_{l<T-1} R[l][j] - R[T-1][j])`` — the drop from the *best
   earlier* accuracy (Chaudhry et al., 2018, "Riemannian Walk"). It differs from ``-BWT`` when
-  a task's accuracy kept improving after it was learnt.
+  a task's accuracy kept improving after it was learnt. The maximum runs over *every* earlier
+  row, as printed in the paper (``since="start"``, the default); ``since="learned"`` takes it
+  only over rows ``l >= j`` (after task ``j`` was learnt), as several libraries do. The two
+  differ only when a task scored higher before it was trained than at any point after —
+  e.g. a recurring domain in domain-IL, or transfer from a similar earlier task.
 * ``intransigence_k = a*_k - R[k][k]`` — how much worse task ``k`` is learnt than by a
   reference trained jointly on tasks ``0..k`` (Chaudhry et al., 2018).
 """
@@ -21,11 +25,14 @@ diagonal is included), which is why each function states its formula exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "FORGETTING_SINCE",
+    "ForgettingSince",
     "accuracy",
     "backward_transfer",
     "forgetting",
@@ -37,6 +44,8 @@ __all__ = [
 ]
 
 Matrix = NDArray[np.float64]
+ForgettingSince = Literal["start", "learned"]
+FORGETTING_SINCE: tuple[str, ...] = get_args(ForgettingSince)
 
 
 def _matrix(acc_matrix: ArrayLike, *, min_tasks: int = 1) -> Matrix:
@@ -95,21 +104,42 @@ def forward_transfer(acc_matrix: ArrayLike, random_init_acc: ArrayLike) -> float
     return float(np.mean(before - b[1:]))
 
 
-def forgetting_per_task(acc_matrix: ArrayLike) -> NDArray[np.float64]:
-    """Per-task forgetting ``f_j = max_{l<T-1} R[l][j] - R[T-1][j]`` for ``j < T-1``.
+def forgetting_per_task(
+    acc_matrix: ArrayLike, *, since: ForgettingSince = "start"
+) -> NDArray[np.float64]:
+    """Per-task forgetting ``f_j = max_l R[l][j] - R[T-1][j]`` for ``j < T-1``.
 
-    The maximum runs over every row before the last, including rows before task ``j`` was
-    trained, exactly as in Chaudhry et al. (2018). Returns a ``(T-1,)`` array; needs T >= 2.
+    Parameters
+    ----------
+    acc_matrix : array_like
+        ``(T, T)`` accuracy matrix, T >= 2.
+    since : {"start", "learned"}
+        Which earlier rows the maximum runs over. ``"start"`` (default): every row before the
+        last, ``l < T-1``, including rows before task ``j`` was trained — exactly as printed
+        in Chaudhry et al. (2018). ``"learned"``: only rows ``j <= l < T-1``, from the moment
+        task ``j`` was learnt (what libraries that track the best accuracy *since training on
+        the task* report).
+
+    Returns
+    -------
+    ndarray
+        ``(T-1,)`` forgetting of each old task.
     """
+    if since not in FORGETTING_SINCE:
+        raise ValueError(f"since must be one of {FORGETTING_SINCE}, got {since!r}")
     r = _matrix(acc_matrix, min_tasks=2)
     t = r.shape[0]
-    best = r[: t - 1, : t - 1].max(axis=0)  # (T-1,) best earlier accuracy per old task
+    earlier = r[: t - 1, : t - 1]  # (T-1, T-1): rows l < T-1, old tasks j < T-1
+    if since == "learned":  # mask rows l < j (before task j was trained)
+        rows, cols = np.indices(earlier.shape)
+        earlier = np.where(rows >= cols, earlier, -np.inf)
+    best = earlier.max(axis=0)  # (T-1,) best earlier accuracy per old task
     return best - r[t - 1, : t - 1]
 
 
-def forgetting(acc_matrix: ArrayLike) -> float:
+def forgetting(acc_matrix: ArrayLike, *, since: ForgettingSince = "start") -> float:
     """Average forgetting (Chaudhry et al., 2018): mean of :func:`forgetting_per_task`."""
-    return float(forgetting_per_task(acc_matrix).mean())
+    return float(forgetting_per_task(acc_matrix, since=since).mean())
 
 
 def intransigence(acc_matrix: ArrayLike, reference_acc: ArrayLike) -> NDArray[np.float64]:
@@ -146,8 +176,10 @@ def summarize(
     acc_matrix: ArrayLike,
     random_init_acc: ArrayLike,
     reference_acc: ArrayLike | None = None,
+    *,
+    forgetting_since: ForgettingSince = "start",
 ) -> dict[str, float | list[float]]:
-    """Every metric of one run, JSON-ready.
+    """Every metric of one run, JSON-ready; ``forgetting_since`` as in :func:`forgetting`.
 
     Returns
     -------
@@ -159,7 +191,7 @@ def summarize(
         "acc": accuracy(acc_matrix),
         "bwt": backward_transfer(acc_matrix),
         "fwt": forward_transfer(acc_matrix, random_init_acc),
-        "forgetting": forgetting(acc_matrix),
+        "forgetting": forgetting(acc_matrix, since=forgetting_since),
     }
     if reference_acc is not None:
         intr = intransigence(acc_matrix, reference_acc)

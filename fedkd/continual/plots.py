@@ -33,15 +33,18 @@ def plot_accuracy_matrix(
     *,
     title: str = "",
     task_labels: Sequence[str] | None = None,
+    spread: bool = False,
 ) -> Path:
-    """Heatmap of ``R`` (mean over seeds), ``R[i][j]`` annotated in each cell.
+    """Heatmap of ``R`` (mean over the matrices given), ``R[i][j]`` annotated in each cell.
 
     Rows: "after training task i"; columns: "tested on task j". The lower triangle is
     retention of old tasks, the diagonal is learning, the upper triangle is accuracy on tasks
-    not trained yet (forward transfer).
+    not trained yet (forward transfer). With ``spread`` each cell also shows the standard
+    deviation over the matrices (seeds, or clients × seeds).
     """
     r = _stack(matrices)
     mean = r.mean(axis=0)  # (T, T)
+    std = r.std(axis=0)
     t = mean.shape[0]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * t, 0.8 + 0.7 * t))
@@ -49,11 +52,13 @@ def plot_accuracy_matrix(
     for i in range(t):
         for j in range(t):
             color = "black" if mean[i, j] > 0.6 else "white"
-            ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", color=color, fontsize=8)
+            text = f"{mean[i, j]:.2f}" + (f"\n±{std[i, j]:.2f}" if spread else "")
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7 if spread else 8)
     ticks = list(range(t))
     ax.set_xticks(ticks, labels=list(task_labels) if task_labels else ticks, rotation=45)
     ax.set_yticks(ticks)
-    seeds = f" (mean of {r.shape[0]} seeds)" if r.shape[0] > 1 else ""
+    seeds = f" (mean of {r.shape[0]} runs)" if spread else ""
+    seeds = seeds or (f" (mean of {r.shape[0]} seeds)" if r.shape[0] > 1 else "")
     ax.set(xlabel="tested on task j", ylabel="after training task i", title=f"{title}{seeds}")
     fig.colorbar(image, ax=ax, fraction=0.046, label="accuracy")
     return _save(fig, path)

@@ -13,15 +13,16 @@ dict; ``simulations/continual_study.py`` adds Hydra, files, plots, W&B and progr
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedkd.continual.metrics import mean_std, summarize
+from fedkd.continual.metrics import FORGETTING_SINCE, ForgettingSince, mean_std, summarize
 from fedkd.continual.network import build_net, evaluate_tasks
 from fedkd.continual.registry import available_learners, build_learner
 from fedkd.continual.tasks import SequenceConfig, TaskSequence, build_sequence
@@ -38,6 +39,7 @@ __all__ = [
     "run_study",
     "study_steps",
     "summary_table",
+    "warm_up",
 ]
 
 METRIC_KEYS = ("acc", "bwt", "fwt", "forgetting", "intransigence")
@@ -79,6 +81,10 @@ class StudyConfig:
     """Per-task optimisation: epochs per task, batch size, optimizer (fresh per task)."""
     device: str = "cpu"
     """Torch device; small models train faster on CPU."""
+    forgetting_since: ForgettingSince = "start"
+    """Rows the forgetting maximum runs over: ``start`` (every earlier row, as printed in
+    Chaudhry et al., 2018) or ``learned`` (only rows after the task was learnt); see
+    :func:`fedkd.continual.forgetting`."""
 
     def __post_init__(self) -> None:
         if not self.learners:
@@ -98,8 +104,18 @@ class StudyConfig:
             raise ValueError(
                 f"StudyConfig.model must be one of {available_models()}, got {self.model!r}"
             )
-        if self.sequence.num_tasks < 2 and self.sequence.angles is None:
-            raise ValueError("a forgetting study needs at least 2 tasks (sequence.num_tasks)")
+        if self.sequence.task_count < 2:
+            key = f"sequence.{self.sequence.task_count_key}"
+            raise ValueError(
+                f"StudyConfig.{key} gives {self.sequence.task_count} task(s); a forgetting "
+                f"study needs at least 2 (BWT and forgetting compare tasks), got "
+                f"{getattr(self.sequence, self.sequence.task_count_key)!r}"
+            )
+        if self.forgetting_since not in FORGETTING_SINCE:
+            raise ValueError(
+                f"StudyConfig.forgetting_since must be one of {FORGETTING_SINCE}, "
+                f"got {self.forgetting_since!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -126,8 +142,7 @@ def _reference_spec(cfg: StudyConfig) -> tuple[LearnerSpec, bool]:
 def study_steps(cfg: StudyConfig) -> int:
     """Number of :class:`TaskEvent` a study emits (for a progress bar's total)."""
     runs = len(cfg.learners) + (0 if _reference_spec(cfg)[1] else 1)
-    num_tasks = len(cfg.sequence.angles) if cfg.sequence.angles else cfg.sequence.num_tasks
-    return len(cfg.seeds) * runs * num_tasks
+    return len(cfg.seeds) * runs * cfg.sequence.task_count
 
 
 def run_learner(
@@ -163,6 +178,38 @@ def run_learner(
         "random_init_acc": random_init.tolist(),
         "seconds": seconds,
     }
+
+
+def warm_up(cfg: StudyConfig, sequence: TaskSequence, specs: Sequence[LearnerSpec]) -> None:
+    """Train every learner of ``specs`` untimed through the first two tasks of a tiny copy
+    of ``sequence`` (one batch of each task, one epoch).
+
+    A process pays one-time costs the first time it trains — torch's lazy imports and
+    first-call allocations in autograd and the optimizer, seconds on a cold start — and
+    :func:`run_learner` would charge them all to whichever learner runs first. Running each
+    learner's code path once here, on a forked RNG and throwaway weights, takes them out of
+    every learner's ``seconds`` and leaves the study's numbers unchanged.
+    """
+    tiny = _tiny_sequence(sequence, rows=cfg.train.batch_size)
+    train = dataclasses.replace(cfg.train, epochs=1)
+    with torch.random.fork_rng(devices=[]):
+        for spec in specs:
+            learner = build_learner(spec.name, tiny.scenario, train, spec.options)
+            net = build_net(cfg.model, tiny, seed=0, **dict(cfg.model_options)).to(cfg.device)
+            generator = torch.Generator().manual_seed(0)
+            for t in range(tiny.num_tasks):
+                learner.train_task(net, tiny, t, generator)
+                evaluate_tasks(net, tiny)
+
+
+def _tiny_sequence(sequence: TaskSequence, rows: int) -> TaskSequence:
+    """The first (at most) two tasks of ``sequence``, ``rows`` training examples each."""
+    tasks = tuple(
+        dataclasses.replace(task, train_x=task.train_x[:rows], train_y=task.train_y[:rows])
+        for task in sequence.tasks[:2]
+    )
+    heads = sequence.head_sizes[: len(tasks)] if sequence.multi_head else sequence.head_sizes
+    return dataclasses.replace(sequence, tasks=tasks, head_sizes=heads)
 
 
 def _aggregate(runs: dict[str, list[dict[str, Any]]], labels: list[str]) -> dict[str, Any]:
@@ -208,9 +255,11 @@ def run_study(
     labels = [spec.label for spec in cfg.learners]
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     reference_acc, descriptions = [], []
-    for seed in cfg.seeds:
+    for i, seed in enumerate(cfg.seeds):
         sequence = build_sequence(cfg.sequence, seed)
         descriptions.append(sequence.describe())
+        if i == 0:  # one-time costs (lazy imports, first-call allocations) before any timing
+            warm_up(cfg, sequence, [*cfg.learners, *([] if reported else [reference])])
         results = {
             spec.label: run_learner(spec, sequence, cfg, seed, on_task) for spec in cfg.learners
         }
@@ -220,7 +269,14 @@ def run_study(
         reference_acc.append(a_star.tolist())
         for label in labels:
             run = results[label]
-            run.update(summarize(run["acc_matrix"], run["random_init_acc"], a_star))
+            run.update(
+                summarize(
+                    run["acc_matrix"],
+                    run["random_init_acc"],
+                    a_star,
+                    forgetting_since=cfg.forgetting_since,
+                )
+            )
             runs[label].append(run)
     out = _aggregate(runs, labels)
     out.update(

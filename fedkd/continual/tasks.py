@@ -444,6 +444,21 @@ class SequenceConfig:
             raise ValueError(f"SequenceConfig.num_tasks must be >= 1, got {self.num_tasks}")
         if self.max_train_per_task is not None and self.max_train_per_task < 1:
             raise ValueError("SequenceConfig.max_train_per_task must be >= 1 or None")
+        if self.angles is not None and len(self.angles) == 0:
+            raise ValueError("SequenceConfig.angles must list at least one angle, or be None")
+
+    @property
+    def task_count(self) -> int:
+        """The number of tasks the sequence will have: ``len(angles)`` for a rotated sequence
+        with explicit angles (they override ``num_tasks``), else ``num_tasks``."""
+        if self.kind == "rotated" and self.angles is not None:
+            return len(self.angles)
+        return self.num_tasks
+
+    @property
+    def task_count_key(self) -> str:
+        """The config key that sets :attr:`task_count` (for error messages)."""
+        return "angles" if self.kind == "rotated" and self.angles is not None else "num_tasks"
 
 
 _EMBEDDED = ("digits", "synthetic")

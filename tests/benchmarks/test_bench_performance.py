@@ -144,6 +144,13 @@ def test_lwf_bench_reports_positive_ratios() -> None:
     assert all(r > 0 for r in res["ratio_to_finetune"].values())
 
 
+def test_lwf_core_table_compares_validate_on_and_off() -> None:
+    rows = bench_lwf.bench_core(repeats=1, calls=2)
+    assert [r["case"] for r in rows] == list(bench_lwf.CORE_CASES)
+    assert all(r["us_validate"] > 0 and r["us_no_validate"] > 0 for r in rows)
+    assert "| class_il (8 of 10 units) |" in bench_lwf.core_markdown(rows)
+
+
 # ----------------------------------------------------------------------------- hot paths
 def test_hotpath_cases_report_before_and_after() -> None:
     rows = bench_hotpaths.case_aggregate(3, True) + bench_hotpaths.case_hash(3, True)

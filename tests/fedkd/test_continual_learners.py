@@ -403,3 +403,139 @@ def test_old_heads_distilled_in_one_call_equal_the_per_head_sum(options: dict) -
         )
     torch.testing.assert_close(got, expected)
     assert got > torch.nn.functional.cross_entropy(net.heads[2](features), batch.y)
+
+
+# --------------------------------------------------------------------------- issue 15 fixes
+
+
+def test_domain_il_refuses_the_warm_up_it_cannot_do() -> None:
+    """(a) Domain-IL adds no new units: a warm-up would train the whole shared head, old
+    classes included, with no distillation. It is refused when the learner is built."""
+    with pytest.raises(ValueError, match="warmup_epochs must be 0 for scenario 'domain_il'"):
+        LwF("domain_il", FAST, LwFConfig(warmup_epochs=2))
+    with pytest.raises(ValueError, match="domain_il"):
+        build_learner("lwf", "domain_il", FAST, {"warmup_epochs": 1})
+    LwF("domain_il", FAST, LwFConfig(warmup_epochs=0))  # no warm-up: fine
+    LwF("class_il", FAST, LwFConfig(warmup_epochs=2))  # new units exist: fine
+
+
+def test_class_il_warm_up_freezes_old_units_even_with_weight_decay() -> None:
+    """(b) Only the new classes' rows of the shared head move during the warm-up; weight decay
+    must not shrink the old classes' rows (Li & Hoiem freeze everything but the new units)."""
+    seq = tiny("class_il", num_tasks=2)
+    train = TrainConfig(epochs=2, batch_size=16, lr=0.05, weight_decay=0.5)
+    net = build_net("mlp", seq, seed=0, hidden_sizes=(16,))
+    learner = LwF("class_il", train, LwFConfig(warmup_epochs=3))
+    learner.train_task(net, seq, 0, torch.Generator().manual_seed(0))
+    head = net.heads[0]
+    before = (head.weight.detach().clone(), head.bias.detach().clone(), params(net.backbone))
+    learner.before_task(net, seq, 1, task_data(seq, 1), torch.Generator().manual_seed(0))
+    old, new = list(seq.tasks[0].units), list(seq.tasks[1].units)
+    untouched = [u for u in range(head.out_features) if u not in new]
+    assert set(old) <= set(untouched)
+    assert torch.equal(head.weight[untouched], before[0][untouched])
+    assert torch.equal(head.bias[untouched], before[1][untouched])
+    assert same(params(net.backbone), before[2])
+    assert not torch.equal(head.weight[new], before[0][new])  # the warm-up did train
+
+
+def _main_batch_order(warmup_epochs: int) -> tuple[list[list[int]], torch.Tensor]:
+    """Row indices of every training batch of task 1 (warm-up batches excluded), and the
+    shuffling generator's state after ``before_task``."""
+    seq = tiny("task_il", num_tasks=2)
+    net = build_net("mlp", seq, seed=0, hidden_sizes=(16,))
+    learner = LwF("task_il", FAST, LwFConfig(warmup_epochs=warmup_epochs))
+    gen = torch.Generator().manual_seed(0)
+    learner.train_task(net, seq, 0, gen)
+    seen: list[list[int]] = []
+    state: list[torch.Tensor] = []
+    real_loss, real_before = learner.batch_loss, learner.before_task
+
+    def record(net_, batch, sequence, t):
+        seen.append(batch.index.tolist())
+        return real_loss(net_, batch, sequence, t)
+
+    def before(*args):
+        real_before(*args)
+        state.append(gen.get_state())
+
+    learner.batch_loss = record  # type: ignore[method-assign]
+    learner.before_task = before  # type: ignore[method-assign]
+    learner.train_task(net, seq, 1, gen)
+    return seen, state[0]
+
+
+def test_warm_up_does_not_change_the_batch_order_of_training() -> None:
+    """(c) The warm-up shuffles with its own generator: toggling it leaves the main
+    training's batches, and the shuffling generator's state, exactly as without it."""
+    without, state_without = _main_batch_order(0)
+    with_warmup, state_with = _main_batch_order(2)
+    assert len(without) == FAST.epochs * -(-48 // FAST.batch_size)
+    assert with_warmup == without
+    assert torch.equal(state_with, state_without)
+
+
+def test_kd_value_checks_run_once_per_task_not_per_batch(monkeypatch) -> None:
+    """(f) The checks that read values back to the host (finiteness, class-mask range and
+    duplicates) run on the first batch of a task only; the cached teacher outputs are checked
+    whole once, when recorded."""
+    counts = {"finite": 0, "mask": 0}
+    real_finite, real_mask = fedkd.kd._check_finite, fedkd.kd._column_index
+
+    def finite(*args, **kwargs):
+        counts["finite"] += 1
+        return real_finite(*args, **kwargs)
+
+    def mask(*args, **kwargs):
+        counts["mask"] += 1
+        return real_mask(*args, **kwargs)
+
+    monkeypatch.setattr(fedkd.kd, "_check_finite", finite)
+    monkeypatch.setattr(fedkd.kd, "_column_index", mask)
+    _train_two_tasks("class_il", {})  # task 1: 2 epochs x 3 batches, one masked core call each
+    assert counts == {"finite": 2, "mask": 1}  # student + teacher, once; the mask, once
+
+
+@pytest.mark.parametrize("scenario", ["task_il", "class_il"])
+@pytest.mark.parametrize("teacher_outputs", ["cached", "per_batch"])
+def test_skipping_the_per_batch_checks_changes_no_number(
+    monkeypatch, scenario: str, teacher_outputs: str
+) -> None:
+    """(f) LwF with the KD core validating every batch (the old behaviour, forced through a
+    wrapper) and as it runs now give bit-identical accuracies and weights."""
+    options = {"teacher_outputs": teacher_outputs, "temperature": 3.0}
+    seq = tiny(scenario, num_tasks=3)
+    fast_rows, fast_params = _train(seq, "lwf", options)
+    real = fedkd.kd.distillation_loss
+
+    def always_validate(student, teacher, spec, **kwargs):
+        kwargs.pop("validate", None)
+        mask = kwargs.get("class_mask")
+        if mask is not None:  # as before: a CPU mask, re-validated every call
+            kwargs["class_mask"] = mask.cpu()
+        return real(student, teacher, spec, **kwargs)
+
+    monkeypatch.setattr(fedkd.kd, "distillation_loss", always_validate)
+    slow_rows, slow_params = _train(seq, "lwf", options)
+    assert fast_rows == slow_rows
+    assert same(fast_params, slow_params)
+    _, finetune_params = _train(seq, "finetune", {})
+    assert not same(fast_params, finetune_params)  # LwF's term was really in play
+
+
+@pytest.mark.gpu
+def test_cached_teacher_outputs_stay_on_the_model_device() -> None:
+    """(f) On an accelerator the cached teacher outputs live next to the model, so no batch
+    copies them from the host."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    seq = tiny("task_il", num_tasks=3)
+    net = build_net("mlp", seq, seed=0, hidden_sizes=(16,)).cuda()
+    learner = LwF("task_il", FAST)
+    for t in range(2):
+        learner.train_task(net, seq, t, torch.Generator().manual_seed(0))
+    learner.before_task(net, seq, 2, task_data(seq, 2), None)
+    assert learner._cache and all(v.is_cuda for v in learner._cache.values())
+    assert learner._stacked is not None and learner._stacked.is_cuda
+    learner.train_task(net, seq, 2, torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(p).all() for p in net.parameters())

@@ -58,6 +58,29 @@ def test_forgetting_max_includes_rows_before_the_task_was_trained() -> None:
     np.testing.assert_allclose(forgetting_per_task(r), [0.9 - 0.7, 0.95 - 0.6])
 
 
+def test_forgetting_since_learned_skips_rows_before_the_task_was_trained() -> None:
+    """The other variant: the max runs only over rows l with j <= l < T-1."""
+    # Task 1 scored 0.95 before it was trained (row 0), 0.8 right after (row 1), 0.7 at the end.
+    r = [
+        [0.9, 0.95, 0.2],
+        [0.6, 0.80, 0.3],
+        [0.4, 0.70, 0.9],
+    ]
+    # since="start" (Chaudhry et al. as printed): f_0 = max(0.9, 0.6) - 0.4 = 0.5;
+    #                                              f_1 = max(0.95, 0.8) - 0.7 = 0.25; mean 0.375
+    np.testing.assert_allclose(forgetting_per_task(r), [0.5, 0.25])
+    assert forgetting(r) == pytest.approx(0.375)
+    # since="learned": f_0 = max(0.9, 0.6) - 0.4 = 0.5 (rows 0, 1: both after task 0);
+    #                  f_1 = max(0.8) - 0.7 = 0.1 (row 0 came before task 1); mean 0.3
+    np.testing.assert_allclose(forgetting_per_task(r, since="learned"), [0.5, 0.1])
+    assert forgetting(r, since="learned") == pytest.approx(0.3)
+    # on R3 no task scored higher before being trained, so the variants agree
+    assert forgetting(R3, since="learned") == pytest.approx(forgetting(R3))
+    assert summarize(r, [0.1] * 3, forgetting_since="learned")["forgetting"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="since"):
+        forgetting(r, since="after")  # type: ignore[arg-type]
+
+
 def test_forgetting_ignores_the_last_row_in_the_max() -> None:
     # If the last row were included, task 0's improvement at the end would count as 0.
     r = [[0.5, 0.0], [0.9, 0.8]]
@@ -141,3 +164,15 @@ def test_vector_lengths_are_checked() -> None:
         forward_transfer(R3, [0.1, 0.2])
     with pytest.raises(ValueError, match="reference_acc"):
         intransigence(R3, [0.1])
+
+
+def test_heatmap_spread_annotates_mean_and_std(monkeypatch, tmp_path) -> None:
+    from fedkd.continual import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    runs = [[[0.8, 0.1], [0.6, 0.9]], [[0.6, 0.1], [0.4, 0.9]]]  # R[0][0]: 0.7 ± 0.1
+    plots.plot_accuracy_matrix(runs, tmp_path / "a.png", spread=True)
+    plots.plot_accuracy_matrix(runs, tmp_path / "b.png")
+    with_spread, plain = ([t.get_text() for t in f.axes[0].texts] for f in figures)
+    assert with_spread[0] == "0.70\n±0.10" and plain[0] == "0.70"

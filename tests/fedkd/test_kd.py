@@ -340,6 +340,57 @@ def test_class_mask_ignores_other_columns_entirely():
 # --------------------------------------------------------------------------- kd_objective
 
 
+@pytest.mark.parametrize("divergence", ["kl", "soft_ce"])
+def test_divergences_that_do_not_read_q_compute_no_student_exp(monkeypatch, divergence):
+    """Forward KL and soft CE need only ``p = exp(log_p)``; the student's ``q = exp(log_q)``
+    was computed for every divergence and thrown away for these two (issue 15 (f))."""
+    student, teacher = torch.randn(4, 5), torch.randn(4, 5)
+    spec = KDSpec(temperature=2.0, divergence=divergence)
+    expected = distillation_loss(student, teacher, spec)
+    calls = []
+    real_exp = torch.Tensor.exp
+
+    def counting_exp(self):
+        calls.append(tuple(self.shape))
+        return real_exp(self)
+
+    monkeypatch.setattr(torch.Tensor, "exp", counting_exp)
+    got = distillation_loss(student, teacher, spec)
+    assert len(calls) == 1  # the teacher's p only
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+@pytest.mark.parametrize("teacher_kind", ["logits", "probs"])
+@pytest.mark.parametrize("mask", [None, [0, 2, 3], [True, False, True, True, False]])
+def test_validate_false_returns_the_same_value(divergence, teacher_kind, mask):
+    """``validate=False`` skips only the host-syncing value checks, never changes a number."""
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(6, 5, generator=gen, requires_grad=True)
+    teacher = torch.randn(6, 5, generator=gen)
+    kwargs = {}
+    if teacher_kind == "probs":
+        teacher = torch.softmax(teacher, dim=1)
+        kwargs = {"teacher_is_probs": True, "teacher_temperature": 1.0}
+    spec = KDSpec(temperature=3.0, divergence=divergence)
+    cols = None if mask is None else torch.tensor(mask)
+    checked = distillation_loss(student, teacher, spec, class_mask=cols, **kwargs)
+    (grad_checked,) = torch.autograd.grad(checked, student)
+    fast = distillation_loss(student, teacher, spec, class_mask=cols, validate=False, **kwargs)
+    (grad_fast,) = torch.autograd.grad(fast, student)
+    assert torch.equal(checked, fast) and torch.equal(grad_checked, grad_fast)
+
+
+def test_validate_false_skips_value_checks_but_not_shape_checks():
+    spec = KDSpec()
+    nan_student = torch.tensor([[float("nan"), 0.0]])
+    with pytest.raises(ValueError, match="non-finite"):
+        distillation_loss(nan_student, torch.zeros(1, 2), spec)
+    assert torch.isnan(distillation_loss(nan_student, torch.zeros(1, 2), spec, validate=False))
+    with pytest.raises(ValueError, match="same shape"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4), spec, validate=False)
+
+
 def test_kd_objective_is_ce_plus_lambda_kd():
     rng = np.random.default_rng(6)
     s, t = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))

@@ -94,6 +94,7 @@ def test_variants_can_be_added_and_learners_removed() -> None:
         ("+unknown=1", "unknown"),
         ("sequence.scenario=domain_il", "sequence"),
         ("model.name=transformer", "study"),
+        ("forgetting_since=later", "study"),
     ],
 )
 def test_bad_keys_fail_before_any_work_and_name_their_path(override: str, path: str) -> None:
@@ -184,3 +185,15 @@ def test_module_entry_point_bad_value_fails_with_one_line(
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "config.yaml").exists()
+
+
+def test_a_rotated_sequence_with_one_angle_fails_before_any_work() -> None:
+    """Issue 15 (e): it used to pass validation, train, then fail in the metrics."""
+    cfg = _compose("continual/sequence=rotated_digits", "sequence.angles=[30]")
+    with pytest.raises(ConfigKeyError, match=r"sequence\.angles gives 1 task"):
+        to_tool_config(cfg)
+
+
+def test_forgetting_since_reaches_the_study() -> None:
+    assert to_tool_config(_compose()).study.forgetting_since == "start"
+    assert to_tool_config(_compose("forgetting_since=learned")).study.forgetting_since == "learned"
