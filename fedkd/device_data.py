@@ -129,18 +129,20 @@ def _open_npz(file: Path) -> dict[str, np.ndarray]:
 
 
 def _unreadable(file: Path, err: Exception) -> DeviceDataError:
-    """A clear error for a corrupt or pickled file. NumPy's own message for pickled content
-    advises ``allow_pickle=True``, which would run code from an untrusted file: never passed on
-    (and the NumPy error is not chained, so it does not reach the log either)."""
-    if "pickle" in str(err):
+    """A clear error for a corrupt file or one holding Python objects.
+
+    NumPy's own messages here advise ``allow_pickle=True``, which would run code from an
+    untrusted file: they are never passed on (nor chained, so they do not reach the log).
+    """
+    if "Object arrays" in str(err):  # an .npz member that is a pickled object array
         return DeviceDataError(
-            f"{file}: holds pickled Python objects, which fedkd never loads (loading pickles runs "
-            f"code from the file); save plain numeric arrays with np.savez(path, "
+            f"{file}: holds pickled Python objects, which fedkd never loads (unpickling runs code "
+            f"from the file); save plain numeric arrays with np.savez(path, "
             f"{X_KEY}=float_array, {Y_KEY}=int_array)"
         )
     return DeviceDataError(
-        f"{file}: not a readable NumPy .npz archive ({type(err).__name__}); "
-        f"save it with np.savez(path, {X_KEY}=..., {Y_KEY}=...)"
+        f"{file}: not a readable NumPy .npz archive (corrupt, truncated or another format; fedkd "
+        f"never unpickles files); save it with np.savez(path, {X_KEY}=..., {Y_KEY}=...)"
     )
 
 
