@@ -192,6 +192,7 @@ class FedDistill(Strategy):
         """Train requests (with the public query) for this round's sampled clients."""
         nodes = self.sample_nodes(grid)
         self._pending_indices = self.choose_public_indices()
+        self._expected_echo = P.Echo(server_round, P.TRAIN, self.public_hash)
         content = P.request_content(self.make_request(server_round, self._pending_indices))
         return [Message(content=content, message_type=P.TRAIN, dst_node_id=n) for n in nodes]
 

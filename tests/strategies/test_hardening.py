@@ -373,3 +373,30 @@ def test_config_cross_checks_config_record_type() -> None:
     meta = content.config_records[P.META]
     assert isinstance(meta, ConfigRecord)
     assert (meta[P.ECHO_ROUND], meta[P.ECHO_TYPE]) == (3, P.TRAIN)
+
+
+def test_flower_api_pair_checks_the_echo_too() -> None:
+    from flwr.app import ArrayRecord as Arrays
+
+    from fedkd.client import load_splits_for
+    from strategies.server_app import build_student
+
+    cfg = _cfg(num_rounds=1)
+    splits = load_splits_for(cfg)
+    strategy = fed_distill.FedDistill(
+        cfg,
+        build_student(cfg, splits.input_shape, splits.num_classes),
+        fed_distill.PublicSet(splits.public_x),
+        fed_distill.TestSet(splits.test_x, splits.test_y, splits.num_classes),
+    )
+    grid = _grid(LocalGrid, cfg)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SERVER_NODE_ID
+    replies = list(
+        grid.send_and_receive(strategy.configure_train(1, Arrays(), ConfigRecord(), grid))
+    )
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics is not None and metrics["valid-replies"] == 3
+    # Round 1's replies offered again as round 2's: every one is stale.
+    list(strategy.configure_train(2, Arrays(), ConfigRecord(), grid))
+    _, metrics = strategy.aggregate_train(2, replies)
+    assert metrics is not None and (metrics["valid-replies"], metrics["rejected"]) == (0, 3)
