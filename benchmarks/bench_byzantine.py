@@ -235,11 +235,11 @@ def worst_drops(
     """Per partition and rule: the largest loss of final student accuracy (points) against the
     same rule without attackers, over every attack at ``fraction``, and which attack caused it.
     A rule "holds" an attack when that loss is at most 2 points."""
-    clean = {
-        (s.setting.partition, s.setting.rule): s.mean("final")
-        for s in summaries
-        if s.setting.fraction == 0
-    }
+    clean: dict[tuple[str, str], float] = {}
+    for s in summaries:
+        final = s.mean("final")
+        if s.setting.fraction == 0 and final is not None:
+            clean[(s.setting.partition, s.setting.rule)] = final
     rules = sorted({s.setting.rule for s in summaries}, key=_rule_order)
     partitions = list(dict.fromkeys(s.setting.partition for s in summaries))
     rows = []
@@ -247,11 +247,12 @@ def worst_drops(
         cells = []
         for rule in rules:
             drops = [
-                (100 * (clean[(partition, rule)] - s.mean("final")), s.setting.attack)
+                (100 * (clean[(partition, rule)] - final), s.setting.attack)
                 for s in summaries
                 if (s.setting.partition, s.setting.rule) == (partition, rule)
                 and abs(s.setting.fraction - fraction) < 1e-9
                 and (partition, rule) in clean
+                and (final := s.mean("final")) is not None
             ]
             if not drops:
                 cells.append("n/a")

@@ -234,16 +234,12 @@ def reply_content(
     """
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-    meta: dict[str, int | str] = {MODEL_NAME: model_name, CODEC: codec}
+    meta = ConfigRecord({MODEL_NAME: model_name, CODEC: codec})
     if echo is not None:
-        meta.update(
-            {
-                ECHO_ROUND: echo.server_round,
-                ECHO_TYPE: echo.message_type,
-                ECHO_PUBLIC_HASH: echo.public_hash,
-            }
-        )
-    content = RecordDict({METRICS: MetricRecord(dict(metrics)), META: ConfigRecord(meta)})
+        meta[ECHO_ROUND] = echo.server_round
+        meta[ECHO_TYPE] = echo.message_type
+        meta[ECHO_PUBLIC_HASH] = echo.public_hash
+    content = RecordDict({METRICS: MetricRecord(dict(metrics)), META: meta})
     if payload is not None:
         content[SOFT_LABELS] = ArrayRecord({k: _array(v) for k, v in payload.items()})
     return content
