@@ -28,7 +28,8 @@ from fedkd.compression import encode_probs
 from fedkd.config import FDConfig
 from fedkd.models import build_model
 from simulations.local_grid import RUN_ID, SERVER_NODE_ID, LocalGrid
-from strategies.fed_distill import FedDistill, PublicSet, TestSet
+from strategies.fed_distill import FedDistill, PublicSet
+from strategies.fed_distill import TestSet as EvalSet  # aliased: pytest would collect Test*
 
 ROWS, CLASSES = 12, 10
 RULES = ["mean", "weighted", "class_weighted", "era", "median", "trimmed_mean", "filtered_mean"]
@@ -142,7 +143,7 @@ def _server(rule: str, codec: str, teachers: list[np.ndarray]) -> FedDistill:
         num_clients=10,
     )
     public = PublicSet(torch.arange(ROWS * 64.0).reshape(ROWS, 1, 8, 8) / 1000)
-    test = TestSet(torch.rand(4, 1, 8, 8), torch.arange(4), CLASSES)
+    test = EvalSet(torch.rand(4, 1, 8, 8), torch.arange(4), CLASSES)
     strategy = FedDistill(cfg, build_model("mlp", (1, 8, 8), CLASSES), public, test)
 
     def capture(teacher: np.ndarray, indices: Any) -> float:  # no training: only the teacher
