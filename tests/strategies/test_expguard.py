@@ -120,3 +120,25 @@ def test_expguard_in_a_run_reports_who_was_down_weighted(tmp_path) -> None:
     assert cfg.expguard_base == "median"
     with pytest.raises(ValueError, match="expguard-base"):
         FDConfig(aggregation="expguard", expguard_base="expguard")
+
+
+def test_feddistill_checkpoint_restores_the_guard(tmp_path) -> None:
+    import torch
+
+    from fedkd.models import build_model
+    from strategies.fed_distill import FedDistill, PublicSet
+    from strategies.fed_distill import TestSet as EvalSet
+
+    def strategy() -> FedDistill:
+        cfg = FDConfig(client_models="mlp", student_model="mlp", aggregation="expguard")
+        public = PublicSet(torch.zeros(4, 1, 8, 8))
+        test = EvalSet(torch.zeros(2, 1, 8, 8), torch.arange(2), CLASSES)
+        return FedDistill(cfg, build_model("mlp", (1, 8, 8), CLASSES), public, test)
+
+    saved = strategy()
+    assert saved.guard is not None
+    saved.guard.penalties = {2**63 + 5: 1.5, 7: 0.0}  # node ids are uint64
+    saved.save_checkpoint(tmp_path / "checkpoint.pt")
+    restored = strategy()
+    restored.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert restored.guard is not None and restored.guard.penalties == {2**63 + 5: 1.5, 7: 0.0}
