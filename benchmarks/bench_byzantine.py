@@ -1,11 +1,14 @@
 """Byzantine clients against robust aggregation rules: student accuracy side by side.
 
-    python -m benchmarks.bench_byzantine                        # ~3 min on a 2-core CPU
+    python -m benchmarks.bench_byzantine                        # ~10 min on a 2-core CPU
     python -m benchmarks.bench_byzantine --attacks uniform,peaked --partitions iid --seeds 0
     python -m benchmarks.bench_byzantine --quick                # seconds: smoke test
 
-For every partition (IID, Dirichlet α), attack, share of attackers (0/10/20/30 %) and
-aggregation rule (mean, median, trimmed_mean, filtered_mean) the real ServerApp runs against
+For every partition (IID, Dirichlet α), attack (by default the label-space attacks
+``targeted`` and ``label_flip``, the distillation attacks LMA and CPA of Roux et al., ICLR 2025,
+and FedTGD's top-k attack), share of attackers (0/10/20/30 %) and aggregation rule (mean,
+median, trimmed_mean, filtered_mean, and ExpGuard over ``--expguard-base``) the real ServerApp
+runs against
 real ClientApps in process (``simulations.local_grid``), so replies go through the same encode,
 validation and aggregation path as in a deployment. Attackers are chosen by
 :func:`fedkd.faults.attackers` from the seed; they train like everyone else and then upload the
@@ -36,7 +39,8 @@ from fedkd.config import ATTACKS, FDConfig
 from simulations.local_grid import run_fd_local
 from strategies.fed_distill import RoundRecord
 
-RULES = ("mean", "median", "trimmed_mean", "filtered_mean")
+RULES = ("mean", "median", "trimmed_mean", "filtered_mean", "expguard")
+DEFAULT_ATTACKS = ("targeted", "label_flip", "lma", "cpa", "topk")
 NO_ATTACK = "none"  # the label of the attacker-free runs every attack's table shares
 
 
@@ -146,6 +150,8 @@ def make_config(setting: Setting, seed: int, args: argparse.Namespace) -> FDConf
         aggregation=setting.rule,
         trim_ratio=args.trim_ratio,
         outlier_threshold=args.outlier_threshold,
+        expguard_base=args.expguard_base,
+        expguard_eta=args.expguard_eta,
         byzantine_fraction=setting.fraction,
         byzantine_attack=setting.attack if setting.attack != NO_ATTACK else "label_flip",
         byzantine_target=args.target,
@@ -223,6 +229,40 @@ def tables(
     return markdown_table(headers, student_rows), markdown_table(headers, teacher_rows)
 
 
+def worst_drops(
+    summaries: Sequence[Summary], args: argparse.Namespace, fraction: float = 0.2
+) -> str:
+    """Per partition and rule: the largest loss of final student accuracy (points) against the
+    same rule without attackers, over every attack at ``fraction``, and which attack caused it.
+    A rule "holds" an attack when that loss is at most 2 points."""
+    clean: dict[tuple[str, str], float] = {}
+    for s in summaries:
+        final = s.mean("final")
+        if s.setting.fraction == 0 and final is not None:
+            clean[(s.setting.partition, s.setting.rule)] = final
+    rules = sorted({s.setting.rule for s in summaries}, key=_rule_order)
+    partitions = list(dict.fromkeys(s.setting.partition for s in summaries))
+    rows = []
+    for partition in partitions:
+        cells = []
+        for rule in rules:
+            drops = [
+                (100 * (clean[(partition, rule)] - final), s.setting.attack)
+                for s in summaries
+                if (s.setting.partition, s.setting.rule) == (partition, rule)
+                and abs(s.setting.fraction - fraction) < 1e-9
+                and (partition, rule) in clean
+                and (final := s.mean("final")) is not None
+            ]
+            if not drops:
+                cells.append("n/a")
+                continue
+            worst, attack = max(drops)
+            cells.append(f"{worst:+.1f} ({attack})")
+        rows.append([_partition_label(partition, args.alpha), *cells])
+    return markdown_table(["partition", *rules], rows)
+
+
 def _rule_order(rule: str) -> int:
     return RULES.index(rule) if rule in RULES else len(RULES)
 
@@ -231,7 +271,9 @@ def _rule_order(rule: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; ``--quick`` shrinks everything to a smoke test."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--attacks", default="targeted,label_flip", help=f"of {', '.join(ATTACKS)}")
+    parser.add_argument(
+        "--attacks", default=",".join(DEFAULT_ATTACKS), help=f"of {', '.join(ATTACKS)}"
+    )
     parser.add_argument("--fractions", default="0,0.1,0.2,0.3", help="shares of attackers")
     parser.add_argument("--rules", default=",".join(RULES), help="aggregation rules")
     parser.add_argument("--partitions", default="iid,dirichlet", help="iid and/or dirichlet")
@@ -249,11 +291,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--outlier-threshold", type=float, default=3.0, help="filtered_mean: robust z-score cut"
     )
     parser.add_argument("--target", type=int, default=0, help="class of the targeted attack")
+    parser.add_argument("--expguard-base", default="median", help="ExpGuard's robust base rule")
+    parser.add_argument(
+        "--expguard-eta", type=float, default=10.0, help="ExpGuard's exponential-weights rate"
+    )
     add_common_args(parser, "bench_byzantine")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.clients, args.local_epochs, args.server_epochs = 2, 4, 1, 1
-        args.seeds, args.partitions, args.attacks, args.fractions = "0", "iid", "targeted", "0,0.3"
+        args.seeds, args.partitions, args.attacks, args.fractions = "0", "iid", "lma", "0,0.3"
     return args
 
 
@@ -283,11 +329,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(student)
     print("\nTeacher accuracy on the public rows (argmax vs true label), last round:\n")
     print(teacher)
+    fraction = 0.2 if 0.2 in _split(args.fractions, float) else max(_split(args.fractions, float))
+    drops = worst_drops(summaries, args, fraction)
+    print(
+        f"\nWorst loss of final student accuracy (points) at {fraction:.0%} attackers against the "
+        "same rule without attackers, over every attack (the attack in brackets):\n"
+    )
+    print(drops)
     payload = {
         "setting": {k: str(v) if k == "out" else v for k, v in vars(args).items()},
         "seconds": seconds,
         "student_table": student,
         "teacher_table": teacher,
+        "worst_drop_table": drops,
         "results": [s.as_dict() for s in summaries],
     }
     print(f"\nresults written to {write_json(args.out, payload)}")

@@ -165,12 +165,14 @@ def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> 
         raise
     if train:
         _save(context, client)
+    echo = P.Echo(req.server_round, msg.metadata.message_type, req.public_hash)
     content = P.reply_content(
         outcome.payload,
         outcome.metrics,
         model_name=client.model_name,
         codec=req.codec,
         support=outcome.support,
+        echo=echo,
     )
     return Message(content, reply_to=msg)
 

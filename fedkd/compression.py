@@ -157,7 +157,8 @@ def decode_probs(payload: Mapping[str, np.ndarray], codec: Codec, num_classes: i
     Raises
     ------
     ValueError
-        Unknown codec, missing arrays, wrong shapes, out-of-range indices, negative values.
+        Unknown codec, missing arrays, wrong shapes or dtypes (``int8`` codes must be
+        ``uint8``), out-of-range indices, negative values.
     """
     _check_codec(codec)
     if num_classes < 1:
@@ -168,6 +169,10 @@ def decode_probs(payload: Mapping[str, np.ndarray], codec: Codec, num_classes: i
     if codec == "topk":
         return _decode_topk(payload, num_classes)
     dense = np.asarray(payload[CODES_KEY if codec == "int8" else PROBS_KEY])
+    if codec == "int8" and dense.dtype != np.uint8:  # codes are 0..255 by construction
+        raise ValueError(f"int8 codes must be uint8 (0..255), got {dense.dtype}")
+    if codec in ("none", "fp16") and not np.issubdtype(dense.dtype, np.floating):
+        raise ValueError(f"{codec} probabilities must be floating point, got {dense.dtype}")
     if dense.ndim != 2 or dense.shape[1] != num_classes:
         raise ValueError(f"payload has shape {dense.shape}, expected (samples, {num_classes})")
     _check_values(dense)

@@ -42,10 +42,11 @@ AGGREGATION_RULES = (
     "filtered_mean",
     "selective",
     "certainty",
+    "expguard",
 )
 CODISTILL_MODES = ("joint", "digest")
 # Simulated Byzantine behaviours (fedkd.faults); repeated here for the same reason.
-ATTACKS = ("uniform", "label_flip", "targeted", "peaked", "scaled")
+ATTACKS = ("uniform", "label_flip", "targeted", "peaked", "scaled", "lma", "cpa", "topk")
 
 RunConfigValue = bool | int | float | str
 
@@ -127,6 +128,14 @@ class FDConfig:
         "median + threshold × MAD of the clients' distances",
         default=3.0,
     )
+    expguard_base: str = _doc(
+        "Robust rule ExpGuard scores clients against (aggregation=expguard; strategies.expguard)",
+        default="median",
+    )
+    expguard_eta: float = _doc(
+        "ExpGuard's exponential-weights rate: weight ∝ exp(−eta × cumulative outlier excess)",
+        default=10.0,
+    )
     divergence: str = _doc(
         "KD divergence: kl | reverse_kl | symmetric_kl | soft_ce | mse", default="kl"
     )
@@ -179,7 +188,8 @@ class FDConfig:
     )
     byzantine_fraction: float = _doc("Share of clients that are simulated attackers", default=0.0)
     byzantine_attack: str = _doc(
-        "What attackers upload: uniform | label_flip | targeted | peaked | scaled",
+        "What attackers upload: uniform | label_flip | targeted | peaked | scaled | lma | cpa | "
+        "topk (fedkd.faults)",
         default="label_flip",
     )
     byzantine_target: int = _doc("Class the 'targeted' attack pushes toward", default=0)
@@ -251,6 +261,7 @@ def _validate(cfg: FDConfig) -> None:
     _one_of(cfg, "partition", PARTITION_SCHEMES)
     _one_of(cfg, "optimizer", OPTIMIZERS)
     _one_of(cfg, "aggregation", AGGREGATION_RULES)
+    _one_of(cfg, "expguard_base", tuple(r for r in AGGREGATION_RULES if r != "expguard"))
     _one_of(cfg, "byzantine_attack", ATTACKS)
     _one_of(cfg, "divergence", DIVERGENCES)
     _one_of(cfg, "codistill_mode", CODISTILL_MODES)
@@ -290,6 +301,7 @@ def _validate(cfg: FDConfig) -> None:
         "alpha",
         "round_timeout",
         "outlier_threshold",
+        "expguard_eta",
         "dp_clip",
     ):
         _require(getattr(cfg, name) > 0, _key(name), f"must be > 0, got {getattr(cfg, name)}")

@@ -110,7 +110,7 @@ def _open_npz(file: Path) -> dict[str, np.ndarray]:
     try:
         loaded = np.load(file, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DeviceDataError(f"{file}: not a NumPy .npz archive ({err})") from err
+        raise _unreadable(file, err) from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise DeviceDataError(
             f"{file}: a single .npy array; save with np.savez(path, x=..., y=...)"
@@ -122,7 +122,28 @@ def _open_npz(file: Path) -> dict[str, np.ndarray]:
                 f"{file}: missing array(s) {', '.join(missing)}; "
                 f"found {', '.join(loaded.files) or 'none'}"
             )
-        return {k: loaded[k] for k in (X_KEY, Y_KEY)}
+        try:
+            return {k: loaded[k] for k in (X_KEY, Y_KEY)}
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise _unreadable(file, err) from None
+
+
+def _unreadable(file: Path, err: Exception) -> DeviceDataError:
+    """A clear error for a corrupt file or one holding Python objects.
+
+    NumPy's own messages here advise ``allow_pickle=True``, which would run code from an
+    untrusted file: they are never passed on (nor chained, so they do not reach the log).
+    """
+    if "Object arrays" in str(err):  # an .npz member that is a pickled object array
+        return DeviceDataError(
+            f"{file}: holds pickled Python objects, which fedkd never loads (unpickling runs code "
+            f"from the file); save plain numeric arrays with np.savez(path, "
+            f"{X_KEY}=float_array, {Y_KEY}=int_array)"
+        )
+    return DeviceDataError(
+        f"{file}: not a readable NumPy .npz archive (corrupt, truncated or another format; fedkd "
+        f"never unpickles files); save it with np.savez(path, {X_KEY}=..., {Y_KEY}=...)"
+    )
 
 
 def _as_inputs(file: Path, x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:

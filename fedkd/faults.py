@@ -20,6 +20,24 @@ bother to add it):
 ``scaled``
     the honest rows multiplied by 10: no longer distributions. Reply validation must reject it
     (the protocol carries probabilities, so scaling cannot pass unnoticed).
+
+The distillation-specific attacks below need "the honest mean" ``Ȳ_H``. Roux, Zimmer & Pokutta
+(ICLR 2025, "On the Byzantine-Resilience of Distillation-Based Federated Learning") give their
+attackers the honest clients' predictions; a simulated attacker here sees only its own, so it
+uses its own honest soft labels (its model trained like everybody's) as the estimate of
+``Ȳ_H``. That is the weaker, non-omniscient attacker; under IID data the two nearly agree.
+
+``lma``
+    Loss Maximization Attack (Roux et al.): each row one-hot on the class the honest mean finds
+    least likely.
+``cpa``
+    Class Prior Attack (Roux et al.): each row one-hot on the class least similar to the honest
+    mean's top class, similarity ``S = cos(P[:, c], P[:, d])`` from the honest mean's
+    co-probabilities over the queried rows (classes predicted together are similar).
+``topk``
+    FedTGD-style top-k attack (Li et al., ICDCS 2024): the ``k`` largest entries of each row are
+    reversed in place (the top class gets the k-th largest value and vice versa), so every row
+    keeps its values, confidence and entropy but argmax moves to a plausible wrong class.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ from fedkd.config import FDConfig
 
 Phase = Literal["train", "query"]
 SCALE_FACTOR = 10.0
+TOPK_ATTACK_K = 3  # entries reversed per row by the top-k attack
 _SALT = {"train": 1, "query": 2, "straggle": 3}
 
 
@@ -99,7 +118,40 @@ def attack(
         return _one_hot(np.asarray(rng.integers(classes, size=rows)), classes)
     if kind == "scaled":
         return (probs * SCALE_FACTOR).astype(np.float32)
+    if kind == "lma":
+        return _one_hot(np.argmin(probs, axis=1), classes)
+    if kind == "cpa":
+        return _one_hot(class_prior_targets(probs), classes)
+    if kind == "topk":
+        return topk_reversed(probs, min(TOPK_ATTACK_K, classes))
     raise ValueError(f"unknown attack {kind!r}")
+
+
+def class_similarity(mean: np.ndarray) -> np.ndarray:
+    """``(classes, classes)`` cosine similarity of the classes' probability columns.
+
+    Two classes are similar when the (estimated honest) mean puts mass on both for the same
+    inputs; a class the mean never predicts has similarity 0 to every other class.
+    """
+    cols = np.asarray(mean, dtype=np.float64)  # (rows, classes)
+    gram = cols.T @ cols  # (classes, classes) co-probabilities
+    norms = np.sqrt(np.clip(np.diag(gram), 1e-30, None))
+    return gram / np.outer(norms, norms)
+
+
+def class_prior_targets(mean: np.ndarray) -> np.ndarray:
+    """CPA's class per row: the one least similar to the mean's top class (never the top one)."""
+    similarity = class_similarity(mean)
+    np.fill_diagonal(similarity, np.inf)
+    return np.argmin(similarity[np.argmax(mean, axis=1)], axis=1)  # (rows,)
+
+
+def topk_reversed(probs: np.ndarray, k: int) -> np.ndarray:
+    """Each row with its ``k`` largest entries reversed in order (values kept, argmax moved)."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (rows, k) largest first
+    out = np.array(probs, dtype=np.float32, copy=True)
+    np.put_along_axis(out, order, np.take_along_axis(probs, order[:, ::-1], axis=1), axis=1)
+    return out
 
 
 def maybe_attack(

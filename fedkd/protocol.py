@@ -63,9 +63,18 @@ TRAIN_LOSS = "train-loss"
 TEST_ACCURACY = "test-accuracy"  # client's local model on the shared test set
 TEST_LOSS = "test-loss"
 PARTITION_ID = "partition-id"
+# Reported metrics that only mean something within a range; the server ignores (and logs) a
+# value outside it rather than letting it into the round's averages.
+METRIC_RANGES: dict[str, tuple[float, float]] = {TEST_ACCURACY: (0.0, 1.0)}
 
 # ---------------------------------------------------------------- meta entries (reply)
 MODEL_NAME = "model"
+# What the reply answers, echoed from the request so the server can bind it to its round and
+# public set (a stale, replayed or cross-round reply is rejected): the request's round, the
+# message type it answered and the public-set hash it was computed on.
+ECHO_ROUND = "echo-round"  # int
+ECHO_TYPE = "echo-type"  # str: TRAIN or QUERY
+ECHO_PUBLIC_HASH = "echo-public-hash"  # str
 
 # ---------------------------------------------------------------- per-round metric names
 ROUND_METRICS = (
@@ -101,6 +110,15 @@ class RoundRequest:
     teacher_probs: np.ndarray | None  # (subset, classes) co-distillation target
     teacher_indices: np.ndarray | None  # (subset,) public indices the teacher refers to
     with_support: bool = False  # also send support scores for the queried rows
+
+
+@dataclass(frozen=True)
+class Echo:
+    """What a reply answers: echoed by the client, checked by the server (see ``ECHO_*``)."""
+
+    server_round: int
+    message_type: str
+    public_hash: str
 
 
 def public_hash(public_x: np.ndarray) -> str:
@@ -214,17 +232,22 @@ def reply_content(
     model_name: str,
     codec: str,
     support: np.ndarray | None = None,
+    echo: Echo | None = None,
 ) -> RecordDict:
     """Encode a client's reply: encoded soft labels (optional), support codes (optional),
-    metrics and metadata."""
+    metrics and metadata.
+
+    ``echo`` (the request's round, message type and public hash) goes into the meta record;
+    the server rejects a reply whose echo does not match what it asked this round.
+    """
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-    content = RecordDict(
-        {
-            METRICS: MetricRecord(dict(metrics)),
-            META: ConfigRecord({MODEL_NAME: model_name, CODEC: codec}),
-        }
-    )
+    meta = ConfigRecord({MODEL_NAME: model_name, CODEC: codec})
+    if echo is not None:
+        meta[ECHO_ROUND] = echo.server_round
+        meta[ECHO_TYPE] = echo.message_type
+        meta[ECHO_PUBLIC_HASH] = echo.public_hash
+    content = RecordDict({METRICS: MetricRecord(dict(metrics)), META: meta})
     if payload is not None:
         content[SOFT_LABELS] = ArrayRecord({k: _array(v) for k, v in payload.items()})
     if support is not None:

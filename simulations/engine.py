@@ -12,6 +12,15 @@ Flower removes the function, this file is the one to change.
 Ray: Flower calls ``ray.init()`` only when Ray is not yet initialised, so we initialise it here
 ourselves. With ``address`` set (or ``RAY_ADDRESS`` in the environment) we join that running
 cluster and pass no resource counts (Ray refuses them when attaching).
+
+Loopback by default: a Ray node's GCS, raylet and workers listen on the node's IP address, and
+on Linux Ray 2.55 rewrites a requested ``127.0.0.1`` to the machine's reachable address
+(``ray._private.services.resolve_ip_for_localhost``) unless its multi-node mode is off
+(``ray_constants.ENABLE_RAY_CLUSTER``, as on macOS/Windows). A local simulation needs no other
+machine, so :func:`run_ray` starts Ray with ``_node_ip_address="127.0.0.1"`` and that mode off
+for the one ``ray.init`` call: every Ray socket then listens on loopback only. The switch for a
+multi-machine setup is ``simulation.node_ip_address`` (``null`` = Ray's own choice, the
+machine's address, reachable from other hosts), or ``simulation.address`` to join a cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from flwr.serverapp import ServerApp
 
 log = logging.getLogger(__name__)
 BACKENDS = ("ray", "local")
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,8 @@ class SimulationConfig:
     ray_num_cpus: int | None = None  # CPUs Ray may use locally (None = all)
     ray_num_gpus: int | None = None  # GPUs Ray may use locally (None = all visible)
     address: str | None = None  # join an existing Ray cluster ("auto" or "ray://host:10001")
+    # IP a locally started Ray listens on; loopback by default, None = Ray's choice (reachable)
+    node_ip_address: str | None = LOOPBACK
     verbose: bool = False  # Flower's DEBUG logging
 
     def __post_init__(self) -> None:
@@ -73,7 +85,30 @@ def ray_init_args(sim: SimulationConfig) -> dict[str, Any]:
         args["num_cpus"] = sim.ray_num_cpus
     if sim.ray_num_gpus is not None:
         args["num_gpus"] = sim.ray_num_gpus
+    if sim.node_ip_address:
+        args["_node_ip_address"] = sim.node_ip_address
     return args
+
+
+@contextmanager
+def _keep_loopback(node_ip_address: str | None) -> Iterator[None]:
+    """Let Ray keep a requested loopback address for one ``ray.init`` (see module docstring).
+
+    Ray reads ``ray_constants.ENABLE_RAY_CLUSTER`` when it resolves the node address; with it
+    off, ``127.0.0.1`` stays ``127.0.0.1``. Restored afterwards. The one Ray internal fedkd
+    touches: if Ray moves it, this function is the place to change.
+    """
+    if node_ip_address not in ("127.0.0.1", "localhost"):
+        yield
+        return
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def run_ray(
@@ -84,7 +119,9 @@ def run_ray(
     from flwr.simulation import run_simulation
 
     if not ray.is_initialized():
-        ray.init(**ray_init_args(sim))
+        args = ray_init_args(sim)
+        with _keep_loopback(args.get("_node_ip_address")):
+            ray.init(**args)
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
     }

@@ -375,6 +375,11 @@ STREAMABLE_RULES: frozenset[str] = frozenset(
 ``filtered_mean`` need all replies at once."""
 
 
+STATEFUL_RULES: frozenset[str] = frozenset({"expguard"})
+"""Rules that keep state across rounds (``strategies.expguard``), so are not pure functions
+here; the strategy builds them. ``fedkd.config.AGGREGATION_RULES`` lists both kinds."""
+
+
 def available_rules() -> list[str]:
     """Names accepted by :func:`aggregate`, sorted."""
     return sorted(AGGREGATION_RULES)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -43,7 +43,14 @@ from strategies.aggregation import (
     normalised_certainty,
     supported_rows,
 )
-from strategies.validation import Expected, Rejection, ValidReply, validate_reply
+from strategies.expguard import ExpGuard
+from strategies.validation import (
+    Expected,
+    Rejection,
+    ValidReply,
+    payload_limit,
+    validate_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,9 @@ class RoundRecord:
     student_val_accuracy: float | None = None  # on the server's labelled validation set
     teacher_coverage: float | None = None  # share of queried public rows some client supports
     teacher_certainty: float | None = None  # mean 1 - H/log C of the teacher rows (0: uniform)
+    # aggregation=expguard: node id → {"weight", "score", "penalty"} this round (who was
+    # down-weighted and why; see strategies.expguard)
+    client_weights: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -79,6 +89,15 @@ class RoundRecord:
 
 
 RoundCallback = Callable[[RoundRecord], None]
+
+TOO_FEW_NODES = "skipped: too few nodes"
+"""Status prefix of a round whose nodes stayed below ``min-train-nodes`` for ``round-timeout``."""
+
+
+class NotEnoughNodes(RuntimeError):
+    """The federation stayed below ``min-train-nodes`` for a whole ``round-timeout``: the run
+    cannot go on (the skipped round is recorded first; the ServerApp then exits non-zero)."""
+
 
 FOLDED = np.empty((0, 0), dtype=np.float32)
 """What a valid reply's ``probs`` becomes once folded into a :class:`StreamingAggregator`."""
@@ -156,6 +175,12 @@ class FedDistill(Strategy):
         self.dp = DPSpec(cfg.dp_noise_multiplier, clip=cfg.dp_clip, delta=cfg.dp_delta)
         self.uploads: dict[int, int] = {}  # node id → rounds it sent soft labels (DP accounting)
         self.checkpoint_path: Path | None = None  # set by the ServerApp when checkpointing
+        self._expected_echo: P.Echo | None = None  # what this round's replies must echo
+        self.guard = (
+            ExpGuard(cfg.expguard_base, cfg.expguard_eta, cfg.outlier_threshold)
+            if cfg.aggregation == "expguard"
+            else None
+        )
 
     # ------------------------------------------------------------------ Strategy API
     def summary(self) -> None:
@@ -177,6 +202,7 @@ class FedDistill(Strategy):
         """Train requests (with the public query) for this round's sampled clients."""
         nodes = self.sample_nodes(grid)
         self._pending_indices = self.choose_public_indices()
+        self._expected_echo = P.Echo(server_round, P.TRAIN, self.public_hash)
         content = P.request_content(self.make_request(server_round, self._pending_indices))
         return [Message(content=content, message_type=P.TRAIN, dst_node_id=n) for n in nodes]
 
@@ -234,6 +260,8 @@ class FedDistill(Strategy):
                 self.save_checkpoint(self.checkpoint_path)
             for callback in self.callbacks:
                 callback(record)
+            if record.status.startswith(TOO_FEW_NODES):
+                raise NotEnoughNodes(f"round {server_round} {record.status}; ending the run")
         result = Result()
         result.arrays = ArrayRecord(self.student.state_dict())
         return result
@@ -251,6 +279,7 @@ class FedDistill(Strategy):
             "cum_bytes": self.cum_bytes,
             "teacher": None if self.teacher is None else [torch.as_tensor(a) for a in self.teacher],
             "uploads": dict(self.uploads),
+            "expguard": None if self.guard is None else self.guard.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
@@ -263,6 +292,8 @@ class FedDistill(Strategy):
         teacher = state["teacher"]
         self.teacher = None if teacher is None else (teacher[0].numpy(), teacher[1].numpy())
         self.uploads = {int(k): int(v) for k, v in state.get("uploads", {}).items()}
+        if self.guard is not None and state.get("expguard") is not None:
+            self.guard.load_state_dict(state["expguard"])
         return int(state["round"])
 
     def save_checkpoint(self, path: str | Path) -> None:
@@ -308,7 +339,13 @@ class FedDistill(Strategy):
         )
         if phases.missing:
             log.warning("round %d: no reply in time from nodes %s", server_round, phases.missing)
-        if len(valid) < self.cfg.min_replies:
+        if not nodes:
+            record.status = (
+                f"{TOO_FEW_NODES}: fewer than min-train-nodes={self.cfg.min_train_nodes} "
+                f"connected within round-timeout={self.cfg.round_timeout:g}s"
+            )
+            log.error("round %d %s", server_round, record.status)
+        elif len(valid) < self.cfg.min_replies:
             record.status = (
                 f"skipped: {len(valid)} valid replies < min-replies={self.cfg.min_replies}"
             )
@@ -316,6 +353,7 @@ class FedDistill(Strategy):
         else:
             teacher = fold.result() if fold is not None else self.aggregate_teacher(valid)
             rows = fold.covered() if fold is not None else self.supported(valid, num_samples)
+            record.client_weights = {} if self.guard is None else self.guard.last_report
             record.teacher_accuracy = self.teacher_accuracy(teacher, indices)
             record.teacher_coverage = float(rows.mean())
             record.teacher_certainty = float(normalised_certainty(teacher).mean())
@@ -402,14 +440,26 @@ class FedDistill(Strategy):
     def sample_nodes(self, grid: Grid) -> list[int]:
         """Seeded sampling of ``max(fraction × connected, min_train_nodes)`` nodes.
 
-        Waits (as Flower's strategies do) until ``min_train_nodes`` nodes are connected.
+        Waits (as Flower's strategies do) until ``min_train_nodes`` nodes are connected, but
+        at most ``round_timeout`` seconds: then it returns no nodes, and the round is recorded
+        as skipped (:data:`TOO_FEW_NODES`), after which :meth:`start` ends the run.
         """
+        deadline = time.monotonic() + self.cfg.round_timeout
         nodes = sorted(grid.get_node_ids())
         while len(nodes) < self.cfg.min_train_nodes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.error(
+                    "only %d nodes connected after waiting round-timeout=%gs, %d needed",
+                    len(nodes),
+                    self.cfg.round_timeout,
+                    self.cfg.min_train_nodes,
+                )
+                return []
             log.warning(
                 "waiting for nodes: %d connected, %d needed", len(nodes), self.cfg.min_train_nodes
             )
-            time.sleep(1.0)
+            time.sleep(min(1.0, left))
             nodes = sorted(grid.get_node_ids())
         size = min(
             len(nodes), max(int(len(nodes) * self.cfg.fraction_train), self.cfg.min_train_nodes)
@@ -455,13 +505,23 @@ class FedDistill(Strategy):
     def exchange(
         self, grid: Grid, nodes: list[int], message_type: str, req: P.RoundRequest, timeout: float
     ) -> tuple[list[Message], int, int]:
-        """Send one request to every node; return replies, bytes down and bytes up."""
+        """Send one request to every node; return replies, bytes down and bytes up.
+
+        Each reply is attributed to the node its request went to (``reply_to_message_id``):
+        the SuperLink answers for a dead SuperNode with an error whose sender is the SuperLink
+        itself, and that error must name the dead node, not node 1. Replies to no request of
+        this call are dropped. Later :meth:`validate` checks the replies' echo of this request.
+        """
+        self._expected_echo = P.Echo(req.server_round, message_type, req.public_hash)
+        if not nodes:
+            return [], 0, 0
         content = P.request_content(req)
         messages = [
             Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes
         ]
         down = P.wire_nbytes(content) * len(messages)
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        received = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = _attribute(received, messages)
         up = sum(P.wire_nbytes(r.content) for r in replies if not r.has_error())
         for r in replies:
             if r.has_error():
@@ -495,37 +555,63 @@ class FedDistill(Strategy):
         and are not kept (its ``probs`` becomes :data:`FOLDED`): the server never holds the
         decoded ``(clients, samples, classes)`` stack for a mean-type rule. (Flower returns a
         phase's encoded replies together, so those are in memory at once regardless.)
+
+        Nothing raises out of here: a reply that fails to fold is a rejection
+        (``fold-failed``), and a node's second reply in a round is one too (``duplicate``).
+        After :meth:`exchange`, replies must echo this round, message type and public hash.
         """
+        echo = self._expected_echo
         expected = Expected(
             num_samples=num_samples,
             num_classes=self.test.num_classes,
             codec=self.cfg.codec,
             with_support=self.cfg.aggregation in SUPPORT_RULES,
+            max_payload_bytes=payload_limit(num_samples, self.test.num_classes),
+            server_round=None if echo is None else echo.server_round,
+            message_type=None if echo is None else echo.message_type,
+            public_hash=None if echo is None else echo.public_hash,
         )
         valid: list[ValidReply] = []
         rejected: list[Rejection] = []
+        seen: set[int] = set()
         for reply in replies:
             node = int(reply.metadata.src_node_id)
-            if reply.has_error():
-                rejected.append(_error_rejection(reply))
-                continue
-            checked = validate_reply(node, reply.content, expected)
-            if isinstance(checked, Rejection):
-                log.warning(
-                    "rejected reply from node %d (%s): %s", node, checked.reason, checked.detail
+            if node in seen:
+                checked: ValidReply | Rejection = Rejection(
+                    node, "duplicate", "a second reply from this node in one round"
                 )
-                rejected.append(checked)
-            elif fold is None:
-                valid.append(checked)
+            elif reply.has_error():
+                checked = _error_rejection(reply)
             else:
-                valid.append(replace(checked, probs=FOLDED))
-                fold.add(
-                    checked.probs,
-                    num_examples=checked.num_examples,
-                    class_counts=checked.class_counts,
-                    support=checked.support,
-                )
+                checked = self._check_and_fold(node, reply, expected, fold)
+            seen.add(node)
+            if isinstance(checked, Rejection):
+                if checked.reason != "client-error":  # errors were logged on arrival
+                    log.warning(
+                        "rejected reply from node %d (%s): %s", node, checked.reason, checked.detail
+                    )
+                rejected.append(checked)
+            else:
+                valid.append(checked)
         return valid, rejected
+
+    def _check_and_fold(
+        self, node: int, reply: Message, expected: Expected, fold: StreamingAggregator | None
+    ) -> ValidReply | Rejection:
+        """One reply validated (and folded into ``fold``); any failure becomes a rejection."""
+        checked = validate_reply(node, reply.content, expected)
+        if isinstance(checked, Rejection) or fold is None:
+            return checked
+        try:
+            fold.add(
+                checked.probs,
+                num_examples=checked.num_examples,
+                class_counts=checked.class_counts,
+                support=checked.support,
+            )
+        except Exception as exc:  # the reply passed validation but cannot be aggregated
+            return Rejection(node, "fold-failed", f"{type(exc).__name__}: {exc}")
+        return replace(checked, probs=FOLDED)
 
     def aggregate_teacher(self, valid: list[ValidReply]) -> np.ndarray:
         """Teacher distributions from the valid replies, by the configured rule."""
@@ -542,6 +628,8 @@ class FedDistill(Strategy):
                 else None
             ),
         )
+        if self.guard is not None:  # stateful: weights kept per node across rounds
+            return self.guard.aggregate(probs, [v.node_id for v in valid], ctx)
         return aggregate(self.cfg.aggregation, probs, ctx)  # (samples, classes)
 
     def distil_student(self, teacher: np.ndarray, indices: np.ndarray | None) -> float:
@@ -588,6 +676,36 @@ class _Phases:
     train_errors: list[Rejection] = field(default_factory=list)  # separate-query mode only
 
 
+def _attribute(received: list[Message], sent: list[Message]) -> list[Message]:
+    """Replies attributed to the node each was sent to; replies to nothing we sent dropped.
+
+    An error reply from another sender (the SuperLink's "node unavailable", src node 1) is
+    re-issued as an error reply to the original request, so its sender is the node asked.
+    """
+    by_id = {m.metadata.message_id: m for m in sent}
+    out: list[Message] = []
+    for reply in received:
+        request = by_id.get(reply.metadata.reply_to_message_id)
+        if request is None:
+            log.warning(
+                "dropped a reply from node %s to no request of this round",
+                reply.metadata.src_node_id,
+            )
+            continue
+        node = int(request.metadata.dst_node_id)
+        if int(reply.metadata.src_node_id) == node:
+            out.append(reply)
+            continue
+        reason = (
+            str(reply.error.reason)
+            if reply.has_error()
+            else f"reply came from node {reply.metadata.src_node_id}, not the node asked"
+        )
+        code = int(reply.error.code) if reply.has_error() else 0
+        out.append(Message(Error(code=code, reason=reason), reply_to=request))
+    return out
+
+
 def _silent(nodes: list[int], replies: list[Message]) -> list[int]:
     answered = {int(r.metadata.src_node_id) for r in replies}
     return [int(n) for n in nodes if int(n) not in answered]
@@ -603,14 +721,19 @@ def _error_rejection(reply: Message) -> Rejection:
 
 
 def _mean_metric(metrics: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over the replies that report it sanely: a missing, non-numeric,
+    non-finite or out-of-range value (``protocol.METRIC_RANGES``) is ignored and logged."""
+    low, high = P.METRIC_RANGES.get(key, (-np.inf, np.inf))
     values = []
     for m in metrics:
-        try:
-            value = float(m[key])
-        except (KeyError, TypeError, ValueError):  # absent or malformed: not counted
+        if key not in m:
             continue
-        if np.isfinite(value):
-            values.append(value)
+        raw = m[key]
+        value = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+        if value is None or not np.isfinite(value) or not low <= value <= high:
+            log.warning("ignored %s=%r: not a finite number in [%g, %g]", key, raw, low, high)
+            continue
+        values.append(value)
     return float(np.mean(values)) if values else None
 
 

@@ -68,8 +68,21 @@ def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> Run
         )
         strategy.callbacks.extend(all_callbacks)
         strategy.start(grid, first_round=_prepare_checkpoint(strategy, cfg, recorder) + 1)
+        _require_a_completed_round(strategy)
     recorder.save_plots()
     return recorder
+
+
+class NoRoundCompleted(RuntimeError):
+    """Every round was skipped: the run produced no teacher and must not look successful."""
+
+
+def _require_a_completed_round(strategy: FedDistill) -> None:
+    """Raise (the ServerApp, and ``fedkd-sim``, then exit non-zero) when no round was ok;
+    metrics.json already holds every skipped round and its status."""
+    if strategy.history and not any(r.status == "ok" for r in strategy.history):
+        statuses = sorted({r.status for r in strategy.history})
+        raise NoRoundCompleted(f"no round completed in {len(strategy.history)}: {statuses}")
 
 
 def _prepare_checkpoint(strategy: FedDistill, cfg: FDConfig, recorder: RunRecorder) -> int:

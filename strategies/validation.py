@@ -8,6 +8,7 @@ needs) or a :class:`Rejection` naming the client and the defect. It never raises
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,17 +21,43 @@ from fedkd.support import decode_support
 
 ROW_SUM_TOLERANCE = 1e-3  # float16 soft labels sum to 1 within ~5e-4 over 10-100 classes
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 2**20
+MAX_NUM_EXAMPLES = 10**12  # a trillion examples on one client: far above any real one
+# Largest honest encoding per soft label is float32 (4 bytes); twice that, plus room for the
+# .npy headers of a few arrays, bounds what a reply to a query may occupy on the wire.
+_BYTES_PER_ENTRY = 8
+_HEADER_ALLOWANCE = 16 * 1024
+# Arrays that must have exactly one dtype: int8 codes are 0..255 by construction.
+_EXACT_DTYPES: dict[tuple[str, str], type] = {("int8", "codes"): np.uint8}
+
+
+def payload_limit(num_samples: int, num_classes: int) -> int:
+    """Encoded bytes a reply to a ``(num_samples, num_classes)`` query may carry at most.
+
+    Twice the float32 size of the soft labels (every codec encodes to at most that) plus
+    header room, capped by :data:`DEFAULT_MAX_PAYLOAD_BYTES`.
+    """
+    tight = _BYTES_PER_ENTRY * num_samples * num_classes + _HEADER_ALLOWANCE
+    return min(DEFAULT_MAX_PAYLOAD_BYTES, tight)
 
 
 @dataclass(frozen=True)
 class Expected:
-    """What a valid reply to this round's query must look like."""
+    """What a valid reply to this round's query must look like.
+
+    ``server_round``, ``message_type`` and ``public_hash``, when set, must be echoed by the
+    reply (``fedkd.protocol.ECHO_*``): a reply is bound to the round and public set it answers.
+    ``max_payload_bytes`` bounds the *encoded* size of the soft-label arrays, checked before
+    anything is decoded.
+    """
 
     num_samples: int
     num_classes: int
     codec: str
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     with_support: bool = False  # the rule needs per-sample support scores (fedkd.support)
+    server_round: int | None = None
+    message_type: str | None = None
+    public_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,12 +110,15 @@ def _validate(node_id: int, content: Any, expected: Expected) -> ValidReply:
         raise _Reject(
             "codec", f"reply uses codec {codec!r}, the round asked for {expected.codec!r}"
         )
-    payload = {name: array.numpy() for name, array in arrays.items()}
-    nbytes = sum(int(a.nbytes) for a in payload.values())
+    _check_echo(meta, expected)
+    # The encoded size is known before decoding: an oversized upload is refused without
+    # allocating its decoded copy.
+    nbytes = sum(len(array.data) for array in arrays.values())
     if nbytes > expected.max_payload_bytes:
         raise _Reject(
-            "oversized", f"payload of {nbytes} bytes exceeds {expected.max_payload_bytes}"
+            "oversized", f"payload of {nbytes} encoded bytes exceeds {expected.max_payload_bytes}"
         )
+    payload = {name: array.numpy() for name, array in arrays.items()}
     _check_raw(payload, expected)
     try:
         probs = decode_probs(payload, codec, expected.num_classes)
@@ -110,7 +140,10 @@ def _support(content: Any, expected: Expected) -> np.ndarray:
     record = _record(content.array_records, P.SUPPORT, "missing-support")
     if P.SUPPORT_SCORES not in record:
         raise _Reject("missing-support", f"{P.SUPPORT!r} record lacks {P.SUPPORT_SCORES!r}")
-    codes = record[P.SUPPORT_SCORES].numpy()
+    array = record[P.SUPPORT_SCORES]
+    if len(array.data) > expected.num_samples + _HEADER_ALLOWANCE:  # checked before decoding
+        raise _Reject("oversized", f"support of {len(array.data)} encoded bytes is too large")
+    codes = array.numpy()
     if codes.dtype != np.uint8 or codes.shape != (expected.num_samples,):
         raise _Reject(
             "bad-support",
@@ -129,15 +162,31 @@ def _metadata(metrics: Mapping[str, Any], expected: Expected) -> int:
     if P.NUM_EXAMPLES not in metrics:
         raise _Reject("missing-metadata", f"metrics lack {P.NUM_EXAMPLES!r}")
     num_examples = metrics[P.NUM_EXAMPLES]
-    if (
-        not isinstance(num_examples, int | float)
-        or num_examples < 0
-        or not np.isfinite(num_examples)
-    ):
+    integral = isinstance(num_examples, int) and not isinstance(num_examples, bool)
+    if isinstance(num_examples, float):  # a legal metric; only whole, finite counts pass
+        integral = math.isfinite(num_examples) and num_examples.is_integer()
+    if not integral or not 0 <= num_examples <= MAX_NUM_EXAMPLES:
         raise _Reject(
-            "bad-metadata", f"{P.NUM_EXAMPLES} must be a non-negative number, got {num_examples!r}"
+            "bad-metadata",
+            f"{P.NUM_EXAMPLES} must be a whole number in [0, {MAX_NUM_EXAMPLES}], "
+            f"got {num_examples!r}",
         )
     return int(num_examples)
+
+
+def _check_echo(meta: Mapping[str, Any], expected: Expected) -> None:
+    """The reply must name the round, message type and public set it answers (when asked)."""
+    checks = (
+        (P.ECHO_ROUND, expected.server_round, "wrong-round"),
+        (P.ECHO_TYPE, expected.message_type, "wrong-type"),
+        (P.ECHO_PUBLIC_HASH, expected.public_hash, "wrong-public-set"),
+    )
+    for key, want, reason in checks:
+        if want is None:
+            continue
+        got = meta.get(key)
+        if type(got) is not type(want) or got != want:
+            raise _Reject(reason, f"reply echoes {key}={got!r}, this round expects {want!r}")
 
 
 def _class_counts(metrics: Mapping[str, Any], expected: Expected) -> np.ndarray:
@@ -165,6 +214,12 @@ def _check_raw(payload: Mapping[str, np.ndarray], expected: Expected) -> None:
             )
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise _Reject("dtype", f"array {name!r} has dtype {arr.dtype}")
+        code_dtype = _EXACT_DTYPES.get((expected.codec, name))
+        if code_dtype is not None and arr.dtype != code_dtype:
+            raise _Reject(
+                "dtype",
+                f"{expected.codec} array {name!r} must be {np.dtype(code_dtype)}, got {arr.dtype}",
+            )
         if np.issubdtype(arr.dtype, np.floating):
             if not np.all(np.isfinite(arr)):
                 raise _Reject("non-finite", f"array {name!r} holds NaN or inf")

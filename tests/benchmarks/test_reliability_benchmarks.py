@@ -41,15 +41,16 @@ def test_byzantine_grid_covers_every_rule_and_fraction(byzantine: dict[str, Any]
     results = byzantine["results"]
     cells = {(r["attack"], r["fraction"], r["rule"]) for r in results}
     expected_clean = {("none", 0.0, rule) for rule in bench_byzantine.RULES}
-    expected_attacked = {("targeted", 0.3, rule) for rule in bench_byzantine.RULES}
+    expected_attacked = {("lma", 0.3, rule) for rule in bench_byzantine.RULES}
     assert cells == expected_clean | expected_attacked
     for r in results:
         assert _in_unit_interval(r["final"]) and _in_unit_interval(r["last2"])
         assert _in_unit_interval(r["teacher"])
-        assert r["rejected"] == 0  # targeted rows are distributions: validation lets them in
+        assert r["rejected"] == 0  # LMA rows are distributions: validation lets them in
     for rule in bench_byzantine.RULES:
         assert rule in byzantine["student_table"] and rule in byzantine["teacher_table"]
     assert byzantine["student_table"].count("\n") == 3  # header, separator, 0/4 and 1/4 attackers
+    assert "expguard" in byzantine["worst_drop_table"] and "(lma)" in byzantine["worst_drop_table"]
 
 
 def test_attacker_free_runs_are_shared_by_every_attack() -> None:

@@ -216,9 +216,9 @@ def test_fault_privacy_and_robustness_keys_are_validated(changes: dict, key: str
 
 # ----------------------------------------------------------------------------- sync and docs
 def test_aggregation_rules_in_sync_with_strategies() -> None:
-    from strategies.aggregation import available_rules
+    from strategies.aggregation import STATEFUL_RULES, available_rules
 
-    assert sorted(C.AGGREGATION_RULES) == available_rules()
+    assert sorted(C.AGGREGATION_RULES) == sorted([*available_rules(), *STATEFUL_RULES])
 
 
 def test_codec_list_in_sync_with_compression() -> None:

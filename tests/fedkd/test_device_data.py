@@ -93,7 +93,7 @@ def _bad_files(tmp: Path) -> list[tuple[Path, str]]:
         (tmp, "is a directory"),
     ]
     (tmp / "text.npz").write_text("not an archive")
-    cases.append((tmp / "text.npz", "not a NumPy .npz"))
+    cases.append((tmp / "text.npz", "not a readable NumPy .npz"))
     np.save(tmp / "single.npy", x)
     cases.append((tmp / "single.npy", "single .npy"))
     arrays = {
@@ -119,6 +119,24 @@ def test_bad_files_fail_naming_the_file_and_the_problem(tmp_path: Path) -> None:
             read_private_npz(path, SHAPE, CLASSES)
         assert str(path.resolve()) in str(err.value), path
         assert message in str(err.value), (path, str(err.value))
+
+
+def test_pickled_or_corrupt_files_never_advise_allow_pickle(tmp_path: Path) -> None:
+    import pickle
+
+    x, y = _good()
+    np.savez(tmp_path / "objects.npz", x=np.array([x, "text"], dtype=object), y=y)
+    (tmp_path / "pickle.npz").write_bytes(pickle.dumps({"x": x, "y": y}))
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04" + bytes(200))
+    for name in ("objects", "pickle", "garbage"):
+        with pytest.raises(DeviceDataError) as err:
+            read_private_npz(tmp_path / f"{name}.npz", SHAPE, CLASSES)
+        message = str(err.value)
+        assert "allow_pickle" not in message, message
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+        assert "np.savez" in message, message
+    with pytest.raises(DeviceDataError, match="pickled Python objects"):
+        read_private_npz(tmp_path / "objects.npz", SHAPE, CLASSES)
 
 
 def test_badly_scaled_data_is_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

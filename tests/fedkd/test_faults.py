@@ -106,3 +106,47 @@ def test_a_straggler_waits_from_when_the_server_sent_the_message(monkeypatch) ->
     sent = SimpleNamespace(created_at=time.time() - 5.0)  # queued for 5 s already
     faults.straggle(FDConfig(fault_straggle=1.0, round_timeout=7.0), 0, 1, "train", sent)
     assert len(slept) == 1 and 2.9 < slept[0] <= 3.0
+
+
+# ----------------------------------------------------------------------------- issue 13 attacks
+def test_lma_puts_all_mass_on_the_least_likely_class() -> None:
+    p = _probs()
+    out = faults.attack(p, "lma", rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(out.argmax(axis=1), p.argmin(axis=1))
+    np.testing.assert_array_equal(out.max(axis=1), 1.0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+
+
+def test_cpa_targets_the_class_least_similar_to_the_top_class() -> None:
+    # Classes 0 and 1 are predicted together (similar), class 2 never with class 0.
+    mean = np.array([[0.6, 0.4, 0.0], [0.5, 0.5, 0.0], [0.0, 0.3, 0.7], [0.0, 0.2, 0.8]])
+    similarity = faults.class_similarity(mean)
+    np.testing.assert_allclose(np.diag(similarity), 1.0)
+    assert similarity[0, 2] == 0.0 and similarity[0, 1] > 0.5
+    out = faults.attack(mean.astype(np.float32), "cpa", rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(out.argmax(axis=1), [2, 2, 0, 0])
+    assert np.all(out.argmax(axis=1) != mean.argmax(axis=1))  # never the honest top class
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+
+
+def test_topk_attack_keeps_each_rows_values_but_moves_its_argmax() -> None:
+    p = _probs(50)
+    out = faults.attack(p, "topk", rng=np.random.default_rng(0))
+    np.testing.assert_allclose(np.sort(out, axis=1), np.sort(p, axis=1), rtol=1e-6)
+    order = np.argsort(-p, axis=1)
+    k = faults.TOPK_ATTACK_K
+    rows = np.arange(len(p))
+    # The former top class now holds the k-th largest value, and the k-th class the largest.
+    np.testing.assert_allclose(out[rows, order[:, 0]], p[rows, order[:, k - 1]], rtol=1e-6)
+    np.testing.assert_allclose(out[rows, order[:, k - 1]], p[rows, order[:, 0]], rtol=1e-6)
+    assert np.all(out.argmax(axis=1) != p.argmax(axis=1))
+
+
+@pytest.mark.parametrize("kind", ["lma", "cpa", "topk"])
+def test_new_attacks_are_valid_distributions_and_configurable(kind: str) -> None:
+
+    cfg = FDConfig(byzantine_fraction=0.3, byzantine_attack=kind)
+    bad = sorted(faults.attackers(cfg))[0]
+    out = faults.maybe_attack(cfg, bad, 1, _probs())
+    assert out.shape == _probs().shape and np.all(out >= 0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)

@@ -88,3 +88,100 @@ def test_ray_simulation_survives_crashes_and_stragglers() -> None:
     assert len(second.missing_nodes) == 1 and second.missing_nodes != first.rejected_nodes
     assert second.wall_seconds >= cfg.round_timeout  # the server waited for the straggler
     assert all(r.status == "ok" and math.isfinite(r.student_loss) for r in records)
+
+
+# ----------------------------------------------------------------------------- loopback (issue 13)
+def _listening(pids: set[int]) -> list[str]:
+    """Local addresses of the TCP sockets the given processes listen on (from /proc)."""
+    import os
+
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:  # the process ended meanwhile
+            continue
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
+                    addresses.append(_decode_address(cols[1]))
+    return addresses
+
+
+def _decode_address(hex_address: str) -> str:
+    import ipaddress
+
+    host = bytes.fromhex(hex_address.split(":")[0])
+    if len(host) == 4:
+        return str(ipaddress.IPv4Address(host[::-1]))
+    words = b"".join(host[i : i + 4][::-1] for i in range(0, 16, 4))
+    address = ipaddress.IPv6Address(words)
+    return str(address.ipv4_mapped or address)
+
+
+def _ray_pids() -> set[int]:
+    """GCS, raylet and every process below them (workers, agents)."""
+    import os
+
+    import ray
+
+    node = ray._private.worker._global_node
+    roots = {info.process.pid for infos in node.all_processes.values() for info in infos}
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    pids = set(roots)
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in pids} - pids
+        pids |= children
+        grew = bool(children)
+    return pids
+
+
+@pytest.mark.slow
+def test_local_ray_listens_on_loopback_only() -> None:
+    ray = pytest.importorskip("ray")
+    if not __import__("os").path.exists("/proc/net/tcp"):
+        pytest.skip("needs Linux /proc")
+    cfg = FDConfig(
+        num_rounds=1, num_clients=2, min_train_nodes=2, local_epochs=1, server_epochs=1,
+        client_models="mlp", student_model="mlp",
+    )  # fmt: skip
+    seen: dict[str, object] = {}
+
+    def inspect(record: RoundRecord) -> None:  # runs while Ray is up, after a real round
+        seen["gcs"] = ray.get_runtime_context().gcs_address
+        seen["node"] = ray._private.worker._global_node.node_ip_address
+        seen["listening"] = _listening(_ray_pids())
+
+    run_config = to_run_config(cfg)
+    run_apps(
+        make_server_app(run_config, [inspect]),
+        make_client_app(run_config),
+        cfg.num_clients,
+        SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=2),
+    )
+    assert str(seen["gcs"]).startswith("127.0.0.1:") and seen["node"] == "127.0.0.1"
+    listening = seen["listening"]
+    assert isinstance(listening, list) and len(listening) >= 2  # at least GCS and raylet
+    assert set(listening) == {"127.0.0.1"}, listening
+
+
+def test_ray_init_args_pin_loopback_unless_switched_off() -> None:
+    from simulations.engine import ray_init_args
+
+    assert ray_init_args(SimulationConfig())["_node_ip_address"] == "127.0.0.1"
+    assert "_node_ip_address" not in ray_init_args(SimulationConfig(node_ip_address=None))
+    assert "_node_ip_address" not in ray_init_args(SimulationConfig(address="auto"))

@@ -243,8 +243,17 @@ def test_crashing_and_malformed_clients_are_rejected_and_the_round_goes_on() -> 
 
 # ----------------------------------------------------------------------------- (h) too few replies
 def test_too_few_valid_replies_skip_the_round_and_keep_the_student() -> None:
+    from simulations.local_grid import run_local
+    from strategies.server_app import NoRoundCompleted, make_server_app
+
     cfg = _cfg(min_replies=3)
-    records = _run(cfg, _raise_on(0))
+    records: list[RoundRecord] = []
+    run_config = to_run_config(cfg)
+    client_app = _wrap(make_client_app(run_config), _raise_on(0))
+    # Every round is skipped: the records are written, then the run ends non-zero.
+    with pytest.raises(NoRoundCompleted, match="no round completed in 2"):
+        run_local(make_server_app(run_config, [records.append]), client_app, cfg.num_clients)
+    assert [r.round for r in records] == [1, 2]
     splits = load_splits_for(cfg)
     untouched = evaluate(
         build_student(cfg, splits.input_shape, splits.num_classes),

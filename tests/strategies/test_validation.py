@@ -231,7 +231,9 @@ def test_row_count_is_checked_against_the_query_not_the_public_set() -> None:
 
 def test_oversized_payload_is_rejected_before_decoding() -> None:
     content = _content()
-    nbytes = ROWS * CLASSES * 4
+    # The cap is on the encoded bytes (what crossed the wire, .npy header included).
+    nbytes = sum(len(a.data) for a in content.array_records[P.SOFT_LABELS].values())
+    assert nbytes > ROWS * CLASSES * 4
     at_cap = Expected(num_samples=ROWS, num_classes=CLASSES, codec="none", max_payload_bytes=nbytes)
     assert isinstance(validate_reply(1, content, at_cap), ValidReply)
     below = Expected(
