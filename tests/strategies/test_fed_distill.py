@@ -197,7 +197,8 @@ def test_separate_query_reports_client_accuracy() -> None:
 # ----------------------------------------------------------------------------- (e) co-distillation
 def test_co_distillation_sends_the_teacher_after_round_one() -> None:
     cfg = _cfg(num_rounds=3)
-    plain, codist = _run(cfg), _run(replace(cfg, co_distillation=True))
+    plain = _run(cfg)
+    codist = _run(replace(cfg, co_distillation=True, codistill_min_certainty=0.0))
     _assert_sane(codist, 3)
     assert codist[0].bytes_down == plain[0].bytes_down  # no teacher exists yet
     teacher_arrays = _public_size(cfg) * (10 * 4 + 4)  # float32 probs + int32 indices per row
@@ -205,6 +206,31 @@ def test_co_distillation_sends_the_teacher_after_round_one() -> None:
         assert r.bytes_down - plain[0].bytes_down >= 3 * teacher_arrays
     # Clients really distil toward it: their local models (and accuracy) change.
     assert codist[1].client_accuracy != pytest.approx(plain[1].client_accuracy, abs=1e-9)
+
+
+def test_only_certain_teacher_rows_go_back_to_clients() -> None:
+    """The certainty gate: a near-uniform mean teacher (round 1, three clients that know little)
+    sends fewer rows than the full set, and a gate of 1 sends none (clients then train alone)."""
+    cfg = _cfg(num_rounds=2, co_distillation=True)
+    first = _run(replace(cfg, codistill_min_certainty=0.0))
+    mean_certainty = first[0].teacher_certainty  # about half the rows are above the mean
+    assert mean_certainty is not None
+    gated, none = (
+        _run(replace(cfg, codistill_min_certainty=g))[1].bytes_down for g in (mean_certainty, 1.0)
+    )
+    full = first[1].bytes_down
+    assert none < gated < full
+    assert full - none >= 3 * _public_size(cfg) * (10 * 4 + 4)  # every row vs no row
+
+
+def test_selective_rule_asks_for_support_and_skips_unsupported_rows() -> None:
+    records = _run(_cfg(aggregation="selective", num_rounds=2, co_distillation=True))
+    _assert_sane(records, 3)
+    for r in records:
+        assert r.teacher_coverage is not None and 0.5 < r.teacher_coverage <= 1.0
+        assert r.teacher_certainty is not None and 0.0 <= r.teacher_certainty <= 1.0
+    plain = _run(_cfg(num_rounds=1))[0]
+    assert records[0].bytes_up - plain.bytes_up >= 3 * _public_size(_cfg())  # 1 byte per row
 
 
 # ----------------------------------------------------------------------------- (f) codecs
