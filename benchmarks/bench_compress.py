@@ -21,9 +21,10 @@ Setting (all in this one run, side by side):
    * ``pruned 50% channels + int8 QAT`` — both.
 
 A second table is the accuracy-size curve of ladder students (:func:`fedkd.models.
-student_within`) distilled the same way (SGD at lr 0.02, where 3-block students train). Latency is the median over repeated single-sample
-calls (batch 1, one thread) in onnxruntime and in eager PyTorch, plus a 256-row batch per
-sample in onnxruntime; ratios against the fp32 row of the same run.
+student_within`) distilled the same way (SGD at lr 0.02, where 3-block students train).
+Latency is the median over repeated single-sample calls (batch 1, one thread) in onnxruntime
+and in eager PyTorch, plus a 256-row batch per sample in onnxruntime; ratios against the fp32
+row of the same run.
 """
 
 from __future__ import annotations
