@@ -61,29 +61,51 @@ BUDGETS = (1_000, 3_000, 10_000, 30_000, 60_000)
 """Parameter budgets of the accuracy-size curve."""
 
 
-def _median_seconds(fn: Callable[[], Any], reps: int) -> float:
-    fn()  # warm-up (session/kernels initialised)
-    times = []
+def _interleaved_medians(calls: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+    """Median seconds per call, timing every call once per repetition in turn.
+
+    Interleaving makes the variants share whatever load the (shared, noisy) machine has at
+    each moment, so their ratios stay meaningful even when absolute times drift.
+    """
+    for fn in calls.values():
+        fn()  # warm-up (sessions and kernels initialised)
+    times: dict[str, list[float]] = {key: [] for key in calls}
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
-def _latency(model: nn.Module, path: Path, x: Tensor, reps: int) -> dict[str, float]:
-    """Per-sample seconds: onnxruntime batch 1, onnxruntime 256-row batch, torch eager batch 1."""
-    session = onnx_session(path, threads=1)
+def _latencies(
+    variants: dict[str, tuple[nn.Module, Path]], x: Tensor, reps: int
+) -> dict[str, dict[str, float]]:
+    """Per variant, per-sample seconds: onnxruntime batch 1, onnxruntime 256-row batch, and
+    eager torch batch 1 (one thread each)."""
     one, batch = x[:1], x[:256]
+    sessions = {name: onnx_session(path, threads=1) for name, (_, path) in variants.items()}
+    calls: dict[str, Callable[[], Any]] = {}
+    for name, (model, _) in variants.items():
+        session = sessions[name]
+        calls[f"{name}|ort1"] = lambda s=session: onnx_predict(s, one)
+        calls[f"{name}|torch1"] = lambda m=model: m(one)
     with torch.inference_mode():
-        torch_one = _median_seconds(lambda: model(one), reps)
-    return {
-        "ort_batch1_s": _median_seconds(lambda: onnx_predict(session, one), reps),
-        "ort_batch256_per_sample_s": _median_seconds(
-            lambda: onnx_predict(session, batch), max(3, reps // 20)
+        single = _interleaved_medians(calls, reps)
+        batched = _interleaved_medians(
+            {
+                name: (lambda s=session: onnx_predict(s, batch))
+                for name, session in sessions.items()
+            },
+            max(5, reps // 10),
         )
-        / batch.shape[0],
-        "torch_batch1_s": torch_one,
+    return {
+        name: {
+            "ort_batch1_s": single[f"{name}|ort1"],
+            "ort_batch256_per_sample_s": batched[name] / batch.shape[0],
+            "torch_batch1_s": single[f"{name}|torch1"],
+        }
+        for name in variants
     }
 
 
@@ -92,7 +114,7 @@ def _accuracy(logits: Tensor, y: Tensor) -> float:
 
 
 def _measure(
-    name: str, model: nn.Module, params: int, x_test: Tensor, y_test: Tensor, work: Path, reps: int
+    name: str, model: nn.Module, params: int, x_test: Tensor, y_test: Tensor, work: Path
 ) -> dict[str, Any]:
     path = export_onnx(model, x_test[:2], work / f"{name.replace(' ', '_')}.onnx")
     ort_logits = onnx_predict(path, x_test)
@@ -106,7 +128,7 @@ def _measure(
         "accuracy_onnxruntime": _accuracy(ort_logits, y_test),
         "accuracy_torch": _accuracy(torch_logits, y_test),
         "max_abs_logit_diff_ort_vs_torch": float((ort_logits - torch_logits).abs().max()),
-        **_latency(model, path, x_test, reps),
+        "onnx_path": path,
     }
 
 
@@ -193,7 +215,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = [_measure(n, m, p, x_test, y_test, work, reps) for n, m, p in variants]
+        rows = [_measure(n, m, p, x_test, y_test, work) for n, m, p in variants]
+        timed = _latencies(
+            {
+                r["variant"]: (m, r["onnx_path"])
+                for r, (_, m, _) in zip(rows, variants, strict=True)
+            },
+            x_test,
+            reps,
+        )
+        for r in rows:
+            r.update(timed[r["variant"]])
+            r["onnx_path"] = Path(r["onnx_path"]).name
         curve = []
         for budget in (BUDGETS[1], BUDGETS[3]) if quick else BUDGETS:
             name, kwargs, n = student_within(budget, shape, classes)
