@@ -30,6 +30,7 @@ row of the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -87,16 +88,12 @@ def _latencies(
     sessions = {name: onnx_session(path, threads=1) for name, (_, path) in variants.items()}
     calls: dict[str, Callable[[], Any]] = {}
     for name, (model, _) in variants.items():
-        session = sessions[name]
-        calls[f"{name}|ort1"] = lambda s=session: onnx_predict(s, one)
-        calls[f"{name}|torch1"] = lambda m=model: m(one)
+        calls[f"{name}|ort1"] = functools.partial(onnx_predict, sessions[name], one)
+        calls[f"{name}|torch1"] = functools.partial(model, one)
     with torch.inference_mode():
         single = _interleaved_medians(calls, reps)
         batched = _interleaved_medians(
-            {
-                name: (lambda s=session: onnx_predict(s, batch))
-                for name, session in sessions.items()
-            },
+            {name: functools.partial(onnx_predict, s, batch) for name, s in sessions.items()},
             max(5, reps // 10),
         )
     return {

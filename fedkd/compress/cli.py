@@ -78,7 +78,7 @@ def compress_run(
         if method == "ptq":
             model = quantize_ptq(student, splits.public_x)
         else:
-            base = student
+            base: torch.nn.Module = student
             if method == "prune":
                 base = prune_and_distill(
                     student, inputs, teacher, spec, recover, amount=amount, kind="structured",

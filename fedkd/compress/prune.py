@@ -80,7 +80,8 @@ def structured_prune(model: nn.Module, amount: float) -> nn.Module:
         n_prune = min(round(amount * channels), channels - 1)
         prune.ln_structured(layer, "weight", amount=n_prune, n=2, dim=0)
         if layer.bias is not None:
-            mask = layer.weight_mask.flatten(1).amax(dim=1)  # (out,) 1 = channel kept
+            weight_mask: Tensor = getattr(layer, "weight_mask")  # noqa: B009  (set by prune)
+            mask = weight_mask.flatten(1).amax(dim=1)  # (out,) 1 = channel kept
             prune.custom_from_mask(layer, "bias", mask)
     return model
 
@@ -96,9 +97,9 @@ def finalize(model: nn.Module) -> nn.Module:
 
 def sparsity(model: nn.Module) -> float:
     """Fraction of exactly-zero entries over all Conv/Linear weights."""
-    weights = [m.weight for m in prunable_layers(model)]
+    weights: list[Tensor] = [getattr(m, "weight") for m in prunable_layers(model)]  # noqa: B009
     total = sum(w.numel() for w in weights)
-    zeros = sum(int((w == 0).sum()) for w in weights)
+    zeros = sum(int((w == 0).sum().item()) for w in weights)
     return zeros / total if total else 0.0
 
 
@@ -173,7 +174,7 @@ def shrink(model: Classifier) -> Classifier:
             pooled = 1
         elif isinstance(layer, nn.AdaptiveAvgPool2d):
             size = layer.output_size
-            h, w = (size, size) if isinstance(size, int) else size
+            h, w = (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[arg-type]
             if h is None or w is None:
                 raise NotImplementedError("AdaptiveAvgPool2d with a None output size")
             pooled = h * w
