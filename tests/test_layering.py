@@ -31,7 +31,8 @@ CORE = [
     "fedkd.compress.export",
 ]
 FORBIDDEN_AT_IMPORT = ["flwr", "ray", "hydra", "omegaconf", "wandb"]
-HEAVY_AT_IMPORT = ["datasets", "flwr_datasets", "matplotlib", "torchao", "onnx", "onnxruntime"]  # imported lazily, inside functions
+# imported lazily, inside functions
+HEAVY_AT_IMPORT = ["datasets", "flwr_datasets", "matplotlib", "torchao", "onnx", "onnxruntime"]
 
 
 def _loaded_after_import(modules: list[str], watch: list[str]) -> list[str]:
