@@ -219,8 +219,9 @@ def test_onnx_int8_student_matches_torch_and_is_smaller(tmp_path, task, student)
     with torch.no_grad():
         ref = q(x)
     # onnxruntime runs real int8 kernels; rounding of requantized activations may differ by a
-    # quantization step, so agreement is judged on logits loosely and on decisions tightly.
-    assert (out - ref).abs().max() < 0.05
+    # quantization step, so agreement is judged on logits loosely (relative to their scale:
+    # measured 0.1-0.2 % of the largest logit) and on decisions tightly.
+    assert (out - ref).abs().max() < 0.01 * ref.abs().max()
     assert float((out.argmax(1) == ref.argmax(1)).float().mean()) > 0.99
     assert float((out.argmax(1) == y).float().mean()) > 0.95
     ratio = artifact_nbytes(fp32) / artifact_nbytes(int8)
