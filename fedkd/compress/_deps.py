@@ -6,8 +6,6 @@ import importlib
 from importlib import metadata
 from types import ModuleType
 
-from packaging.version import Version
-
 __all__ = ["MIN_VERSIONS", "CompressionUnavailable", "require"]
 
 MIN_VERSIONS: dict[str, str] = {
@@ -37,6 +35,8 @@ def require(package: str) -> ModuleType:
         installed = metadata.version(package)  # distribution name = module name for all five
     except metadata.PackageNotFoundError as err:
         raise CompressionUnavailable(f"{package} is not installed; {hint}") from err
+    from packaging.version import Version  # with the compress extra; not a base dependency
+
     want = MIN_VERSIONS.get(package)
     if want is not None and Version(installed).release < Version(want).release:
         raise CompressionUnavailable(f"{package} {installed} is older than {want}; {hint}")

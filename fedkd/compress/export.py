@@ -4,7 +4,7 @@ The export goes through ``torch.onnx.export(..., dynamo=True)`` (``torch.export`
 needs ``onnx`` and ``onnxscript``) with a dynamic batch dimension, so one file serves a single
 sample or a batch. PT2E-quantized students export as QuantizeLinear/DequantizeLinear pairs
 around Conv/Gemm, which onnxruntime fuses into int8 kernels. The exporter annotates every node
-with its PyTorch provenance (stack, module path); that text is ~40 % of a small quantized
+with its PyTorch provenance (stack, module path); that text is 37 % of the quantized ``cnn``
 student's file, so :func:`export_onnx` strips it by default (it changes no computation).
 """
 
