@@ -30,6 +30,7 @@ BENCHMARKS: tuple[str, ...] = (
     "hotpaths",  # before/after of each performance change
     "byzantine",  # robust rules under attack (docs/reliability.md)
     "privacy",  # DP soft labels: accuracy vs ε (docs/reliability.md)
+    "compress",  # student size, accuracy, latency: int8 PTQ/QAT, pruning (docs/compression.md)
 )
 """Every benchmark, in run order; ``benchmarks.bench_<name>.main(argv)`` runs one. Each takes
 ``--out`` and ``--quick`` (see :func:`benchmarks.common.add_common_args`)."""

@@ -33,7 +33,10 @@ __all__ = [
     "FeatureHintLoss",
     "KDSpec",
     "Reduction",
+    "bidirectional_kl_loss",
+    "cosine_angle_loss",
     "distillation_loss",
+    "hinge_distillation_loss",
     "kd_objective",
     "log_soft_targets",
     "soft_targets",
@@ -513,3 +516,186 @@ class FeatureHintLoss(nn.Module):
         if self.kind == "mse":
             return F.mse_loss(s, t)
         return (1.0 - F.cosine_similarity(s, t, dim=1)).mean()
+
+
+# --------------------------------------------------------------------------- seed loss zoo
+# The loss formulas of the seed texts that the divergences above do not cover. Kept in one
+# block: each is a plain function on the same conventions (teacher p detached, student q,
+# log-space where probabilities appear, "batchmean" = mean over rows).
+
+HingeAggregate = Literal["sum", "max"]
+
+
+def hinge_distillation_loss(
+    student_logits: Tensor,
+    teacher: Tensor,
+    margin: float = 1.0,
+    *,
+    teacher_is_probs: bool = False,
+    aggregate: HingeAggregate = "sum",
+    reduction: Reduction = "batchmean",
+) -> Tensor:
+    """Hinge (margin δ) distillation: the student must rank the teacher's class first by δ.
+
+    With ``c = argmax_j teacher_j`` per row and student logits ``z``, the per-row loss is the
+    multi-class hinge against the teacher's label: ``Σ_{j≠c} max(0, δ − (z_c − z_j))``
+    (``aggregate="sum"``, Weston & Watkins 1999) or ``max_{j≠c} max(0, δ − (z_c − z_j))``
+    (``aggregate="max"``, Crammer & Singer 2001). Unlike KL it transfers only the teacher's
+    decision and stops pushing once the margin holds, which makes it robust to an
+    over-confident or noisy teacher distribution. It is computed on raw logits (no temperature:
+    a margin on softened logits is just δ·T on the raw ones). Ties in the teacher go to the
+    lowest class index, as ``argmax`` does.
+
+    Parameters
+    ----------
+    student_logits : Tensor
+        ``(rows, classes)`` raw student outputs; gradients flow here.
+    teacher : Tensor
+        ``(rows, classes)`` teacher logits, or probabilities when ``teacher_is_probs``
+        (validated). Only its argmax is used; it is detached.
+    margin : float
+        δ >= 0: the logit gap the student must keep between the teacher's class and any other.
+    aggregate : {"sum", "max"}
+        Sum or max of the per-class violations in a row.
+    reduction : {"batchmean", "sum", "none"}
+        As in :func:`distillation_loss`.
+
+    Returns
+    -------
+    Tensor
+        Scalar, or ``(rows,)`` for ``reduction="none"``.
+    """
+    if not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+    if aggregate not in ("sum", "max"):
+        raise ValueError(f"aggregate must be 'sum' or 'max', got {aggregate!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not student_logits.dtype.is_floating_point:
+        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    z = student_logits.to(dtype)
+    teacher = teacher.detach().to(device=z.device, dtype=dtype)
+    _check_pair(z, teacher)
+    _check_finite(z, "student_logits")
+    if teacher_is_probs:
+        validate_distribution(teacher, name="teacher")
+    else:
+        _check_finite(teacher, "teacher")
+    target = teacher.argmax(dim=1, keepdim=True)  # (rows, 1)
+    z_target = z.gather(1, target)  # (rows, 1)
+    violation = (margin - (z_target - z)).clamp_min(0.0)  # (rows, classes)
+    violation = violation.scatter(1, target, 0.0)  # the target column never counts
+    per_row = violation.sum(dim=1) if aggregate == "sum" else violation.amax(dim=1)
+    if reduction == "none":
+        return per_row
+    return per_row.sum() if reduction == "sum" else per_row.mean()
+
+
+def bidirectional_kl_loss(
+    student_logits: Tensor,
+    teacher: Tensor,
+    lam: float = 1.0,
+    *,
+    temperature: float = 2.0,
+    t2_scaling: bool = True,
+    teacher_is_probs: bool = False,
+    teacher_temperature: float | None = None,
+    reduction: Reduction = "batchmean",
+) -> Tensor:
+    """λ-weighted bidirectional KL: ``λ·KL(p‖q) + KL(q‖p)``, as the seed text writes it.
+
+    ``p`` is the softened teacher, ``q`` the softened student. It is the ``"symmetric_kl"``
+    divergence of :class:`KDSpec` in another parametrisation: ``balance·KL(p‖q) +
+    (1 − balance)·KL(q‖p)`` equals ``(1 − balance)·(λ·KL(p‖q) + KL(q‖p))`` with
+    ``λ = balance / (1 − balance)``. The seed form lets the forward (mass-covering) term grow
+    without bound relative to the reverse (mode-seeking) one, and keeps the reverse term's
+    weight fixed at 1. Both directions go through :func:`distillation_loss`, so validation,
+    the reverse-KL floor (:data:`REVERSE_KL_LOG_FLOOR`) and T² scaling are the same.
+
+    Parameters
+    ----------
+    student_logits, teacher, teacher_is_probs, teacher_temperature, reduction
+        As in :func:`distillation_loss`.
+    lam : float
+        λ >= 0, the weight of the forward KL(p‖q).
+    temperature : float
+        Softening temperature T of the student (and the teacher unless ``teacher_temperature``).
+    t2_scaling : bool
+        Multiply both terms by T² (Hinton et al., 2015).
+
+    Returns
+    -------
+    Tensor
+        Scalar, or ``(rows,)`` for ``reduction="none"``.
+    """
+    if isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    directions: tuple[Divergence, Divergence] = ("kl", "reverse_kl")
+    forward, reverse = (
+        distillation_loss(
+            student_logits,
+            teacher,
+            KDSpec(temperature=temperature, divergence=divergence, t2_scaling=t2_scaling),
+            teacher_is_probs=teacher_is_probs,
+            teacher_temperature=teacher_temperature,
+            reduction=reduction,
+        )
+        for divergence in directions
+    )
+    return lam * forward + reverse
+
+
+def cosine_angle_loss(
+    student_features: Tensor,
+    teacher_features: Tensor,
+    *,
+    eps: float = 1e-7,
+    reduction: Reduction = "batchmean",
+) -> Tensor:
+    """Angle between student and teacher feature vectors: ``arccos(cos(s, t))`` in radians.
+
+    A scale-free feature loss: only the direction of each row's feature vector is matched.
+    Compared with ``1 − cos`` (:class:`FeatureHintLoss` with ``kind="cosine"``) the angle keeps
+    a useful gradient near alignment (``1 − cos θ ≈ θ²/2`` flattens as θ → 0; the angle does
+    not), so the last few degrees are not neglected. ``cos`` is clamped to ``[−1 + eps,
+    1 − eps]`` because ``arccos``'s derivative is infinite at ±1; a zero vector has
+    ``cos = 0`` (angle π/2), as ``torch.nn.functional.cosine_similarity`` defines it.
+    Features of different widths must be projected first (e.g. by ``FeatureHintLoss``'s
+    regressor); the teacher is detached.
+
+    Parameters
+    ----------
+    student_features, teacher_features : Tensor
+        ``(rows, ...)`` features of equal shape; trailing dimensions are flattened.
+    eps : float
+        Clamp margin in ``(0, 1)``.
+    reduction : {"batchmean", "sum", "none"}
+        Mean over rows, sum, or the ``(rows,)`` vector of angles.
+
+    Returns
+    -------
+    Tensor
+        Scalar in ``[0, π]``, or ``(rows,)`` for ``reduction="none"``.
+    """
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if student_features.dim() < 2 or student_features.shape != teacher_features.shape:
+        raise ValueError(
+            "features must be at least 2-D (rows, ...) and of equal shape; got student "
+            f"{tuple(student_features.shape)} and teacher {tuple(teacher_features.shape)}"
+        )
+    if student_features.shape[0] == 0:
+        raise ValueError("empty batch: no feature rows")
+    dtype = torch.promote_types(student_features.dtype, torch.float32)
+    s = student_features.flatten(1).to(dtype)  # (rows, dim)
+    t = teacher_features.detach().flatten(1).to(device=s.device, dtype=dtype)
+    _check_finite(s, "student_features")
+    _check_finite(t, "teacher_features")
+    cos = F.cosine_similarity(s, t, dim=1)  # (rows,)
+    per_row = torch.arccos(cos.clamp(-1.0 + eps, 1.0 - eps))
+    if reduction == "none":
+        return per_row
+    return per_row.sum() if reduction == "sum" else per_row.mean()

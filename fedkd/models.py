@@ -22,12 +22,14 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "STUDENT_LADDER",
     "Classifier",
     "available_models",
     "build_model",
     "count_parameters",
     "model_nbytes",
     "register_model",
+    "student_within",
 ]
 
 ModelBuilder = Callable[..., "Classifier"]
@@ -256,3 +258,107 @@ def _build_resnet8(
         nn.Flatten(),
     )
     return Classifier(backbone, 64, num_classes)
+
+
+# ----------------------------------------------------------------------------- scaled students
+# Width/depth-scaled students for compression by distillation: a family per architecture, so a
+# user can ask for "the largest student of at most N parameters" (:func:`student_within`) and
+# read the accuracy-size curve off one ladder (:data:`STUDENT_LADDER`).
+
+
+@register_model("scaled_cnn")
+def _build_scaled_cnn(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: int = 16,
+    depth: int = 2,
+    hidden: int = 0,
+) -> Classifier:
+    """``depth`` conv blocks of ``width · 2^i`` channels + adaptive pooling (+ an optional
+    hidden layer): the ``"cnn"`` layout with its width and depth as knobs.
+
+    Each block is conv3x3 -> ReLU -> maxpool2 (ceil mode, so 8x8 inputs survive three pools);
+    adaptive average pooling to 2x2 keeps the head's input independent of H and W.
+    ``hidden=0`` feeds the pooled features straight to the head (fewest parameters).
+    """
+    in_ch = _require_image("scaled_cnn", input_shape)[0]
+    if not 1 <= depth <= 4 or width < 1 or hidden < 0:
+        raise ValueError(
+            f"need 1 <= depth <= 4, width >= 1, hidden >= 0; got {depth}, {width}, {hidden}"
+        )
+    layers: list[nn.Module] = []
+    ch = in_ch
+    for i in range(depth):
+        out = width * 2**i
+        layers += [nn.Conv2d(ch, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+        ch = out
+    layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten()]  # (N, ch * 4)
+    feature_dim = ch * 4
+    if hidden:
+        layers += [nn.Linear(feature_dim, hidden), nn.ReLU()]
+        feature_dim = hidden
+    return Classifier(nn.Sequential(*layers), feature_dim, num_classes)
+
+
+@register_model("scaled_mlp")
+def _build_scaled_mlp(
+    input_shape: tuple[int, ...], num_classes: int, width: int = 64, depth: int = 1
+) -> Classifier:
+    """``depth`` hidden layers of ``width`` units: the ``"mlp"`` layout with two knobs."""
+    if depth < 0 or width < 1:
+        raise ValueError(f"need depth >= 0 and width >= 1, got depth={depth}, width={width}")
+    return _build_mlp(input_shape, num_classes, hidden_sizes=(width,) * depth)
+
+
+STUDENT_LADDER: tuple[tuple[str, dict[str, int]], ...] = tuple(
+    [("scaled_mlp", {"width": w, "depth": 1}) for w in (8, 16, 32, 64, 128)]
+    + [
+        ("scaled_cnn", {"width": w, "depth": d, "hidden": h})
+        for w in (4, 8, 16, 32)
+        for d in (1, 2, 3)
+        for h in (0, 64)
+    ]
+)
+"""Candidate students, ``(registry name, kwargs)``, from a few hundred to ~100k parameters
+on 8x8 digits; :func:`student_within` picks from it."""
+
+
+def student_within(
+    max_params: int,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    families: tuple[str, ...] = ("scaled_cnn", "scaled_mlp"),
+    ladder: tuple[tuple[str, dict[str, int]], ...] = STUDENT_LADDER,
+) -> tuple[str, dict[str, int], int]:
+    """The largest ladder student with at most ``max_params`` parameters for these inputs.
+
+    "Largest" is by parameter count, the usual proxy for capacity when distilling into a small
+    student; ties keep the ladder's order. Image-only families are skipped for vector inputs.
+
+    Returns
+    -------
+    tuple
+        ``(name, kwargs, num_parameters)``: ``build_model(name, input_shape, num_classes,
+        **kwargs)`` builds it.
+
+    Raises
+    ------
+    ValueError
+        If no candidate fits (the message gives the smallest size available).
+    """
+    input_shape = _check_input_shape(input_shape)
+    sized: list[tuple[int, str, dict[str, int]]] = []
+    for name, kwargs in ladder:
+        if name not in families or (name == "scaled_cnn" and len(input_shape) != 3):
+            continue
+        n = count_parameters(build_model(name, input_shape, num_classes, **kwargs))
+        sized.append((n, name, kwargs))
+    if not sized:
+        raise ValueError(f"no candidate student of families {families} fits {input_shape}")
+    fitting = [s for s in sized if s[0] <= max_params]
+    if not fitting:
+        smallest = min(s[0] for s in sized)
+        raise ValueError(f"no student has <= {max_params} parameters; the smallest has {smallest}")
+    n, name, kwargs = max(fitting, key=lambda s: s[0])
+    return name, dict(kwargs), n

@@ -44,6 +44,10 @@ class LoggingConfig:
             )
 
 
+EXPORT_CHOICES: tuple[str, ...] = ("none", "fp32", "ptq", "qat", "prune")
+"""Values of the top-level ``export_student`` key (``none`` or a ``fedkd.compress`` method)."""
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything one simulation run needs, typed and validated."""
@@ -52,6 +56,9 @@ class RunSpec:
     simulation: SimulationConfig
     logging: LoggingConfig
     references: bool = True
+    export_student: str = "none"
+    """After the run, compress the student and write ``<run dir>/student.onnx``: ``none``,
+    ``fp32``, ``ptq``, ``qat`` or ``prune`` (``python -m fedkd.compress``; docs/compression.md)."""
 
 
 def flatten_fd_groups(cfg: DictConfig | dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -83,8 +90,18 @@ def build_run_spec(cfg: DictConfig | dict[str, Any], *, run_dir: str = "") -> Ru
     tree = _tree(cfg)
     sim = _typed(SimulationConfig, _section(tree, "simulation"), "simulation")
     log_cfg = _typed(LoggingConfig, _section(_section(tree, "logging"), "wandb"), "logging.wandb")
+    export = str(tree.get("export_student", "none"))
+    if export not in EXPORT_CHOICES:
+        raise ConfigError(
+            f"invalid config key 'export_student': got {export!r}; allowed: "
+            f"{', '.join(EXPORT_CHOICES)}"
+        )
     return RunSpec(
-        fd=fd, simulation=sim, logging=log_cfg, references=bool(tree.get("references", True))
+        fd=fd,
+        simulation=sim,
+        logging=log_cfg,
+        references=bool(tree.get("references", True)),
+        export_student=export,
     )
 
 

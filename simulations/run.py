@@ -74,8 +74,26 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     finally:
         tracker.finish()
+    if spec.export_student != "none":
+        summary["export"] = export_student(run_dir, spec.export_student)
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def export_student(run_dir: Path, method: str) -> dict[str, Any]:
+    """Compress the run's student with ``method`` and write ``<run dir>/student.onnx``."""
+    from fedkd.compress.cli import compress_run  # the optional compress extra, only when asked
+
+    result = compress_run(run_dir, run_dir / "student.onnx", method=method)
+    log.info(
+        "student exported (%s): %d bytes, %.2fx smaller than fp32, test accuracy %.4f -> %s",
+        method,
+        result["bytes"],
+        result["fp32_bytes"] / result["bytes"],
+        result["accuracy"],
+        result["out"],
+    )
+    return result
 
 
 def full_history(run_dir: Path, records: list[RoundRecord]) -> list[RoundRecord]:

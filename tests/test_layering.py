@@ -26,9 +26,13 @@ CORE = [
     "fedkd.training",
     "fedkd.config",
     "fedkd.compression",
+    "fedkd.compress.prune",
+    "fedkd.compress.quantize",
+    "fedkd.compress.export",
 ]
 FORBIDDEN_AT_IMPORT = ["flwr", "ray", "hydra", "omegaconf", "wandb"]
-HEAVY_AT_IMPORT = ["datasets", "flwr_datasets", "matplotlib"]  # imported lazily, inside functions
+# imported lazily, inside functions
+HEAVY_AT_IMPORT = ["datasets", "flwr_datasets", "matplotlib", "torchao", "onnx", "onnxruntime"]
 
 
 def _loaded_after_import(modules: list[str], watch: list[str]) -> list[str]:
