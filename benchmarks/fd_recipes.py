@@ -124,28 +124,46 @@ def run_references(alpha: float, seed: int, rounds: int) -> dict[str, Any]:
 
 
 def run_grid(
-    recipes: Sequence[str], alphas: Sequence[float], seeds: Sequence[int], rounds: int, jobs: int
+    recipes: Sequence[str],
+    alphas: Sequence[float],
+    seeds: Sequence[int],
+    rounds: int,
+    jobs: int,
+    references: bool = True,
 ) -> dict[str, Any]:
-    """Every run and reference of the grid, ``jobs`` processes at a time, with progress."""
+    """Every run (and reference) of the grid, ``jobs`` processes at a time, with progress."""
     tasks: list[tuple[Any, tuple[Any, ...]]] = [
-        (run_references, (a, s, rounds)) for a in alphas for s in seeds
+        (run_references, (a, s, rounds)) for a in alphas for s in seeds if references
     ]
     tasks += [(run_recipe, (r, a, s, rounds)) for a in alphas for s in seeds for r in recipes]
-    runs, references = [], []
+    runs: list[dict[str, Any]] = []
+    refs: list[dict[str, Any]] = []
     started = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = {pool.submit(func, *args): (func, args) for func, args in tasks}
         for done, future in enumerate(as_completed(futures), start=1):
             result = future.result()
-            (runs if "records" in result else references).append(result)
+            (runs if "records" in result else refs).append(result)
             what = result.get("recipe", "references")
             print(
                 f"[{done:3d}/{len(tasks)}] {what:<13} α={result['alpha']:<4} "
                 f"seed={result['seed']}  {time.perf_counter() - started:6.0f}s elapsed",
                 flush=True,
             )
-    return {"runs": runs, "references": references}
+    return {"runs": runs, "references": refs}
+
+
+def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Results of several invocations as one: a later part's runs replace an earlier part's
+    runs of the same (recipe, α, seed); references likewise per (α, seed)."""
+    runs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    refs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for part in parts:
+        runs.update({(r["recipe"], r["alpha"], r["seed"]): r for r in part["runs"]})
+        refs.update({(r["alpha"], r["seed"]): r for r in part["references"]})
+    setting = {f"part {i}": part.get("setting", {}) for i, part in enumerate(parts)}
+    return {"runs": list(runs.values()), "references": list(refs.values()), "setting": setting}
 
 
 # ----------------------------------------------------------------------------- summary
@@ -356,16 +374,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2, help="processes side by side")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR / "fd_recipes")
-    parser.add_argument("--from-json", type=Path, help="re-render from a results.json")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="re-render from results.json files (later files replace runs of earlier ones)",
+    )
+    parser.add_argument(
+        "--no-references", action="store_true", help="skip the references (merge them later)"
+    )
     parser.add_argument("--docs", type=Path, help="rewrite the marked table in this file")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 5 rounds")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.rounds = 2, 5
     if args.from_json:
-        results = json.loads(args.from_json.read_text())
+        results = merge_results([json.loads(path.read_text()) for path in args.from_json])
     else:
-        results = run_grid(args.recipes, args.alphas, range(args.seeds), args.rounds, args.jobs)
+        results = run_grid(
+            args.recipes,
+            args.alphas,
+            range(args.seeds),
+            args.rounds,
+            args.jobs,
+            references=not args.no_references,
+        )
         results["setting"] = {k: str(v) for k, v in vars(args).items()}
         write_json(args.out_dir / "results.json", results)
     table = render_table(results)
@@ -375,10 +408,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table)
     print(f"\nresults, table.md and {figure.name} in {args.out_dir}")
     if args.docs:
-        setting = results.get("setting", {})
+        runs = results["runs"]
         command = (
             "python -m benchmarks.fd_recipes"
-            + f" --seeds {setting.get('seeds', '?')} --rounds {setting.get('rounds', '?')}"
+            + f" --seeds {len({r['seed'] for r in runs})}"
+            + f" --rounds {len(runs[0]['records']) if runs else '?'}"
         )
         update_docs(args.docs, "fd_recipes", table, command)
         print(f"updated {args.docs}")

@@ -259,8 +259,9 @@ class FDClient:
         """
         cfg = self.round_cfg(req.local_epochs, req.lr)
         generator = self._generator(req.server_round)
+        rows = 0 if req.teacher_indices is None else len(req.teacher_indices)
         has_teacher = req.teacher_probs is not None and req.teacher_indices is not None
-        if has_teacher and self.cfg.codistill_mode == "joint" and len(req.teacher_indices):
+        if has_teacher and self.cfg.codistill_mode == "joint" and rows:
             self.check_public(req)
             _set_lr(self.optimizer, req.lr)
             return train_with_teacher(

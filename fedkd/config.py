@@ -42,6 +42,7 @@ AGGREGATION_RULES = (
     "filtered_mean",
     "selective",
     "certainty",
+    "selective_era",
     "expguard",
 )
 CODISTILL_MODES = ("joint", "digest")

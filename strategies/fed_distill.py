@@ -360,7 +360,8 @@ class FedDistill(Strategy):
             public_rows = _resolve(indices, self.public.size)[rows]
             if rows.any():  # Selective-FD: rows nobody supports teach nothing
                 self.distil_student(teacher[rows], public_rows)
-            self.teacher = self.teacher_for_clients(teacher[rows], public_rows)
+            evidence = fold.mean() if fold is not None else teacher  # before any sharpening
+            self.teacher = self.teacher_for_clients(teacher[rows], public_rows, evidence[rows])
         result = self.evaluate_student(self.test)
         record.student_accuracy, record.student_loss = result.accuracy, result.loss
         if self.val is not None:
@@ -375,16 +376,20 @@ class FedDistill(Strategy):
         )
 
     def teacher_for_clients(
-        self, teacher: np.ndarray, public_rows: np.ndarray
+        self, teacher: np.ndarray, public_rows: np.ndarray, evidence: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The rows co-distilling clients get: those the teacher is certain enough about.
+        """The rows co-distilling clients get: those the clients' evidence is certain about.
 
-        Certainty is ``1 - H(t) / log C`` (0 uniform, 1 one-hot). Digesting near-uniform rows
-        is what collapsed co-distillation: it flattens every client's outputs, and the next
-        teacher (the mean of flattened outputs) is flatter still, round after round, until
-        all sit at chance (docs/recipes.md). Rows under ``codistill-min-certainty`` stay home.
+        Certainty is ``1 - H / log C`` (0 uniform, 1 one-hot) of ``evidence``: the mean of the
+        replies (the rule's own weighting, before any sharpening), or the teacher itself.
+        Digesting near-uniform rows is what collapsed co-distillation: it flattens every
+        client's outputs, and the next teacher (the mean of flattened outputs) is flatter still,
+        round after round, until all sit at chance (docs/recipes.md). Sharpening (``era``,
+        ``sharpen``) does not create evidence: ERA at T = 0.1 turns a near-uniform mean into a
+        confident, mostly wrong label, which collapsed DS-FL at α = 0.1 on 4 of 5 seeds until
+        the gate looked at the mean. Rows under ``codistill-min-certainty`` stay home.
         """
-        certainty = normalised_certainty(teacher)  # (rows,)
+        certainty = normalised_certainty(teacher if evidence is None else evidence)  # (rows,)
         keep = certainty >= self.cfg.codistill_min_certainty
         return teacher[keep], public_rows[keep]
 
@@ -392,7 +397,7 @@ class FedDistill(Strategy):
         """``(samples,)`` rows some valid reply supports (every row for rules without support)."""
         if self.cfg.aggregation not in SUPPORT_RULES:
             return np.ones(num_samples, dtype=bool)
-        return supported_rows(np.stack([v.support for v in valid]), num_samples)
+        return supported_rows(_support_matrix(valid), num_samples)
 
     def collect(
         self,
@@ -622,11 +627,7 @@ class FedDistill(Strategy):
             era_temperature=self.cfg.era_temperature,
             trim_ratio=self.cfg.trim_ratio,
             outlier_threshold=self.cfg.outlier_threshold,
-            support=(
-                np.stack([v.support for v in valid])  # type: ignore[misc]
-                if self.cfg.aggregation in SUPPORT_RULES
-                else None
-            ),
+            support=_support_matrix(valid) if self.cfg.aggregation in SUPPORT_RULES else None,
         )
         if self.guard is not None:  # stateful: weights kept per node across rounds
             return self.guard.aggregate(probs, [v.node_id for v in valid], ctx)
@@ -658,6 +659,11 @@ class FedDistill(Strategy):
             return None
         labels = oracle.numpy() if indices is None else oracle.numpy()[indices]
         return float(np.mean(teacher.argmax(axis=1) == labels))
+
+
+def _support_matrix(valid: list[ValidReply]) -> np.ndarray:
+    """``(clients, samples)`` support scores of replies validated for a support rule."""
+    return np.stack([v.support for v in valid if v.support is not None])
 
 
 def _resolve(indices: np.ndarray | None, size: int) -> np.ndarray:

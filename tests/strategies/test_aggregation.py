@@ -199,6 +199,13 @@ def ref_certainty(p, ctx):
     return _support_ref(p, ctx, hard=False)
 
 
+def ref_selective_era(p, ctx):
+    return [
+        _softmax_row([v / ctx.era_temperature for v in row])
+        for row in _support_ref(p, ctx, hard=True)
+    ]
+
+
 REFERENCES = {
     "mean": ref_mean,
     "logit_mean": ref_logit_mean,
@@ -212,6 +219,7 @@ REFERENCES = {
     "filtered_mean": ref_filtered_mean,
     "selective": ref_selective,
     "certainty": ref_certainty,
+    "selective_era": ref_selective_era,
 }
 ALL_RULES = available_rules()
 STREAMABLE = sorted(STREAMABLE_RULES)
@@ -300,7 +308,7 @@ def test_rows_are_distributions_and_client_order_is_irrelevant(name, seed):
     np.testing.assert_allclose(aggregate(name, probs[perm], permuted(ctx, perm)), out, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(set(ALL_RULES) - {"era", "sharpen"}))
+@pytest.mark.parametrize("name", sorted(set(ALL_RULES) - {"era", "sharpen", "selective_era"}))
 def test_single_client_gets_its_own_distribution_back(name):
     probs, ctx = random_case(3, clients=1, samples=20, classes=6)
     np.testing.assert_allclose(aggregate(name, probs, ctx), probs[0], atol=1e-6)
@@ -312,7 +320,7 @@ def test_identical_clients_give_a_fixed_point_for_non_sharpening_rules(name):
     stacked = np.repeat(probs, 6, axis=0)
     ctx6 = AggregationContext.uniform(6, 5, era_temperature=ERA_T)
     out = aggregate(name, stacked, ctx6)
-    if name in ("era", "sharpen"):
+    if name in ("era", "sharpen", "selective_era"):
         assert not np.allclose(out, probs[0], atol=1e-3)  # they reshape the mean on purpose
     else:
         np.testing.assert_allclose(out, probs[0], atol=1e-6)
