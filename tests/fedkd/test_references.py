@@ -15,8 +15,8 @@ from fedkd.training import EvalResult
 
 @pytest.mark.slow
 def test_centralized_beats_local_only_and_is_high_on_digits() -> None:
-    """2 rounds × 5 epochs of budget. Measured (seed 0): centralized 0.96, public labels
-    0.93, local-only mean 0.43 at α = 0.5."""
+    """2 rounds × 5 epochs of budget. Measured (seed 0, α = 0.5): centralized 0.958 (lr 0.1,
+    epoch 8, validation 0.993), public labels 0.925, local-only mean 0.425."""
     refs = compute_references(FDConfig(alpha=0.5, num_rounds=2, seed=0))
     assert refs.centralized >= 0.9
     assert refs.centralized >= refs.local_only_mean + 0.2
