@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from fedkd.config import ConfigError, to_run_config
 from fedkd.data import label_histogram, plot_label_histogram
 from simulations.engine import run_apps
 from simulations.hydra_config import RunSpec, build_run_spec, exit_on_config_error
+from simulations.resume import prepare_argv, record_resume, resume_config, resume_dir
 from simulations.tracking import Tracker
 from strategies.fed_distill import RoundRecord
 from strategies.reporting import accuracy_summary, write_json_atomic
@@ -168,25 +170,54 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: works 
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the final student accuracy (handy for sweepers).
 
     Exits with status 2 and one line on stderr for an invalid config value, before any work.
+    A resume (``hydra.run.dir=<run dir> fd.resume=true``) runs the run's own saved config
+    (:mod:`simulations.resume`).
     """
     run_dir = HydraConfig.get().runtime.output_dir
+    resumed_from = resume_dir([f"hydra.run.dir={run_dir}", *HydraConfig.get().overrides.task])
     try:
-        spec = build_run_spec(cfg, run_dir=run_dir)
+        if resumed_from is not None:
+            resolved = resume_config(resumed_from, HydraConfig.get().overrides.task, _compose)
+        else:
+            container = OmegaConf.to_container(cfg, resolve=True)
+            assert isinstance(container, dict)  # a DictConfig always converts to a dict
+            resolved = {str(k): v for k, v in container.items()}
+        spec = build_run_spec(resolved, run_dir=run_dir)
     except ConfigError as error:
         exit_on_config_error("fedkd-sim", error)
     if not spec.simulation.verbose:
         logging.getLogger("flwr").setLevel(logging.INFO)
         # Flower's state database logs its migration plugins at INFO under Hydra's root logger.
         logging.getLogger("alembic").setLevel(logging.WARNING)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)  # a DictConfig always converts to a dict
-    summary = run_experiment(spec, {str(k): v for k, v in resolved.items()})
+    if resumed_from is not None:
+        written = record_resume(resumed_from, list(HydraConfig.get().overrides.task), resolved)
+        log.info("resuming %s with its saved config.yaml; this invocation: %s", run_dir, written)
+        summary = run_experiment(spec)  # never overwrites the run's config.yaml
+    else:
+        summary = run_experiment(spec, resolved)
     print_summary(summary, run_dir)
     return float(summary["final_student_accuracy"])
+
+
+def _compose(overrides: list[str]) -> dict[str, Any]:
+    """The resolved primary config for ``overrides`` (without ``hydra``), inside a Hydra app."""
+    from hydra import compose
+
+    composed = OmegaConf.to_container(
+        compose(config_name="config", overrides=overrides), resolve=True
+    )
+    assert isinstance(composed, dict)
+    return {str(k): v for k, v in composed.items() if k != "hydra"}
+
+
+def main() -> None:
+    """``fedkd-sim``: Hydra's entry point; a resume keeps the run's ``.hydra/`` files intact."""
+    sys.argv[1:] = prepare_argv(sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":
