@@ -38,6 +38,7 @@ from simulations.hydra_config import (
     exit_on_config_error,
     flatten_fd_groups,
 )
+from simulations.paths import CONF_DIR
 from simulations.resume import prepare_argv, record_resume, resume_config, resume_dir
 from simulations.tracking import Tracker
 from strategies.fed_distill import NotEnoughNodes, RoundRecord
@@ -220,9 +221,6 @@ def print_summary(summary: dict[str, Any], run_dir: str) -> None:
         if collapsed:
             print(f"warning: reference training collapsed to one class: {', '.join(collapsed)}")
     print(f"outputs in {run_dir}")
-
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: works as a console script
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
