@@ -22,7 +22,8 @@ def _require_sim_extra(prog: str) -> None:
             missing.append(module)
     if missing:
         print(
-            f"{prog}: error: {', '.join(missing)} is not installed; the simulation tools need "
+            f"{prog}: error: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            "installed; the simulation tools need "
             f"the sim extra: {SIM_EXTRA_HINT}",
             file=sys.stderr,
         )
