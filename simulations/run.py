@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedkd.client import client_partitions, load_splits_for
 from fedkd.client_app import make_client_app
-from fedkd.config import ConfigError, to_run_config
+from fedkd.config import ConfigError, FDConfig, to_run_config
 from fedkd.data import label_histogram, plot_label_histogram
 from fedkd.data.hub import DatasetUnavailableError
 from simulations.engine import run_apps
@@ -172,8 +172,19 @@ def save_partition_plot(spec: RunSpec) -> Path:
         splits.train_y.numpy(), client_partitions(cfg, cfg.num_clients), splits.num_classes
     )
     write_json_atomic(Path(cfg.run_dir) / "partition.json", hist.tolist())
-    title = f"{cfg.dataset}: {cfg.partition} partition over {cfg.num_clients} clients"
-    return plot_label_histogram(hist, Path(cfg.run_dir) / "partition.png", title=title)
+    return plot_label_histogram(
+        hist, Path(cfg.run_dir) / "partition.png", title=partition_title(cfg)
+    )
+
+
+def partition_title(cfg: FDConfig) -> str:
+    """The partition plot's title, with the partition's own parameter (α for Dirichlet)."""
+    detail = {
+        "dirichlet": f" (α={cfg.alpha:g})",
+        "pathological": f" ({cfg.classes_per_partition} classes per client)",
+        "shard": f" ({cfg.shards_per_partition} shards per client)",
+    }.get(cfg.partition, "")
+    return f"{cfg.dataset}: {cfg.partition} partition{detail} over {cfg.num_clients} clients"
 
 
 def summarize(spec: RunSpec, records: list[RoundRecord], seconds: float) -> dict[str, Any]:

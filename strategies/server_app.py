@@ -91,7 +91,7 @@ def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> Run
         strategy.callbacks.extend(all_callbacks)
         strategy.start(grid, first_round=_prepare_checkpoint(strategy, cfg, recorder) + 1)
         _require_a_completed_round(strategy)
-    recorder.save_plots()
+    recorder.save_plots(cfg.strategy)
     return recorder
 
 
