@@ -321,6 +321,7 @@ def _validate(cfg: FDConfig) -> None:
     )
     _require(0.0 < cfg.dp_delta < 1.0, "dp-delta", f"must be in (0, 1), got {cfg.dp_delta}")
     _require(cfg.byzantine_target >= 0, "byzantine-target", "must be a class index >= 0")
+    _require(cfg.seed >= 0, "seed", f"must be >= 0 (numpy seeds are unsigned), got {cfg.seed}")
     _require(
         0.0 < cfg.fraction_train <= 1.0,
         "fraction-train",

@@ -31,36 +31,69 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
+RUN_LINES: dict[str, str] = {
+    "client_accuracy": "clients' mean (own test)",
+    "teacher_accuracy": "teacher on public",
+}
+"""Per-round record keys :class:`~strategies.reporting.RunRecorder` adds to a run's accuracy plot
+(dashed, only the rounds where the value exists: FedAvg has no teacher)."""
+
+
 def plot_accuracy_vs_round(
-    series: Series, path: str | Path, *, key: str = "student_accuracy"
+    series: Series,
+    path: str | Path,
+    *,
+    key: str = "student_accuracy",
+    extra: Mapping[str, str] | None = None,
 ) -> Path:
-    """Test accuracy per round, one line per run/strategy."""
+    """Test accuracy per round, one line per run/strategy.
+
+    ``extra`` maps further record keys to a line name (e.g. :data:`RUN_LINES`); each is drawn
+    dashed in its series' colour, over the rounds where it is not ``None``.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in series.items():
-        ax.plot([r["round"] for r in records], [r[key] for r in records], marker="o", label=label)
+        (line,) = ax.plot(
+            [r["round"] for r in records], [r[key] for r in records], marker="o", label=label
+        )
+        for extra_key, name in (extra or {}).items():
+            points = [(r["round"], r[extra_key]) for r in records if r.get(extra_key) is not None]
+            if not points:
+                continue
+            rounds, values = zip(*points, strict=True)
+            ax.plot(
+                rounds,
+                values,
+                linestyle="--",
+                marker=".",
+                color=line.get_color(),
+                alpha=0.7,
+                label=name if len(series) == 1 else f"{label}: {name}",
+            )
     ax.set(xlabel="round", ylabel="test accuracy", title="Accuracy per round", ylim=(0, 1))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     return _save(fig, path)
 
 
 def plot_accuracy_vs_bytes(
     series: Series, path: str | Path, *, key: str = "student_accuracy"
 ) -> Path:
-    """Test accuracy against cumulative bytes (up + down), log-scaled: the FD-vs-FedAvg view."""
+    """Test accuracy against cumulative traffic (up + down) in MiB, log-scaled: the FD-vs-FedAvg
+    view."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in series.items():
         ax.plot(
-            [max(r["cum_bytes"], 1) for r in records],
+            [max(r["cum_bytes"], 1) / 2**20 for r in records],
             [r[key] for r in records],
             marker="o",
             label=label,
         )
     ax.set(
         xscale="log",
-        xlabel="cumulative bytes (up + down)",
+        xlabel="cumulative traffic, up + down (MiB)",
         ylabel="test accuracy",
         title="Accuracy vs communication",
         ylim=(0, 1),

@@ -40,6 +40,7 @@ from fedkd.continual import (
 from fedkd.continual.study import summary_table
 from fedkd.training import TrainConfig
 from simulations.hydra_config import exit_on_config_error
+from simulations.paths import CONF_DIR
 from simulations.tracking import MODES, Tracker
 
 __all__ = ["ToolConfig", "WandbConfig", "main", "run", "to_tool_config"]
@@ -275,7 +276,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) ->
     return results
 
 
-@hydra.main(config_path="../conf", config_name="continual", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="continual", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: ``python -m simulations.continual_study [overrides]``.
 

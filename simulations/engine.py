@@ -64,6 +64,14 @@ class SimulationConfig:
             raise ValueError(
                 f"invalid config key 'simulation.client_cpus': must be >= 1, got {self.client_cpus}"
             )
+        for name in ("ray_num_cpus", "ray_num_gpus"):
+            value = getattr(self, name)
+            floor = 1 if name == "ray_num_cpus" else 0
+            if value is not None and value < floor:
+                raise ValueError(
+                    f"invalid config key 'simulation.{name}': must be >= {floor} or null "
+                    f"(null = all local), got {value}"
+                )
         if not self.client_gpus >= 0.0:
             raise ValueError(
                 f"invalid config key 'simulation.client_gpus': must be >= 0, got {self.client_gpus}"

@@ -67,6 +67,7 @@ from fedkd.models import available_models
 from fedkd.training import TrainConfig
 from simulations.continual_study import ConfigKeyError, _build, _plain
 from simulations.hydra_config import exit_on_config_error
+from simulations.paths import CONF_DIR
 from strategies.aggregation import AggregationContext, aggregate, available_rules
 
 __all__ = ["FCLConfig", "VariantSpec", "main", "run", "run_fcl", "summary_table", "to_fcl_config"]
@@ -509,9 +510,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     print(table)
     print(f"run directory: {run_dir.resolve()}")
     return results
-
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: works as a console script
 
 
 @hydra.main(config_path=CONF_DIR, config_name="fcl", version_base="1.3")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedkd.client import client_partitions, load_splits_for
 from fedkd.client_app import make_client_app
-from fedkd.config import ConfigError, to_run_config
+from fedkd.config import ConfigError, FDConfig, to_run_config
 from fedkd.data import label_histogram, plot_label_histogram
+from fedkd.data.hub import DatasetUnavailableError
 from simulations.engine import run_apps
-from simulations.hydra_config import RunSpec, build_run_spec, exit_on_config_error
+from simulations.hydra_config import (
+    RunSpec,
+    build_run_spec,
+    exit_on_config_error,
+    flatten_fd_groups,
+)
+from simulations.paths import CONF_DIR
+from simulations.resume import prepare_argv, record_resume, resume_config, resume_dir
 from simulations.tracking import Tracker
-from strategies.fed_distill import RoundRecord
+from strategies.fed_distill import NotEnoughNodes, RoundRecord
 from strategies.reporting import accuracy_summary, write_json_atomic
-from strategies.server_app import make_server_app
+from strategies.server_app import NoRoundCompleted, make_server_app
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +90,55 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
     return summary
 
 
+def preflight(spec: RunSpec, paths: dict[str, str] | None = None) -> None:
+    """Config that could only fail later (or hang), refused before any work.
+
+    Raises :class:`ConfigError` naming the key: a CUDA device on a machine without CUDA, GPU
+    shares or CPUs per client that the local Ray cannot provide (Ray would wait forever for
+    them), a top-k or Byzantine target outside the dataset's classes. Loads the dataset's
+    splits (cached; the run needs them next) and so also raises
+    :class:`~fedkd.data.hub.DatasetUnavailableError` for a hub dataset that cannot be found.
+    """
+    import torch
+
+    cfg, sim = spec.fd, spec.simulation
+    paths = paths or {}
+
+    def refuse(key: str, message: str) -> None:
+        where = f" (Hydra key: {paths[key]})" if key in paths else ""
+        raise ConfigError(f"invalid config key '{key.replace('_', '-')}': {message}{where}")
+
+    cuda = torch.cuda.is_available()
+    on_this_machine = sim.backend == "local" or not (sim.address or os.environ.get("RAY_ADDRESS"))
+    if cfg.device == "cuda" and not cuda:
+        refuse("device", "'cuda' but torch sees no CUDA device here; use auto or cpu")
+    if cfg.client_device == "cuda" and not cuda and on_this_machine:
+        refuse("client_device", "'cuda' but torch sees no CUDA device here; use auto or cpu")
+    if sim.backend == "ray" and on_this_machine:
+        gpus = sim.ray_num_gpus if sim.ray_num_gpus is not None else torch.cuda.device_count()
+        if sim.client_gpus > 0 and gpus == 0:
+            raise ConfigError(
+                f"invalid config key 'simulation.client_gpus': each client reserves "
+                f"{sim.client_gpus} GPU but this machine has no GPU for Ray, so no client could "
+                "start; use simulation=ray_cpu (or simulation=local)"
+            )
+        cpus = sim.ray_num_cpus if sim.ray_num_cpus is not None else (os.cpu_count() or 1)
+        if sim.client_cpus > cpus:
+            raise ConfigError(
+                f"invalid config key 'simulation.client_cpus': each client reserves "
+                f"{sim.client_cpus} CPUs but Ray has {cpus}, so no client could start"
+            )
+    num_classes = load_splits_for(cfg).num_classes
+    if cfg.topk > num_classes:
+        refuse("topk", f"{cfg.topk} exceeds the {num_classes} classes of dataset {cfg.dataset!r}")
+    if cfg.byzantine_target >= num_classes:
+        refuse(
+            "byzantine_target",
+            f"{cfg.byzantine_target} is not a class of dataset {cfg.dataset!r} "
+            f"(classes 0..{num_classes - 1})",
+        )
+
+
 def export_student(run_dir: Path, method: str) -> dict[str, Any]:
     """Compress the run's student with ``method`` and write ``<run dir>/student.onnx``."""
     from fedkd.compress.cli import compress_run  # the optional compress extra, only when asked
@@ -113,8 +172,19 @@ def save_partition_plot(spec: RunSpec) -> Path:
         splits.train_y.numpy(), client_partitions(cfg, cfg.num_clients), splits.num_classes
     )
     write_json_atomic(Path(cfg.run_dir) / "partition.json", hist.tolist())
-    title = f"{cfg.dataset}: {cfg.partition} partition over {cfg.num_clients} clients"
-    return plot_label_histogram(hist, Path(cfg.run_dir) / "partition.png", title=title)
+    return plot_label_histogram(
+        hist, Path(cfg.run_dir) / "partition.png", title=partition_title(cfg)
+    )
+
+
+def partition_title(cfg: FDConfig) -> str:
+    """The partition plot's title, with the partition's own parameter (α for Dirichlet)."""
+    detail = {
+        "dirichlet": f" (α={cfg.alpha:g})",
+        "pathological": f" ({cfg.classes_per_partition} classes per client)",
+        "shard": f" ({cfg.shards_per_partition} shards per client)",
+    }.get(cfg.partition, "")
+    return f"{cfg.dataset}: {cfg.partition} partition{detail} over {cfg.num_clients} clients"
 
 
 def summarize(spec: RunSpec, records: list[RoundRecord], seconds: float) -> dict[str, Any]:
@@ -164,29 +234,76 @@ def print_summary(summary: dict[str, Any], run_dir: str) -> None:
     print(f"outputs in {run_dir}")
 
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: works as a console script
-
-
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the final student accuracy (handy for sweepers).
 
     Exits with status 2 and one line on stderr for an invalid config value, before any work.
+    A resume (``hydra.run.dir=<run dir> fd.resume=true``) runs the run's own saved config
+    (:mod:`simulations.resume`).
     """
     run_dir = HydraConfig.get().runtime.output_dir
+    resumed_from = resume_dir([f"hydra.run.dir={run_dir}", *HydraConfig.get().overrides.task])
     try:
-        spec = build_run_spec(cfg, run_dir=run_dir)
+        if resumed_from is not None:
+            resolved = resume_config(resumed_from, HydraConfig.get().overrides.task, _compose)
+        else:
+            container = OmegaConf.to_container(cfg, resolve=True)
+            assert isinstance(container, dict)  # a DictConfig always converts to a dict
+            resolved = {str(k): v for k, v in container.items()}
+        spec = build_run_spec(resolved, run_dir=run_dir)
+        preflight(spec, flatten_fd_groups(resolved)[1])
     except ConfigError as error:
         exit_on_config_error("fedkd-sim", error)
+    except DatasetUnavailableError as error:
+        print(f"fedkd-sim: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     if not spec.simulation.verbose:
         logging.getLogger("flwr").setLevel(logging.INFO)
         # Flower's state database logs its migration plugins at INFO under Hydra's root logger.
         logging.getLogger("alembic").setLevel(logging.WARNING)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)  # a DictConfig always converts to a dict
-    summary = run_experiment(spec, {str(k): v for k, v in resolved.items()})
+    if resumed_from is not None:
+        written = record_resume(resumed_from, list(HydraConfig.get().overrides.task), resolved)
+        log.info("resuming %s with its saved config.yaml; this invocation: %s", run_dir, written)
+    try:
+        # a resume never overwrites the run's config.yaml
+        summary = run_experiment(spec, None if resumed_from is not None else resolved)
+    except (NoRoundCompleted, NotEnoughNodes) as error:
+        print(f"fedkd-sim: error: {error} (outputs in {run_dir})", file=sys.stderr)
+        raise SystemExit(1) from None
     print_summary(summary, run_dir)
+    failure = no_round_succeeded(full_history(Path(run_dir), []))
+    if failure is not None:
+        print(f"fedkd-sim: error: {failure}", file=sys.stderr)
+        raise SystemExit(1)
     return float(summary["final_student_accuracy"])
+
+
+def no_round_succeeded(records: list[RoundRecord]) -> str | None:
+    """The one-line cause when no round of the run succeeded (the student never learnt), else
+    ``None``: such a run exits non-zero instead of reporting an untrained student's accuracy."""
+    if any(record.status == "ok" for record in records):
+        return None
+    if not records:
+        return "the run produced no rounds; see the log above for the cause"
+    return f"no round succeeded; round {records[-1].round} {records[-1].status}"
+
+
+def _compose(overrides: list[str]) -> dict[str, Any]:
+    """The resolved primary config for ``overrides`` (without ``hydra``), inside a Hydra app."""
+    from hydra import compose
+
+    composed = OmegaConf.to_container(
+        compose(config_name="config", overrides=overrides), resolve=True
+    )
+    assert isinstance(composed, dict)
+    return {str(k): v for k, v in composed.items() if k != "hydra"}
+
+
+def main() -> None:
+    """``fedkd-sim``: Hydra's entry point; a resume keeps the run's ``.hydra/`` files intact."""
+    sys.argv[1:] = prepare_argv(sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -101,8 +101,10 @@ class RunRecorder:
         if self.run_dir is not None:
             write_json_atomic(self.run_dir / "metrics.json", self.records)
 
-    def save_plots(self) -> list[Path]:
-        """Accuracy vs round and accuracy vs cumulative bytes, next to metrics.json."""
+    def save_plots(self, strategy: str = "fd") -> list[Path]:
+        """Accuracy vs round (with the clients' mean and the teacher on public data) and accuracy
+        vs cumulative traffic, next to metrics.json. ``strategy`` names the central model's line:
+        FD's student, or FedAvg's global model."""
         if self.run_dir is None or not self.records:
             return []
         import importlib.util
@@ -110,10 +112,10 @@ class RunRecorder:
         if importlib.util.find_spec("matplotlib") is None:  # lean server install: data, no pictures
             log.warning("matplotlib is not installed; skipping plots (pip install 'fedkd[server]')")
             return []
-        from fedkd.plots import plot_accuracy_vs_bytes, plot_accuracy_vs_round
+        from fedkd.plots import RUN_LINES, plot_accuracy_vs_bytes, plot_accuracy_vs_round
 
-        series = {"student": self.records}
+        series = {"FedAvg global model" if strategy == "fedavg" else "student": self.records}
         return [
-            plot_accuracy_vs_round(series, self.run_dir / "accuracy_vs_round.png"),
+            plot_accuracy_vs_round(series, self.run_dir / "accuracy_vs_round.png", extra=RUN_LINES),
             plot_accuracy_vs_bytes(series, self.run_dir / "accuracy_vs_bytes.png"),
         ]

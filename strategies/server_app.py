@@ -35,9 +35,31 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = from_run_config(run_config if run_config is not None else context.run_config)
+        check_federation_size(grid, cfg)
         run_server(grid, cfg, list(callbacks))
 
     return app
+
+
+def check_federation_size(grid: Grid, cfg: FDConfig) -> str | None:
+    """Warn when the SuperNodes connected at start are not ``num-clients``; return the warning.
+
+    ``flwr run .`` on Flower's local simulation federation starts ``num-supernodes`` virtual
+    SuperNodes (2 unless set) and each splits the data into that many partitions, whatever
+    ``num-clients`` says: a different experiment. On real devices a smaller count is expected
+    while they connect; the warning says both.
+    """
+    connected = len(list(grid.get_node_ids()))
+    if connected == cfg.num_clients:
+        return None
+    message = (
+        f"{connected} SuperNodes are connected but num-clients={cfg.num_clients}: in a "
+        f'simulation, run `flwr run . --federation-config "num-supernodes={cfg.num_clients}"` '
+        "(simulated clients split the data into one partition per SuperNode, so the run "
+        "differs from fedkd-sim's); on devices, this is expected while they connect"
+    )
+    log.warning(message)
+    return message
 
 
 def build_student(cfg: FDConfig, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
@@ -69,7 +91,7 @@ def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> Run
         strategy.callbacks.extend(all_callbacks)
         strategy.start(grid, first_round=_prepare_checkpoint(strategy, cfg, recorder) + 1)
         _require_a_completed_round(strategy)
-    recorder.save_plots()
+    recorder.save_plots(cfg.strategy)
     return recorder
 
 

@@ -12,6 +12,9 @@ unlabelled data from the training distribution); the hub *test* split stays the 
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +24,8 @@ import torch
 from torch import Tensor
 
 from fedkd.data.splits import DataSplits, carve_public, make_splits, take
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "HUB_DATASETS",
@@ -105,7 +110,42 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub endpoint (``$HF_ENDPOINT``) opens within ``timeout``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _go_offline_if_unreachable() -> None:
+    """Read from the cache only when the Hub cannot be reached: ``datasets`` would otherwise retry
+    every request (about 30 s) before failing. Leaves an explicit ``HF_HUB_OFFLINE`` or
+    ``HF_DATASETS_OFFLINE`` alone. Both libraries read the switch at import time, so the
+    already-imported constants are set as well."""
+    if "HF_HUB_OFFLINE" in os.environ or "HF_DATASETS_OFFLINE" in os.environ:
+        return
+    if _hub_reachable():
+        return
+    log.warning("the Hugging Face Hub is unreachable: reading datasets from the cache only")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    for module, attribute in (
+        ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+        ("datasets.config", "HF_HUB_OFFLINE"),
+        ("datasets.config", "HF_DATASETS_OFFLINE"),
+    ):
+        if module in sys.modules:
+            setattr(sys.modules[module], attribute, True)
+
+
 def _default_loader(hub_id: str) -> Any:
+    _go_offline_if_unreachable()
     import datasets
 
     return datasets.load_dataset(hub_id)
