@@ -54,7 +54,7 @@ LABELS = {
     "fedavg": "FedAvg (weights)",
     "fd_mean": "FD, mean teacher, one-way (v0.1 default)",
     "fedmd": "FedMD (mean, digest → revisit)",
-    "dsfl": "DS-FL (ERA T=0.1, co-distillation)",
+    "dsfl": "DS-FL (ERA T=0.1 over the support-aware mean)",
     "fedaux": "FedAUX-style certainty weights",
     "selective_fd": "Selective-FD (fedkd default)",
 }
