@@ -194,6 +194,12 @@ class FDConfig:
         default="label_flip",
     )
     byzantine_target: int = _doc("Class the 'targeted' attack pushes toward", default=0)
+    explain_teacher: bool = _doc(
+        "Write why the teacher says what it says each round to <run-dir>/explain/round-<r>.json "
+        "and .png (provenance, client agreement and reliability, leave-one-out; "
+        "strategies.explain); keeps every reply in memory instead of streaming",
+        default=False,
+    )
     # --- runtime --------------------------------------------------------------------------
     device: str = _doc("Server device: auto | cpu | cuda", default="auto")
     client_device: str = _doc("Client device: auto | cpu | cuda", default="cpu")

@@ -352,6 +352,7 @@ class FedDistill(Strategy):
             log.error("round %d %s; the student is unchanged", server_round, record.status)
         else:
             teacher = fold.result() if fold is not None else self.aggregate_teacher(valid)
+            self.explain_teacher(server_round, valid, indices)
             rows = fold.covered() if fold is not None else self.supported(valid, num_samples)
             record.client_weights = {} if self.guard is None else self.guard.last_report
             record.teacher_accuracy = self.teacher_accuracy(teacher, indices)
@@ -538,8 +539,8 @@ class FedDistill(Strategy):
     def streaming_aggregator(self, num_samples: int) -> StreamingAggregator | None:
         """Running sums for the configured rule when it is a mean-type rule, else ``None``
         (``median``, ``trimmed_mean`` and ``filtered_mean`` need every reply at once)."""
-        if self.cfg.aggregation not in STREAMABLE_RULES:
-            return None
+        if self.cfg.aggregation not in STREAMABLE_RULES or self.cfg.explain_teacher:
+            return None  # explaining the teacher needs every reply (strategies.explain)
         return StreamingAggregator(
             self.cfg.aggregation,
             num_samples,
@@ -621,7 +622,14 @@ class FedDistill(Strategy):
     def aggregate_teacher(self, valid: list[ValidReply]) -> np.ndarray:
         """Teacher distributions from the valid replies, by the configured rule."""
         probs = np.stack([v.probs for v in valid])  # (clients, samples, classes)
-        ctx = AggregationContext(
+        ctx = self.aggregation_context(valid)
+        if self.guard is not None:  # stateful: weights kept per node across rounds
+            return self.guard.aggregate(probs, [v.node_id for v in valid], ctx)
+        return aggregate(self.cfg.aggregation, probs, ctx)  # (samples, classes)
+
+    def aggregation_context(self, valid: list[ValidReply]) -> AggregationContext:
+        """What the rule needs besides the predictions: counts, support, hyper-parameters."""
+        return AggregationContext(
             num_examples=np.array([v.num_examples for v in valid], dtype=np.float64),
             class_counts=np.stack([v.class_counts for v in valid]),
             era_temperature=self.cfg.era_temperature,
@@ -629,9 +637,37 @@ class FedDistill(Strategy):
             outlier_threshold=self.cfg.outlier_threshold,
             support=_support_matrix(valid) if self.cfg.aggregation in SUPPORT_RULES else None,
         )
-        if self.guard is not None:  # stateful: weights kept per node across rounds
-            return self.guard.aggregate(probs, [v.node_id for v in valid], ctx)
-        return aggregate(self.cfg.aggregation, probs, ctx)  # (samples, classes)
+
+    def explain_teacher(
+        self, server_round: int, valid: list[ValidReply], indices: np.ndarray | None
+    ) -> Path | None:
+        """``<run-dir>/explain/round-<r>.json`` (and ``.png``): why the teacher says what it
+        says — per-sample provenance, per-client agreement and reliability, leave-one-out
+        effects (:func:`strategies.explain.explain_round`), judged against the public labels
+        when the simulator knows them. Off unless ``explain-teacher``; never raises."""
+        if not (self.cfg.explain_teacher and self.cfg.run_dir and valid):
+            return None
+        from strategies.explain import explain_round, plot_explanation
+        from strategies.reporting import write_json_atomic
+
+        rule = self.cfg.expguard_base if self.guard is not None else self.cfg.aggregation
+        oracle = self.public.oracle_labels
+        reference = None if oracle is None else oracle.numpy()[_resolve(indices, self.public.size)]
+        path = Path(self.cfg.run_dir) / "explain" / f"round-{server_round}.json"
+        try:
+            report = explain_round(
+                np.stack([v.probs for v in valid]),
+                self.aggregation_context(valid),
+                rule,
+                [str(v.node_id) for v in valid],
+                reference=reference,
+            )
+            write_json_atomic(path, {"round": server_round, **report})
+            plot_explanation(report, path.with_suffix(".png"))
+        except Exception as exc:  # a diagnostic must never stop the run
+            log.warning("round %d: teacher explanation failed: %s", server_round, exc)
+            return None
+        return path
 
     def distil_student(self, teacher: np.ndarray, indices: np.ndarray | None) -> float:
         """KD of the student toward the teacher on the given public rows (the one KD core)."""

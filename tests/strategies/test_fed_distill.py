@@ -346,3 +346,23 @@ def test_mean_type_rules_fold_replies_and_give_the_stacked_teacher(
     [(reference, stack, folded)] = kept
     assert folded == (rule != "median") and stack.shape[0] == 3
     np.testing.assert_allclose(teachers[0], reference, atol=1e-6)
+
+
+def test_explain_teacher_writes_a_report_per_round(tmp_path) -> None:
+    """explain-teacher: one JSON (and picture) per round naming every client that replied,
+    with agreement and leave-one-out effects judged against the simulator's public labels."""
+    import json
+
+    cfg = _cfg(num_rounds=2, run_dir=str(tmp_path), explain_teacher=True, checkpoint=False)
+    records = _run(cfg)
+    _assert_sane(records, 3)
+    for r in (1, 2):
+        report = json.loads((tmp_path / "explain" / f"round-{r}.json").read_text())
+        assert report["round"] == r and len(report["clients"]) == 3
+        assert all(0.0 <= a <= 1.0 for a in report["agreement"])
+        assert report["judged_against"] == "reference"
+        assert report["teacher_accuracy"] == pytest.approx(records[r - 1].teacher_accuracy)
+        assert len(report["samples"]["label"]) == _public_size(cfg)
+        assert (tmp_path / "explain" / f"round-{r}.png").exists()
+    plain = _run(_cfg(num_rounds=1, run_dir=str(tmp_path / "off"), checkpoint=False))
+    assert plain and not (tmp_path / "off" / "explain").exists()
