@@ -59,6 +59,8 @@ LABELS = {
     "selective_fd": "Selective-FD (fedkd default)",
 }
 TARGET = 0.85
+COLLAPSED = 1.5 / 10
+"""A final student at or below 1.5 × chance (digits: 10 classes) counts as collapsed."""
 
 
 # ----------------------------------------------------------------------------- configs
@@ -209,7 +211,6 @@ def summarize(results: dict[str, Any], target: float = TARGET) -> list[dict[str,
             group = [r for r in runs if r["recipe"] == recipe and r["alpha"] == alpha]
             recs = [g["records"] for g in group]
             hit = [_to_target(r, target) for r in recs]
-            classes_chance = 1.5 / 10
             rows.append(
                 {
                     "alpha": alpha,
@@ -221,7 +222,7 @@ def summarize(results: dict[str, Any], target: float = TARGET) -> list[dict[str,
                     "bytes_to_target": _cell(h["cum_bytes"] for h in hit if h is not None),
                     "rounds_to_target": _cell((h["round"] for h in hit if h is not None), 1),
                     "reached": sum(h is not None for h in hit),
-                    "collapsed": sum(r[-1]["student_accuracy"] <= classes_chance for r in recs),
+                    "collapsed": sum(r[-1]["student_accuracy"] <= COLLAPSED for r in recs),
                     "bytes_per_round": _cell(r[-1]["cum_bytes"] / len(r) for r in recs),
                 }
             )

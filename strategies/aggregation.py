@@ -35,6 +35,7 @@ __all__ = [
     "StreamingAggregator",
     "aggregate",
     "available_rules",
+    "evidence",
     "normalised_certainty",
     "supported_rows",
 ]
@@ -374,6 +375,16 @@ AGGREGATION_RULES: dict[str, AggregationRule] = {
 SUPPORT_RULES: frozenset[str] = frozenset({"selective", "certainty", "selective_era"})
 """Rules that need each client's per-sample support scores (clients then compute and send them)."""
 
+SHARPENED_BASE: dict[str, str] = {"era": "mean", "sharpen": "mean", "selective_era": "selective"}
+"""Rules that sharpen another rule's teacher, and that rule: sharpening adds no evidence, so
+how certain the clients really are is read from the base (the co-distillation gate)."""
+
+
+def evidence(name: str, probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """The teacher of rule ``name`` before any sharpening: what the clients' replies support."""
+    return aggregate(SHARPENED_BASE.get(name, name), probs, ctx)
+
+
 STREAMABLE_RULES: frozenset[str] = frozenset(
     {
         "mean",
@@ -559,10 +570,9 @@ class StreamingAggregator:
             return np.asarray(class_counts, dtype=np.float64)  # (classes,)
         return _certainty(probs)[:, None]  # (samples, 1)
 
-    def mean(self) -> np.ndarray:
-        """The evidence before any sharpening: the rule's weighted mean for the weighting rules,
-        the plain mean for ``mean``, ``era``, ``sharpen`` and ``logit_mean``."""
-        if self.name in ("era", "sharpen", "logit_mean"):
+    def evidence(self) -> np.ndarray:
+        """The teacher before any sharpening (see :data:`SHARPENED_BASE`)."""
+        if self.name in ("era", "sharpen"):
             return _renormalise(self._plain / self.num_clients)
         if self.name == "selective_era":  # the support-aware mean before ERA
             safe = np.where(self._weight > 0, self._weight, 1.0)

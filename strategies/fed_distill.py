@@ -35,11 +35,13 @@ from fedkd.config import FDConfig
 from fedkd.privacy import DPSpec, epsilon_spent
 from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
 from strategies.aggregation import (
+    SHARPENED_BASE,
     STREAMABLE_RULES,
     SUPPORT_RULES,
     AggregationContext,
     StreamingAggregator,
     aggregate,
+    evidence,
     normalised_certainty,
     supported_rows,
 )
@@ -361,8 +363,8 @@ class FedDistill(Strategy):
             public_rows = _resolve(indices, self.public.size)[rows]
             if rows.any():  # Selective-FD: rows nobody supports teach nothing
                 self.distil_student(teacher[rows], public_rows)
-            evidence = fold.mean() if fold is not None else teacher  # before any sharpening
-            self.teacher = self.teacher_for_clients(teacher[rows], public_rows, evidence[rows])
+            certain = fold.evidence() if fold is not None else self.teacher_evidence(valid, teacher)
+            self.teacher = self.teacher_for_clients(teacher[rows], public_rows, certain[rows])
         result = self.evaluate_student(self.test)
         record.student_accuracy, record.student_loss = result.accuracy, result.loss
         if self.val is not None:
@@ -377,12 +379,12 @@ class FedDistill(Strategy):
         )
 
     def teacher_for_clients(
-        self, teacher: np.ndarray, public_rows: np.ndarray, evidence: np.ndarray | None = None
+        self, teacher: np.ndarray, public_rows: np.ndarray, basis: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The rows co-distilling clients get: those the clients' evidence is certain about.
 
-        Certainty is ``1 - H / log C`` (0 uniform, 1 one-hot) of ``evidence``: the mean of the
-        replies (the rule's own weighting, before any sharpening), or the teacher itself.
+        Certainty is ``1 - H / log C`` (0 uniform, 1 one-hot) of ``basis``: the teacher before
+        any sharpening (:func:`strategies.aggregation.evidence`), row for row.
         Digesting near-uniform rows is what collapsed co-distillation: it flattens every
         client's outputs, and the next teacher (the mean of flattened outputs) is flatter still,
         round after round, until all sit at chance (docs/recipes.md). Sharpening (``era``,
@@ -390,9 +392,17 @@ class FedDistill(Strategy):
         confident, mostly wrong label, which collapsed DS-FL at α = 0.1 on 4 of 5 seeds until
         the gate looked at the mean. Rows under ``codistill-min-certainty`` stay home.
         """
-        certainty = normalised_certainty(teacher if evidence is None else evidence)  # (rows,)
+        certainty = normalised_certainty(basis)  # (rows,)
         keep = certainty >= self.cfg.codistill_min_certainty
         return teacher[keep], public_rows[keep]
+
+    def teacher_evidence(self, valid: list[ValidReply], teacher: np.ndarray) -> np.ndarray:
+        """The stacked-replies form of :meth:`StreamingAggregator.evidence`: ``teacher`` itself
+        unless the rule sharpens another rule's teacher (``era``, ``sharpen``, ...)."""
+        if self.guard is not None or self.cfg.aggregation not in SHARPENED_BASE:
+            return teacher
+        probs = np.stack([v.probs for v in valid])  # (clients, samples, classes)
+        return evidence(self.cfg.aggregation, probs, self.aggregation_context(valid))
 
     def supported(self, valid: list[ValidReply], num_samples: int) -> np.ndarray:
         """``(samples,)`` rows some valid reply supports (every row for rules without support)."""

@@ -17,6 +17,7 @@ from strategies.aggregation import (
     StreamingAggregator,
     aggregate,
     available_rules,
+    evidence,
     outlier_mask,
     supported_rows,
 )
@@ -482,8 +483,18 @@ def test_streaming_equals_batch(name, seed):
         )
     assert streaming.num_clients == 6
     np.testing.assert_allclose(streaming.result(), aggregate(name, probs, ctx), atol=1e-6)
+    np.testing.assert_allclose(streaming.evidence(), evidence(name, probs, ctx), atol=1e-6)
     expected_rows = supported_rows(ctx.support, 20) if name in SUPPORT_RULES else np.ones(20)
     np.testing.assert_array_equal(streaming.covered(), expected_rows.astype(bool))
+
+
+def test_evidence_is_the_teacher_before_sharpening():
+    probs, ctx = random_case(8, clients=5, samples=9, classes=4)
+    np.testing.assert_allclose(evidence("era", probs, ctx), aggregate("mean", probs, ctx))
+    np.testing.assert_allclose(
+        evidence("selective_era", probs, ctx), aggregate("selective", probs, ctx)
+    )
+    np.testing.assert_allclose(evidence("median", probs, ctx), aggregate("median", probs, ctx))
 
 
 def test_selective_keeps_only_supporting_clients_and_flags_unsupported_rows():
