@@ -47,16 +47,30 @@ import numpy as np
 
 from benchmarks.common import DEFAULT_OUT_DIR, markdown_table, update_docs, write_json
 
-RECIPES = ("fedavg", "fd_mean", "fedmd", "dsfl", "fedaux", "selective_fd")
-"""``fedavg`` is ``strategy=fedavg``; the others are ``conf/recipe/<name>.yaml``."""
+RECIPES = (
+    "fedavg",
+    "feddf",
+    "fd_mean",
+    "fedmd",
+    "fedmd_pretrained",
+    "dsfl",
+    "fedaux",
+    "selective_fd",
+    "fedkd",
+)
+"""``fedavg`` is ``strategy=fedavg``; ``fedkd`` is ``fedkd-sim``'s defaults (no recipe); the
+others are ``conf/recipe/<name>.yaml``."""
 
 LABELS = {
     "fedavg": "FedAvg (weights)",
+    "feddf": "FedDF (hybrid: weights + ensemble distillation)",
     "fd_mean": "FD, mean teacher, one-way (v0.1 default)",
     "fedmd": "FedMD (mean, digest → revisit)",
+    "fedmd_pretrained": "FedMD + pretraining on the labelled public set (another setting)",
     "dsfl": "DS-FL (ERA T=0.1 over the support-aware mean)",
     "fedaux": "FedAUX-style certainty weights",
-    "selective_fd": "Selective-FD (fedkd default)",
+    "selective_fd": "Selective-FD",
+    "fedkd": "fedkd default (Selective-FD × class share)",
 }
 TARGET = 0.85
 COLLAPSED = 1.5 / 10
@@ -66,7 +80,7 @@ COLLAPSED = 1.5 / 10
 # ----------------------------------------------------------------------------- configs
 def recipe_overrides(recipe: str, alpha: float, seed: int, rounds: int) -> list[str]:
     """Hydra overrides for one run: the recipe's preset plus the grid point."""
-    chosen = ["strategy=fedavg"] if recipe == "fedavg" else [f"recipe={recipe}"]
+    chosen = {"fedavg": ["strategy=fedavg"], "fedkd": []}.get(recipe, [f"recipe={recipe}"])
     return [
         *chosen,
         f"partition.alpha={alpha}",

@@ -35,7 +35,7 @@ from fedkd.training import (
     resolve_device,
     resolve_threads,
 )
-from strategies.aggregation import AggregationContext, aggregate
+from strategies.aggregation import SUPPORT_RULES, AggregationContext, aggregate
 
 __all__ = ["PlainRound", "run_plain_fd"]
 
@@ -136,7 +136,7 @@ def run_plain_fd(cfg: FDConfig) -> list[PlainRound]:
         cfg.co_distillation
         or cfg.separate_query
         or cfg.strategy != "fd"
-        or cfg.aggregation in ("selective", "certainty")
+        or cfg.aggregation in SUPPORT_RULES
     ):
         raise ValueError(
             "the plain loop mirrors plain FD only (no co-distillation, query phase or "

@@ -49,6 +49,9 @@ class ClientData:
     test_y: torch.Tensor
     num_classes: int
     input_shape: tuple[int, ...]
+    # Labels of public_x, only in a setting where the public data is labelled (FedMD's transfer
+    # phase, ``public-pretrain-epochs`` > 0); None everywhere else.
+    public_y: torch.Tensor | None = None
 
     @property
     def class_counts(self) -> list[int]:
@@ -118,6 +121,7 @@ def load_client_data(cfg: FDConfig, partition_id: int, num_partitions: int) -> C
         test_y=splits.test_y,
         num_classes=splits.num_classes,
         input_shape=splits.input_shape,
+        public_y=splits.oracle_public_labels() if cfg.public_pretrain_epochs else None,
     )
 
 
@@ -257,6 +261,8 @@ class FDClient:
         supervised step (:func:`fedkd.training.train_with_teacher`); ``digest`` is FedMD's
         order: ``distill-epochs`` of KD first, then plain local training (revisit).
         """
+        if not self.restored and self.cfg.public_pretrain_epochs:
+            self.pretrain_on_public()
         cfg = self.round_cfg(req.local_epochs, req.lr)
         generator = self._generator(req.server_round)
         rows = 0 if req.teacher_indices is None else len(req.teacher_indices)
@@ -286,6 +292,25 @@ class FDClient:
             cfg,
             optimizer=self.optimizer,
             generator=generator,
+        )
+
+    def pretrain_on_public(self) -> float:
+        """FedMD's transfer phase (Li & Wang 2019): before its first round, the client trains
+        ``public-pretrain-epochs`` on the *labelled* public set, so every client starts from a
+        model that knows all classes. Only where public labels exist (opt-in by config)."""
+        if self.data.public_y is None:
+            raise ValueError(
+                "public-pretrain-epochs > 0 needs labelled public data; this client's public set "
+                "has no labels"
+            )
+        cfg = self.round_cfg(self.cfg.public_pretrain_epochs, self.cfg.lr)
+        return train_supervised(
+            self.model,
+            self.data.public_x,
+            self.data.public_y,
+            cfg,
+            optimizer=make_optimizer(self.model, cfg),
+            generator=self._generator(0, salt=3),
         )
 
     @functools.cached_property

@@ -55,8 +55,8 @@ def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         cfg = config_of(context)
-        if P.ARRAYS in msg.content.array_records:  # FedAvg baseline
-            return _fedavg_train(msg, context, cfg)
+        if P.carries_weights(msg.content):  # FedAvg / FedDF baselines
+            return _weights_train(msg, context, cfg)
         return _fd_round(msg, context, cfg, train=True)
 
     @app.query("soft_labels")
@@ -177,21 +177,43 @@ def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> 
     return Message(content, reply_to=msg)
 
 
-def _fedavg_train(msg: Message, context: Context, cfg: FDConfig) -> Message:
-    partition_id, num_partitions, _ = _identity(context, cfg)
+def _weights_train(msg: Message, context: Context, cfg: FDConfig) -> Message:
+    """FedAvg's and FedDF's client step: start from the weights sent, train, send them back.
+
+    FedAvg sends one model (``arrays``) that every client trains. FedDF sends each architecture
+    group's weights as ``arrays.<model>``; a client trains its own architecture's, and says
+    which it is in the reply's meta record so the server can average within groups.
+    """
+    partition_id, num_partitions, own_model = _identity(context, cfg)
+    records = msg.content.array_records
+    group_key = P.group_arrays_key(own_model)
+    if group_key in records:
+        model, weights_in = own_model, records[group_key]
+    elif P.ARRAYS in records:
+        model, weights_in = cfg.student_model, records[P.ARRAYS]
+    else:
+        reason = f"no weights for this client's architecture {own_model!r} (sent: {list(records)})"
+        log.warning("%s", reason)
+        return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
     data = _data(context, cfg, partition_id, num_partitions)
-    client = FDClient(cfg, data, cfg.student_model, partition_id)
+    client = FDClient(cfg, data, model, partition_id)
     flwr_cfg = msg.content.config_records.get(P.CONFIG, ConfigRecord())
     round_value = flwr_cfg.get("server-round", 0)
     server_round = round_value if isinstance(round_value, int) else 0
     weights, metrics = train_from_global(
         client,
-        msg.content.array_records[P.ARRAYS].to_torch_state_dict(),
+        weights_in.to_torch_state_dict(),
         server_round=server_round,
         epochs=cfg.local_epochs,
         lr=cfg.lr,
     )
-    content = RecordDict({P.ARRAYS: ArrayRecord(weights), P.METRICS: MetricRecord(metrics)})
+    content = RecordDict(
+        {
+            P.ARRAYS: ArrayRecord(weights),
+            P.METRICS: MetricRecord(metrics),
+            P.META: ConfigRecord({P.MODEL_NAME: model}),
+        }
+    )
     return Message(content, reply_to=msg)
 
 

@@ -24,7 +24,7 @@ from fedkd.kd import Divergence, KDSpec
 from fedkd.models import available_models
 
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "shard")
-STRATEGIES = ("fd", "fedavg")
+STRATEGIES = ("fd", "fedavg", "feddf")
 OPTIMIZERS = ("sgd", "adam")
 DIVERGENCES = ("kl", "reverse_kl", "symmetric_kl", "soft_ce", "mse")
 # Aggregation rules live server-side (strategies.aggregation); their names are repeated here
@@ -43,6 +43,7 @@ AGGREGATION_RULES = (
     "selective",
     "certainty",
     "selective_era",
+    "selective_class",
     "expguard",
 )
 CODISTILL_MODES = ("joint", "digest")
@@ -71,7 +72,9 @@ class FDConfig:
 
     # --- federation -----------------------------------------------------------------------
     strategy: str = _doc(
-        "'fd' (federated distillation) or 'fedavg' (Flower's FedAvg baseline)", default="fd"
+        "'fd' (federated distillation), 'fedavg' (Flower's FedAvg baseline) or 'feddf' "
+        "(FedAvg within architecture groups + ensemble distillation: sends weights)",
+        default="fd",
     )
     num_rounds: int = _doc("Server rounds", default=10)
     num_clients: int = _doc("Clients (partitions) in the federation", default=10)
@@ -114,9 +117,10 @@ class FDConfig:
         "Softmax temperature of the uploaded soft labels and of KD", default=2.0
     )
     aggregation: str = _doc(
-        "Teacher aggregation rule (strategies.aggregation); 'selective' keeps each client's "
-        "vote to the public samples its data supports (Selective-FD)",
-        default="selective",
+        "Teacher aggregation rule (strategies.aggregation); 'selective_class' keeps each "
+        "client's vote to the public samples its data supports (Selective-FD) and weighs it by "
+        "the client's share of each class",
+        default="selective_class",
     )
     era_temperature: float = _doc(
         "Temperature of era (softmax(mean/T): sharpens only below ~1/(2·classes)) and of "
@@ -156,6 +160,12 @@ class FDConfig:
         "Teacher rows sent back to clients need certainty 1 - H/log(C) at least this (0 = "
         "all rows); near-uniform rows flatten clients and collapse co-distillation",
         default=0.25,
+    )
+    public_pretrain_epochs: int = _doc(
+        "FedMD's transfer phase: clients first train this many epochs on the public set WITH "
+        "its labels (a setting where the public data is labelled, so the public-labels "
+        "reference is no longer a bound); 0 keeps the public set unlabelled",
+        default=0,
     )
     client_distill_epochs: int = _doc(
         "Client distillation epochs toward the received teacher (digest mode)", default=1
@@ -363,6 +373,7 @@ def _validate(cfg: FDConfig) -> None:
     )
     _require(cfg.public_subset >= 0, "public-subset", f"must be >= 0, got {cfg.public_subset}")
     _require(cfg.client_distill_epochs >= 0, "client-distill-epochs", "must be >= 0")
+    _require(cfg.public_pretrain_epochs >= 0, "public-pretrain-epochs", "must be >= 0")
     _require(
         cfg.torch_threads >= 0, "torch-threads", f"must be >= 0 (0 = auto), got {cfg.torch_threads}"
     )

@@ -40,7 +40,8 @@ SUPPORT = "support"  # ArrayRecord: {"scores": uint8 (subset,)} when the round a
 SUPPORT_SCORES = "scores"
 METRICS = "metrics"  # MetricRecord
 META = "meta"  # ConfigRecord: non-numeric reply metadata
-ARRAYS = "arrays"  # FedAvg: model weights (Flower's default key)
+ARRAYS = "arrays"  # FedAvg: model weights (Flower's default key); FedDF: a client's reply
+GROUP_ARRAYS_PREFIX = "arrays."  # FedDF: "arrays.<model>", one architecture group's weights
 
 # ---------------------------------------------------------------- config entries
 ROUND = "server-round"
@@ -223,6 +224,16 @@ def parse_request(content: RecordDict) -> RoundRequest:
         teacher_indices=teacher_idx,
         with_support=bool(cfg.get(WITH_SUPPORT, False)),
     )
+
+
+def group_arrays_key(model_name: str) -> str:
+    """FedDF's record key for one architecture group's weights (``arrays.<model>``)."""
+    return f"{GROUP_ARRAYS_PREFIX}{model_name}"
+
+
+def carries_weights(content: RecordDict) -> bool:
+    """A train request of a weight-sharing baseline (FedAvg, FedDF), not an FD round."""
+    return any(k == ARRAYS or k.startswith(GROUP_ARRAYS_PREFIX) for k in content.array_records)
 
 
 def reply_content(

@@ -331,6 +331,30 @@ def selective_era_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray
     return _renormalise(_softmax(selective_rule(probs, ctx) / ctx.era_temperature))
 
 
+def selective_class_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
+    """Selective-FD's support mask, each supporter's vote weighted by its share of the class.
+
+    ``teacher[s, c] ∝ sum_k m[k, s] · w[k, c] · p[k, s, c]`` with ``m`` the support mask of
+    :func:`selective_rule` and ``w[k, c] = n[k, c] / sum_j n[j, c]`` the client's share of the
+    federation's examples of class ``c`` (:func:`class_weighted_rule`). Why both: the support
+    mask asks *whether* a client has seen inputs like this one; under label skew a client
+    whose private data sit near a ``3`` but hold only ``8``s still supports it and votes ``8``
+    with confidence. The class share asks whether it has seen *this class*. Measured on the
+    replies of one α = 0.1 run (benchmarks.fd_teacher_probe): the same replies give a teacher
+    right on 0.954 of the public set instead of 0.918 after 30 rounds, 0.798 instead of 0.479
+    after 2. Rows nobody supports take the plain mean (and are not distilled).
+    fedkd's combination, not a published rule.
+    """
+    from fedkd.support import in_support
+
+    mask = in_support(_support(ctx, probs.shape[:2])).astype(np.float64)  # (clients, samples)
+    share = _share_weights(ctx.class_counts)  # (clients, classes)
+    weighted = np.einsum("ks,kc,ksc->sc", mask, share, probs, dtype=np.float64)
+    supported = mask.sum(axis=0) > 0
+    mean = probs.mean(axis=0, dtype=np.float64)
+    return _renormalise(np.where(supported[:, None], weighted, mean))
+
+
 def certainty_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
     """Mean weighted by each client's soft support score per sample (FedAUX-style).
 
@@ -370,9 +394,12 @@ AGGREGATION_RULES: dict[str, AggregationRule] = {
     "selective": selective_rule,
     "certainty": certainty_rule,
     "selective_era": selective_era_rule,
+    "selective_class": selective_class_rule,
 }
 
-SUPPORT_RULES: frozenset[str] = frozenset({"selective", "certainty", "selective_era"})
+SUPPORT_RULES: frozenset[str] = frozenset(
+    {"selective", "certainty", "selective_era", "selective_class"}
+)
 """Rules that need each client's per-sample support scores (clients then compute and send them)."""
 
 SHARPENED_BASE: dict[str, str] = {"era": "mean", "sharpen": "mean", "selective_era": "selective"}
@@ -397,6 +424,7 @@ STREAMABLE_RULES: frozenset[str] = frozenset(
         "selective",
         "certainty",
         "selective_era",
+        "selective_class",
     }
 )
 """Rules that decompose into per-client sums; ``median``, ``trimmed_mean`` and
@@ -514,6 +542,9 @@ class StreamingAggregator:
         self._covered = np.zeros(num_samples, dtype=bool)  # rows some client supports
         self._weighted = np.zeros(self.shape if needs_weighted else ())
         self._weight = np.zeros(self._weight_shape())  # sum_k w[k]
+        # selective_class: sum_k n[k] (per class) and sum_k m[k] p[k] for classes nobody holds
+        self._class_total = np.zeros(num_classes)
+        self._masked = np.zeros(self.shape if name == "selective_class" else ())
 
     def _weight_shape(self) -> tuple[int, ...]:
         if self.name == "class_weighted":
@@ -543,12 +574,28 @@ class StreamingAggregator:
             self._covered |= supported_rows(support[None, :], self.shape[0])
         self.num_clients += 1
         self._plain += probs
-        if self.name == "logit_mean":
+        if self.name == "selective_class":
+            self._add_class_share(probs, np.asarray(class_counts, dtype=np.float64), support)
+        elif self.name == "logit_mean":
             self._weighted += np.log(np.maximum(probs, LOG_EPS))
         elif self.name in ("weighted", "class_weighted", "confidence", *SUPPORT_RULES):
             w = self._client_weight(probs, num_examples, class_counts, support)
             self._weighted += w * probs
             self._weight += w
+
+    def _add_class_share(
+        self, probs: np.ndarray, class_counts: np.ndarray, support: np.ndarray | None
+    ) -> None:
+        """``selective_class``: the class shares' denominators are only known at the end, and
+        are per class, so the sums keep raw counts and divide column by column in result()."""
+        from fedkd.support import in_support
+
+        assert support is not None  # checked in add()
+        mask = in_support(support).astype(np.float64)[:, None]  # (samples, 1)
+        self._weighted += mask * class_counts[None, :] * probs
+        self._masked += mask * probs
+        self._weight += mask
+        self._class_total += class_counts
 
     def _client_weight(
         self,
@@ -599,6 +646,8 @@ class StreamingAggregator:
             return _power_sharpen(mean, self.era_temperature)
         if self.name == "logit_mean":
             return _renormalise(_softmax(self._weighted / self.num_clients))
+        if self.name == "selective_class":
+            return self._class_share_result(mean)
         # weighted / class_weighted / confidence / support rules: zero total weight falls back
         # to the plain mean.
         safe = np.where(self._weight > 0, self._weight, 1.0)
@@ -606,6 +655,12 @@ class StreamingAggregator:
         if self.name == "selective_era":
             return _renormalise(_softmax(weighted / self.era_temperature))
         return weighted
+
+    def _class_share_result(self, mean: np.ndarray) -> np.ndarray:
+        held = self._class_total > 0  # (classes,) a class nobody holds: uniform shares 1/K
+        safe = np.where(held, self._class_total, 1.0)
+        weighted = np.where(held, self._weighted / safe, self._masked / self.num_clients)
+        return _renormalise(np.where(self._weight > 0, weighted, mean))
 
 
 def _checked_support(support: np.ndarray | None, num_samples: int) -> np.ndarray:

@@ -1,5 +1,7 @@
 """The FedAvg baseline, one flag away (``strategy=fedavg``): Flower's own ``FedAvg``.
 
+Also the driver of every weight-sharing baseline (FedAvg, :mod:`strategies.feddf`).
+
 Same partitions, same model (every client trains ``student-model``), same local training as
 FedDistill; only what crosses the wire differs. A thin subclass counts the bytes of every
 message each way so the two strategies' communication can be compared honestly.
@@ -30,6 +32,9 @@ class CountingFedAvg(FedAvg):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.round_bytes: dict[int, list[int]] = {}  # round -> [up, down, replies]
 
+    def annotate(self, record: RoundRecord) -> None:
+        """Add what this strategy knows beyond bytes to a round's record (FedAvg: nothing)."""
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -48,6 +53,16 @@ class CountingFedAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
+def flower_kwargs(cfg: FDConfig) -> dict[str, Any]:
+    """Flower FedAvg's sampling settings from the run's configuration."""
+    return {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": 0.0,  # the global model is evaluated centrally, as FD's student is
+        "min_train_nodes": cfg.min_train_nodes,
+        "min_available_nodes": cfg.min_train_nodes,
+    }
+
+
 def run_fedavg(
     grid: Grid,
     cfg: FDConfig,
@@ -59,13 +74,23 @@ def run_fedavg(
 ) -> ArrayRecord:
     """Run FedAvg for ``cfg.num_rounds`` rounds, reporting a :class:`RoundRecord` per round
     (test accuracy, and validation accuracy when ``val`` holds data)."""
+    strategy = CountingFedAvg(**flower_kwargs(cfg))
+    return run_weight_sharing(strategy, grid, cfg, model, test, callbacks, val=val)
+
+
+def run_weight_sharing(
+    strategy: CountingFedAvg,
+    grid: Grid,
+    cfg: FDConfig,
+    model: torch.nn.Module,
+    test: TestSet,
+    callbacks: list[RoundCallback],
+    *,
+    val: TestSet | None = None,
+) -> ArrayRecord:
+    """Drive a weight-sharing strategy (FedAvg, FedDF) through Flower's own ``start`` loop,
+    evaluating ``model`` (loaded with the round's global arrays) centrally each round."""
     random.seed(cfg.seed)  # Flower's node sampling uses the `random` module
-    strategy = CountingFedAvg(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=0.0,  # the global model is evaluated centrally, as FD's student is
-        min_train_nodes=cfg.min_train_nodes,
-        min_available_nodes=cfg.min_train_nodes,
-    )
     state: dict[str, Any] = {"cum": 0, "t": time.perf_counter()}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -93,6 +118,7 @@ def run_fedavg(
                     else None
                 ),
             )
+            strategy.annotate(record)
             state["t"] = now
             for callback in callbacks:
                 callback(record)

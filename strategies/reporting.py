@@ -114,7 +114,8 @@ class RunRecorder:
             return []
         from fedkd.plots import RUN_LINES, plot_accuracy_vs_bytes, plot_accuracy_vs_round
 
-        series = {"FedAvg global model" if strategy == "fedavg" else "student": self.records}
+        label = {"fedavg": "FedAvg global model", "feddf": "FedDF student-architecture model"}
+        series = {label.get(strategy, "student"): self.records}
         return [
             plot_accuracy_vs_round(series, self.run_dir / "accuracy_vs_round.png", extra=RUN_LINES),
             plot_accuracy_vs_bytes(series, self.run_dir / "accuracy_vs_bytes.png"),

@@ -1,4 +1,4 @@
-"""The fedkd Flower ServerApp: federated distillation, or the FedAvg baseline by config.
+"""The fedkd Flower ServerApp: federated distillation, or the FedAvg / FedDF baselines by config.
 
 ``flwr run .`` loads :data:`app`; the simulation driver builds its own with
 :func:`make_server_app`, binding the run-config and extra round callbacks (W&B, sweeps).
@@ -21,6 +21,7 @@ from fedkd.models import build_model
 from fedkd.training import resolve_device, resolve_threads
 from strategies.fed_distill import FedDistill, PublicSet, RoundCallback, TestSet
 from strategies.fedavg_baseline import run_fedavg
+from strategies.feddf import build_groups, run_feddf
 from strategies.reporting import RunRecorder
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ def run_server(grid: Grid, cfg: FDConfig, callbacks: list[RoundCallback]) -> Run
     val = TestSet(splits.val_x, splits.val_y, splits.num_classes)
     if cfg.strategy == "fedavg":
         run_fedavg(grid, cfg, student, test, all_callbacks, val=val)
+    elif cfg.strategy == "feddf":
+        groups = build_groups(cfg, splits.input_shape, splits.num_classes)
+        public = PublicSet(splits.public_x, oracle_labels=splits.oracle_public_labels())
+        run_feddf(grid, cfg, groups, public, test, all_callbacks, val=val)
     else:
         strategy = FedDistill(
             cfg,

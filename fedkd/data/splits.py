@@ -84,10 +84,11 @@ class DataSplits:
                 raise ValueError(f"{split}: labels outside [0, {self.num_classes})")
 
     def oracle_public_labels(self) -> Tensor:
-        """True labels of ``public_x``: for simulator diagnostics only, never for training.
+        """True labels of ``public_x``: for simulator diagnostics and references, never for
+        training — except in the explicitly labelled-public setting ``public-pretrain-epochs``
+        (FedMD's transfer phase, :meth:`fedkd.client.FDClient.pretrain_on_public`).
 
-        A simulator may report e.g. the accuracy of the aggregated teacher on the public set;
-        no client or server code path should call this.
+        A simulator may report e.g. the accuracy of the aggregated teacher on the public set.
         """
         return self._public_y_oracle
 

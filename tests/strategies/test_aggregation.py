@@ -207,6 +207,27 @@ def ref_selective_era(p, ctx):
     ]
 
 
+def ref_selective_class(p, ctx):
+    num_clients, num_samples, num_classes = p.shape
+    out = []
+    for s in range(num_samples):
+        supporters = [k for k in range(num_clients) if ctx.support[k, s] >= 0.5]
+        if not supporters:
+            mean = [sum(p[k, s, c] for k in range(num_clients)) for c in range(num_classes)]
+            out.append(_normalise_row(mean))
+            continue
+        row = []
+        for c in range(num_classes):
+            total = sum(float(ctx.class_counts[k, c]) for k in range(num_clients))
+            share = [
+                ctx.class_counts[k, c] / total if total > 0 else 1.0 / num_clients
+                for k in range(num_clients)
+            ]
+            row.append(sum(share[k] * p[k, s, c] for k in supporters))
+        out.append(_normalise_row(row))
+    return out
+
+
 REFERENCES = {
     "mean": ref_mean,
     "logit_mean": ref_logit_mean,
@@ -221,6 +242,7 @@ REFERENCES = {
     "selective": ref_selective,
     "certainty": ref_certainty,
     "selective_era": ref_selective_era,
+    "selective_class": ref_selective_class,
 }
 ALL_RULES = available_rules()
 STREAMABLE = sorted(STREAMABLE_RULES)
@@ -510,6 +532,19 @@ def test_selective_keeps_only_supporting_clients_and_flags_unsupported_rows():
     np.testing.assert_array_equal(supported_rows(support, 3), [True, True, False])
     soft = aggregate("certainty", probs, ctx)  # weights 1, 0.9 on row 0
     np.testing.assert_allclose(soft[0], [1 / 1.9, 0.9 / 1.9, 0.0], atol=1e-6)
+
+
+def test_selective_class_lets_the_class_owner_outvote_a_nearby_non_owner():
+    """The mechanism behind the rule: clients 0 and 1 support a sample of class 0; client 1
+    holds no class-0 examples (a quarter of class 1's) and answers class 1 with more confidence
+    than the class-0 owner answers class 0. Client 2 holds most of class 1 and does not support
+    the sample."""
+    probs = np.array([[[0.6, 0.4]], [[0.05, 0.95]], [[0.1, 0.9]]], dtype=np.float32)
+    counts = np.array([[50, 0], [0, 20], [0, 60]])
+    support = np.array([[1.0], [1.0], [0.0]])
+    ctx = AggregationContext(counts.sum(axis=1), counts, support=support)
+    assert aggregate("selective", probs, ctx)[0].argmax() == 1  # the plain support mean: wrong
+    assert aggregate("selective_class", probs, ctx)[0].argmax() == 0
 
 
 @pytest.mark.parametrize("name", STREAMABLE)
