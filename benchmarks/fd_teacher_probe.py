@@ -10,9 +10,12 @@ Then, on exactly those replies, it re-aggregates the teacher with each support r
 it against the public set's labels (the simulator knows them; the server never uses them).
 Holding the replies fixed isolates the rule from the dynamics it would cause.
 
-It also breaks the selective teacher's wrong rows down by who supported them: a row whose
-supporters include a client that holds *no* example of the row's true class (a "non-owner"
-whose private data merely sit near the sample) is where a confident wrong vote gets in.
+It also breaks the teachers' wrong rows down: how many of the selective teacher's have a
+supporter that holds *no* example of the row's true class (a "non-owner" whose private data
+merely sit near the sample: where a confident wrong vote gets in), and how many would pass the
+co-distillation gate (certainty ≥ 0.25) if the gate read each teacher's own certainty. Class
+shares silence dissent, so ``selective_class``'s own certainty cannot tell its wrong rows from
+its right ones; its gate reads the selective mean (``SHARPENED_BASE``).
 """
 
 from __future__ import annotations
@@ -31,10 +34,14 @@ from benchmarks.common import markdown_table, update_docs
 
 RULES = ("selective", "certainty", "class_weighted", "selective_class")
 SHOW_ROUNDS = (1, 2, 3, 5, 10, 20, 30)
+GATE = 0.25  # FDConfig.codistill_min_certainty's default
 
 
-def capture(alpha: float, seed: int, rounds: int) -> dict[int, dict[str, np.ndarray]]:
-    """Run Selective-FD and return, per round, the stacked replies and the public labels."""
+def capture(
+    alpha: float, seed: int, rounds: int, aggregation: str = "selective"
+) -> dict[int, dict[str, np.ndarray]]:
+    """Run FD with ``aggregation`` (Selective-FD by default) and return, per round, the stacked
+    replies and the public labels."""
     from fedkd.config import FDConfig
     from simulations.local_grid import run_fd_local
     from strategies import fed_distill
@@ -54,7 +61,7 @@ def capture(alpha: float, seed: int, rounds: int) -> dict[int, dict[str, np.ndar
     # explain_teacher=True makes the strategy keep every reply (no streaming) and hands them to
     # explain_teacher(), which the probe replaces for the run; no run-dir, so nothing is written.
     cfg = FDConfig(
-        aggregation="selective",
+        aggregation=aggregation,
         alpha=alpha,
         seed=seed,
         num_rounds=rounds,
@@ -88,22 +95,28 @@ def rule_accuracies(replies: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def wrong_row_breakdown(replies: dict[str, np.ndarray]) -> dict[str, float]:
-    """Share of the selective teacher's wrong rows with a supporting non-owner of the class."""
+    """Of each teacher's wrong rows: the share with a supporting non-owner of the true class
+    (selective), and the share that would pass the co-distillation gate (certainty ≥ 0.25) if
+    the gate read that teacher's own certainty."""
     from fedkd.support import in_support
-    from strategies.aggregation import AggregationContext, aggregate
+    from strategies.aggregation import AggregationContext, aggregate, normalised_certainty
 
     ctx = AggregationContext(
         replies["counts"].sum(axis=1), replies["counts"], support=replies["support"]
     )
     labels = replies["labels"]
-    wrong = aggregate("selective", replies["probs"], ctx).argmax(axis=1) != labels
     supports = in_support(replies["support"])  # (clients, public)
     owns = replies["counts"][:, labels] > 0  # (clients, public): holds the row's true class
     non_owner = (supports & ~owns).any(axis=0)
-    return {
-        "wrong": float(wrong.mean()),
-        "with_non_owner": float(non_owner[wrong].mean()) if wrong.any() else 0.0,
-    }
+    out: dict[str, float] = {}
+    for rule in ("selective", "selective_class"):
+        teacher = aggregate(rule, replies["probs"], ctx)
+        wrong = teacher.argmax(axis=1) != labels
+        passes = normalised_certainty(teacher) >= GATE
+        out[f"{rule}_gate"] = float(passes[wrong].mean()) if wrong.any() else 0.0
+        if rule == "selective":
+            out["with_non_owner"] = float(non_owner[wrong].mean()) if wrong.any() else 0.0
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -127,9 +140,17 @@ def main(argv: Sequence[str] | None = None) -> str:
                 r,
                 *(f"{np.mean([a[rule] for a in accs]):.3f}" for rule in RULES),
                 f"{np.mean([b['with_non_owner'] for b in breakdown]):.2f}",
+                f"{np.mean([b['selective_gate'] for b in breakdown]):.2f}",
+                f"{np.mean([b['selective_class_gate'] for b in breakdown]):.2f}",
             ]
         )
-    headers = ["round", *RULES, "selective's wrong rows with a non-owner supporter"]
+    headers = [
+        "round",
+        *RULES,
+        "selective's wrong rows with a non-owner supporter",
+        "wrong rows through the gate: selective",
+        "… selective_class, own certainty",
+    ]
     table = (
         f"Teacher accuracy on the public set, same replies re-aggregated by each rule; α = "
         f"{args.alpha}, digits, 10 clients, Selective-FD run, means over {args.seeds} seeds\n\n"

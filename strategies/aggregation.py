@@ -339,10 +339,10 @@ def selective_class_rule(probs: np.ndarray, ctx: AggregationContext) -> np.ndarr
     federation's examples of class ``c`` (:func:`class_weighted_rule`). Why both: the support
     mask asks *whether* a client has seen inputs like this one; under label skew a client
     whose private data sit near a ``3`` but hold only ``8``s still supports it and votes ``8``
-    with confidence. The class share asks whether it has seen *this class*. Measured on the
-    replies of one α = 0.1 run (benchmarks.fd_teacher_probe): the same replies give a teacher
-    right on 0.954 of the public set instead of 0.918 after 30 rounds, 0.798 instead of 0.479
-    after 2. Rows nobody supports take the plain mean (and are not distilled).
+    with confidence. The class share asks whether it has seen *this class*. The same replies
+    re-aggregated by each rule are compared in docs/recipes.md (``benchmarks.fd_teacher_probe``).
+    Rows nobody supports take the plain mean (and are not distilled). Its co-distillation gate
+    reads the selective mean (:data:`SHARPENED_BASE`).
     fedkd's combination, not a published rule.
     """
     from fedkd.support import in_support
@@ -402,9 +402,18 @@ SUPPORT_RULES: frozenset[str] = frozenset(
 )
 """Rules that need each client's per-sample support scores (clients then compute and send them)."""
 
-SHARPENED_BASE: dict[str, str] = {"era": "mean", "sharpen": "mean", "selective_era": "selective"}
-"""Rules that sharpen another rule's teacher, and that rule: sharpening adds no evidence, so
-how certain the clients really are is read from the base (the co-distillation gate)."""
+SHARPENED_BASE: dict[str, str] = {
+    "era": "mean",
+    "sharpen": "mean",
+    "selective_era": "selective",
+    "selective_class": "selective",
+}
+"""Rules that sharpen or reweight another rule's teacher, and that rule: neither adds evidence,
+so how certain the clients really are is read from the base (the co-distillation gate).
+``selective_class`` belongs here by measurement: weighting votes by class share silences the
+supporters that disagree, so its own certainty lets most of its wrong rows through the gate
+(``benchmarks.fd_teacher_probe``); gated on it, co-distilling clients learnt those rows and the
+teacher decayed over the rounds (docs/recipes.md)."""
 
 
 def evidence(name: str, probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
@@ -621,10 +630,11 @@ class StreamingAggregator:
         """The teacher before any sharpening (see :data:`SHARPENED_BASE`)."""
         if self.name in ("era", "sharpen"):
             return _renormalise(self._plain / self.num_clients)
-        if self.name == "selective_era":  # the support-aware mean before ERA
+        if self.name in ("selective_era", "selective_class"):  # the support-aware mean
+            supported_sum = self._masked if self.name == "selective_class" else self._weighted
             safe = np.where(self._weight > 0, self._weight, 1.0)
             plain = self._plain / self.num_clients
-            return _renormalise(np.where(self._weight > 0, self._weighted / safe, plain))
+            return _renormalise(np.where(self._weight > 0, supported_sum / safe, plain))
         return self.result()
 
     def covered(self) -> np.ndarray:

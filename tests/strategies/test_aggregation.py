@@ -516,6 +516,9 @@ def test_evidence_is_the_teacher_before_sharpening():
     np.testing.assert_allclose(
         evidence("selective_era", probs, ctx), aggregate("selective", probs, ctx)
     )
+    np.testing.assert_allclose(  # reweighting by class share silences dissent: not evidence
+        evidence("selective_class", probs, ctx), aggregate("selective", probs, ctx)
+    )
     np.testing.assert_allclose(evidence("median", probs, ctx), aggregate("median", probs, ctx))
 
 
