@@ -37,6 +37,7 @@ def _cfg(**changes: Any) -> FDConfig:
         client_models="mlp,cnn",
         student_model="cnn",
         server_epochs=2,
+        local_epochs=1,
         alpha=0.5,
         seed=0,
         checkpoint=False,
@@ -104,7 +105,7 @@ def _wrong_shape(arrays: ArrayRecord) -> None:
 def test_a_bad_weight_reply_is_rejected_and_the_round_goes_on(
     change: Callable[[ArrayRecord], None], reason: str
 ) -> None:
-    cfg = _cfg(num_rounds=1)
+    cfg = _cfg(num_rounds=1, client_models="mlp", student_model="mlp")
     (record,) = run_fd_local(cfg, _wrap(cfg, _corrupt_partition(1, change)))
     assert record.status == "ok" and record.valid_replies == 3
     assert record.rejected == 1 and record.rejected_reasons == {reason: 1}
