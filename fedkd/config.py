@@ -89,6 +89,11 @@ class FDConfig:
     public_fraction: float = _doc(
         "Share of the data held out as the public unlabeled set", default=0.3
     )
+    synthetic_samples: int = _doc(
+        "dataset=synthetic only: samples generated (half become the private pool, which "
+        "must hold at least one sample per client)",
+        default=6000,
+    )
     public_subset: int = _doc(
         "Public samples queried per round; 0 = all (DS-FL: fresh subset)", default=0
     )
@@ -221,6 +226,23 @@ class FDConfig:
         default=False,
     )
 
+    client_state: str = _doc(
+        "Where a simulated client's model/optimizer state waits between rounds: 'context' "
+        "ships it inside Flower's Context.state with every message (works on any cluster); "
+        "'disk' keeps it in the worker's memory and in a file under client-state-dir keyed by "
+        "run and node, so only a token travels (every worker must see that directory: one "
+        "machine or a shared filesystem)",
+        default="context",
+    )
+    client_state_dir: str = _doc(
+        "Directory of client-state=disk ('' = <system temp>/fedkd-client-state)", default=""
+    )
+    live_client_mib: int = _doc(
+        "Memory budget (MiB) per process for clients kept alive between messages "
+        "(least recently used dropped first; 0 = rebuild every client from its state)",
+        default=512,
+    )
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -250,6 +272,9 @@ class FDConfig:
         return cast(Literal["sgd", "adam"], self.optimizer)
 
 
+CLIENT_STATES = ("context", "disk")
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"invalid config key '{key}': {message}")
@@ -275,6 +300,8 @@ def _validate(cfg: FDConfig) -> None:
     _one_of(cfg, "codec", tuple(CODECS))
     _one_of(cfg, "device", ("auto", "cpu", "cuda"))
     _one_of(cfg, "client_device", ("auto", "cpu", "cuda"))
+    _one_of(cfg, "client_state", CLIENT_STATES)
+    _require(cfg.live_client_mib >= 0, "live-client-mib", "must be >= 0 (0 = no reuse)")
     models = available_models()
     for name in (*cfg.client_model_names, cfg.student_model):
         _require(
@@ -371,11 +398,47 @@ def _validate(cfg: FDConfig) -> None:
         "min-train-nodes",
         f"samples {cfg.min_train_nodes} clients but only num-clients={cfg.num_clients} exist",
     )
+    _require(cfg.synthetic_samples >= 10, "synthetic-samples", "must be >= 10")
+    _check_population(cfg)
     _require(
         cfg.min_replies <= cfg.num_clients,
         "min-replies",
         f"needs {cfg.min_replies} replies but only num-clients={cfg.num_clients} exist",
     )
+
+
+def _check_population(cfg: FDConfig) -> None:
+    """Every simulated client needs a private sample: fail before any work, naming the key.
+
+    Only for ``synthetic``, whose pool size is known from the config (about half of
+    ``synthetic-samples``); other datasets are checked when their partitions are built.
+    """
+    if cfg.dataset != "synthetic":
+        return
+    pool = synthetic_private_pool(cfg.synthetic_samples, cfg.public_fraction, cfg.val_fraction)
+    _require(
+        cfg.num_clients <= pool,
+        "num-clients",
+        f"{cfg.num_clients} clients but the synthetic private pool holds {pool} samples; "
+        f"raise synthetic-samples (e.g. synthetic-samples={_samples_for(cfg)})",
+    )
+
+
+def synthetic_private_pool(num_samples: int, public_fraction: float, val_fraction: float) -> int:
+    """Private-pool size of ``dataset=synthetic`` (what clients are partitioned from).
+
+    Mirrors :func:`fedkd.data.splits.split_three_ways` (test 20 %) and
+    :func:`fedkd.data.splits.with_validation` (same rounding), so the check and the split
+    agree exactly.
+    """
+    train = num_samples - round(num_samples * public_fraction) - round(num_samples * 0.2)
+    return max(0, train - round(train * val_fraction))
+
+
+def _samples_for(cfg: FDConfig) -> int:
+    """A ``synthetic-samples`` that gives every client about ten private samples."""
+    keep = (1 - cfg.public_fraction - 0.2) * (1 - cfg.val_fraction)
+    return math.ceil(10 * cfg.num_clients / max(keep, 1e-6))
 
 
 def _check_types(cfg: FDConfig) -> None:

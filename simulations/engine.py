@@ -9,6 +9,9 @@ a logging filter that lives only for the call, so every other Flower message sti
 ``flwr run .`` keeps working on the same ServerApp/ClientApp (see ``docs/simulation.md``). If
 Flower removes the function, this file is the one to change.
 
+Flower's message poller scans nodes × messages every 0.1 s; :mod:`simulations.flower_poller`
+swaps it for an indexed one during :func:`run_ray` (the one Flower behaviour fedkd changes).
+
 Ray: Flower calls ``ray.init()`` only when Ray is not yet initialised, so we initialise it here
 ourselves. With ``address`` set (or ``RAY_ADDRESS`` in the environment) we join that running
 cluster and pass no resource counts (Ray refuses them when attaching).
@@ -34,6 +37,8 @@ from typing import Any
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
+
+from simulations.flower_poller import patched_poller
 
 log = logging.getLogger(__name__)
 BACKENDS = ("ray", "local")
@@ -134,7 +139,7 @@ def run_ray(
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
     }
     try:
-        with _without_run_simulation_deprecation():
+        with _without_run_simulation_deprecation(), patched_poller():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
