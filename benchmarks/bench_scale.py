@@ -40,7 +40,7 @@ from benchmarks.common import (
     update_docs,
     write_json,
 )
-from benchmarks.proctree import StackSampler, TreePeak, tree_cpu_seconds
+from benchmarks.proctree import StackSampler, TreePeak, tree_cpu_by_process, tree_cpu_seconds
 
 VARIANTS = ("plain", "flower-local", "flower-ray")
 DOCS = Path("docs/benchmarks.md")
@@ -52,10 +52,10 @@ def scale_config(clients: int, rounds: int, population: int = 0, samples: int = 
 
     population = population or clients
     sized = {
-        "synthetic_samples": samples or max(6000, 10 * population),
+        "synthetic_train": samples or max(3000, 4 * population),
         "client_state": "disk",  # what the CLI does on one machine (conf/config.yaml)
     }
-    if "synthetic_samples" not in FDConfig.__dataclass_fields__:  # measuring an older fedkd
+    if "synthetic_train" not in FDConfig.__dataclass_fields__:  # measuring an older fedkd
         sized = {}
     return FDConfig(
         dataset="synthetic",
@@ -90,9 +90,12 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
     marks: list[tuple[float, float]] = [(time.perf_counter(), tree_cpu_seconds())]
     walls: list[float] = []
 
+    by_process: list[dict[str, float]] = []
+
     def on_round(wall: float) -> None:
         walls.append(wall)
         marks.append((time.perf_counter(), tree_cpu_seconds()))
+        by_process.append(tree_cpu_by_process())
 
     sampler = StackSampler() if profile else None
     with TreePeak() as peak:
@@ -117,6 +120,10 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
         # from before the backend starts to the end of round 1 (Ray start, worker imports)
         "first_round_total_seconds": marks[1][0] - marks[0][0] if len(marks) > 1 else None,
         "peak_tree_rss_mib": peak.peak,
+        # CPU-seconds of the last round per process kind (driver, raylet, gcs, workers, ...)
+        "last_round_cpu_by_process": _diff(by_process[-2], by_process[-1])
+        if len(by_process) > 1
+        else {},
         "profile": {
             "inclusive": sampler.top(25),
             "leaf": sampler.top(15, leaf=True),
@@ -124,6 +131,12 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
         if sampler
         else None,
     }
+
+
+def _diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per-process CPU between two samples, largest first (processes that ran in both)."""
+    delta = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+    return dict(sorted(delta.items(), key=lambda kv: -kv[1]))
 
 
 def _run_flower(cfg: Any, variant: str, callback: Any) -> None:
@@ -221,11 +234,11 @@ def run_cli_population(population: int, sampled: int, rounds: int) -> dict[str, 
         f"fd.num_rounds={rounds}",
         "fd.local_epochs=1",
         "fd.server_epochs=1",
-        "fd.public_subset=200",
+        "dataset.public_subset=200",
         "fd.val_fraction=0.0",
         "fd.checkpoint=false",
         "fd.client_checkpoints=false",
-        f"fd.synthetic_samples={max(6000, 10 * population)}",
+        f"dataset.synthetic_train={max(3000, 4 * population)}",
         "references=false",
         f"hydra.run.dir=outputs/bench_scale/population-{population}",
     ]
@@ -241,7 +254,13 @@ def run_cli_population(population: int, sampled: int, rounds: int) -> dict[str, 
         cpu = max(cpu, tree_cpu_seconds(proc.pid))
         time.sleep(0.5)
     output = proc.stdout.read() if proc.stdout else ""
+    rounds_s = [
+        float(line.rsplit(None, 1)[-1].rstrip("s"))
+        for line in output.splitlines()
+        if line.startswith("round ") and line.rstrip().endswith("s")
+    ]
     return {
+        "round_seconds": rounds_s,
         "population": population,
         "sampled": sampled,
         "rounds": rounds,
@@ -263,6 +282,7 @@ def population_markdown(runs: list[dict[str, Any]]) -> str:
             r["rounds"],
             "ok" if r["returncode"] == 0 else f"exit {r['returncode']}",
             f"{r['wall_seconds']:.1f}",
+            " / ".join(f"{x:.1f}" for x in r["round_seconds"]) or "—",
             f"{r['tree_cpu_seconds_last_sample']:.1f}",
             f"{r['peak_tree_rss_mib']:.0f}",
             fmt_ratio(r["wall_seconds"], base["wall_seconds"]),
@@ -277,6 +297,7 @@ def population_markdown(runs: list[dict[str, Any]]) -> str:
             "rounds",
             "status",
             "CLI wall s",
+            "round s (1 / 2 / ...)",
             "tree CPU s",
             "peak tree RSS MiB",
             "wall ÷ first row",

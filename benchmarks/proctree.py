@@ -59,6 +59,22 @@ def tree_cpu_seconds(root: int | None = None) -> float:
     return total / _TICKS
 
 
+def tree_cpu_by_process(root: int | None = None) -> dict[str, float]:
+    """CPU-seconds of the live tree under ``root`` per process kind (its command name, with
+    the pid for Python processes so the driver and each Ray worker stay apart)."""
+    out: dict[str, float] = {}
+    for pid in descendants(root or os.getpid()):
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        key = f"{name}:{pid}" if pid == (root or os.getpid()) else name
+        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
 def tree_rss_mib(root: int | None = None) -> float:
     """Resident memory of the live tree under ``root`` now (MiB; shared pages counted per
     process, so an upper bound)."""

@@ -63,7 +63,7 @@ def _splits(
     dataset: str, seed: int, public_fraction: float, val_fraction: float, samples: int = 0
 ) -> DataSplits:
     # Cached per process: a Ray worker serves many clients of the same run.
-    options = {"num_samples": samples} if dataset == "synthetic" and samples else {}
+    options = {"num_train": samples} if dataset == "synthetic" and samples else {}
     splits = load_splits(dataset, seed=seed, public_fraction=public_fraction, **options)
     return with_validation(splits, val_fraction, seed=seed)
 
@@ -120,14 +120,14 @@ def partition_key(cfg: FDConfig) -> tuple:
         cfg.alpha,
         cfg.classes_per_partition,
         cfg.shards_per_partition,
-        cfg.synthetic_samples,
+        cfg.synthetic_train,
     )
 
 
 def load_splits_for(cfg: FDConfig) -> DataSplits:
     """The run's dataset splits (cached per process)."""
     return _splits(
-        cfg.dataset, cfg.seed, cfg.public_fraction, cfg.val_fraction, cfg.synthetic_samples
+        cfg.dataset, cfg.seed, cfg.public_fraction, cfg.val_fraction, cfg.synthetic_train
     )
 
 

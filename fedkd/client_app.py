@@ -135,7 +135,9 @@ def _save(context: Context, client: FDClient) -> None:
     blob = client.state_bytes()
     if client.cfg.client_state == "disk":
         run_id, node_id = _key(context)
-        StateFiles(client.cfg.client_state_dir).write(run_id, node_id, token, blob)
+        old = context.state.config_records.get(STATE_KEY)
+        previous = str(old["token"]) if old is not None and "token" in old else None
+        StateFiles(client.cfg.client_state_dir).write(run_id, node_id, token, blob, previous)
         context.state[STATE_KEY] = ConfigRecord({"token": token})
     else:
         context.state[STATE_KEY] = ConfigRecord({"blob": blob, "token": token})

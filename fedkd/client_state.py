@@ -30,39 +30,46 @@ def default_state_dir() -> Path:
 
 
 class StateFiles:
-    """One file per (run, node): the save's token, then the blob, replaced atomically."""
+    """One file per saved state, named by (run, node, token); the previous one is removed.
+
+    The token in the file name makes a read exact: a worker asks for the state the node's
+    ``Context`` names, and either finds exactly that file or fails loudly. Two runs that share
+    a run id (in-process runs all use run 1) and a directory never read each other's files.
+    """
 
     def __init__(self, root: str | Path = "") -> None:
         self.root = Path(root) if root else default_state_dir()
 
-    def path(self, run_id: int, node_id: int) -> Path:
-        """Where node ``node_id`` of run ``run_id`` keeps its state."""
-        return self.root / f"run-{run_id}" / f"node-{node_id}.pt"
+    def path(self, run_id: int, node_id: int, token: str) -> Path:
+        """Where the state ``token`` of node ``node_id`` in run ``run_id`` is kept."""
+        if len(token) != _TOKEN_BYTES or not token.isalnum():
+            raise ValueError(f"token must be {_TOKEN_BYTES} letters or digits")
+        return self.root / f"run-{run_id}" / f"node-{node_id}.{token}.pt"
 
-    def write(self, run_id: int, node_id: int, token: str, blob: bytes) -> None:
-        """Keep ``blob`` as the state named ``token`` (write-then-rename: never half a file)."""
-        if len(token) != _TOKEN_BYTES:
-            raise ValueError(f"token must be {_TOKEN_BYTES} characters")
-        path = self.path(run_id, node_id)
+    def write(
+        self, run_id: int, node_id: int, token: str, blob: bytes, previous: str | None = None
+    ) -> None:
+        """Keep ``blob`` as state ``token`` (write-then-rename: never half a file), then drop
+        the node's ``previous`` state file."""
+        path = self.path(run_id, node_id, token)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(token.encode() + blob)
+        tmp.write_bytes(blob)
         os.replace(tmp, path)
+        if previous and previous != token:
+            self.path(run_id, node_id, previous).unlink(missing_ok=True)
 
     def read(self, run_id: int, node_id: int, token: str) -> bytes:
-        """The blob saved under ``token``; ``LookupError`` when the file is missing or older."""
-        path = self.path(run_id, node_id)
+        """The blob saved as ``token``; ``LookupError`` when that file is not there."""
+        path = self.path(run_id, node_id, token)
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             raise LookupError(
                 f"client state {path} is missing: with client-state=disk every worker must see "
                 "client-state-dir (one machine or a shared filesystem); use client-state=context "
                 "on a multi-machine cluster"
             ) from None
-        if data[:_TOKEN_BYTES].decode(errors="replace") != token:
-            raise LookupError(f"client state {path} is not the latest save of node {node_id}")
-        return data[_TOKEN_BYTES:]
 
 
 class LiveClients(Generic[T]):

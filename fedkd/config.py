@@ -89,10 +89,12 @@ class FDConfig:
     public_fraction: float = _doc(
         "Share of the data held out as the public unlabeled set", default=0.3
     )
-    synthetic_samples: int = _doc(
-        "dataset=synthetic only: samples generated (half become the private pool, which "
-        "must hold at least one sample per client)",
-        default=6000,
+    synthetic_train: int = _doc(
+        "dataset=synthetic only: size of the private pool clients are partitioned from "
+        "(0 = 3000, the default dataset's share; needs at least one sample per client); the "
+        "public and test sets keep their default sizes, so a big population adds only its "
+        "clients' data",
+        default=0,
     )
     public_subset: int = _doc(
         "Public samples queried per round; 0 = all (DS-FL: fresh subset)", default=0
@@ -398,7 +400,7 @@ def _validate(cfg: FDConfig) -> None:
         "min-train-nodes",
         f"samples {cfg.min_train_nodes} clients but only num-clients={cfg.num_clients} exist",
     )
-    _require(cfg.synthetic_samples >= 10, "synthetic-samples", "must be >= 10")
+    _require(cfg.synthetic_train >= 0, "synthetic-train", "must be >= 0 (0 = default)")
     _check_population(cfg)
     _require(
         cfg.min_replies <= cfg.num_clients,
@@ -410,35 +412,37 @@ def _validate(cfg: FDConfig) -> None:
 def _check_population(cfg: FDConfig) -> None:
     """Every simulated client needs a private sample: fail before any work, naming the key.
 
-    Only for ``synthetic``, whose pool size is known from the config (about half of
-    ``synthetic-samples``); other datasets are checked when their partitions are built.
+    Only for ``synthetic``, whose pool size is known from the config; other datasets are
+    checked when their partitions are built.
     """
     if cfg.dataset != "synthetic":
         return
-    pool = synthetic_private_pool(cfg.synthetic_samples, cfg.public_fraction, cfg.val_fraction)
+    pool = synthetic_private_pool(cfg.synthetic_train, cfg.public_fraction, cfg.val_fraction)
     _require(
         cfg.num_clients <= pool,
         "num-clients",
-        f"{cfg.num_clients} clients but the synthetic private pool holds {pool} samples; "
-        f"raise synthetic-samples (e.g. synthetic-samples={_samples_for(cfg)})",
+        f"{cfg.num_clients} clients but the synthetic private pool holds {pool} samples "
+        f"(after the validation share); raise synthetic-train "
+        f"(e.g. synthetic-train={_train_for(cfg)})",
     )
 
 
-def synthetic_private_pool(num_samples: int, public_fraction: float, val_fraction: float) -> int:
-    """Private-pool size of ``dataset=synthetic`` (what clients are partitioned from).
+def synthetic_private_pool(train: int, public_fraction: float, val_fraction: float) -> int:
+    """Private-pool size of ``dataset=synthetic`` after the validation share.
 
-    Mirrors :func:`fedkd.data.splits.split_three_ways` (test 20 %) and
-    :func:`fedkd.data.splits.with_validation` (same rounding), so the check and the split
-    agree exactly.
+    ``train`` 0 means the default 6,000-sample dataset's share; mirrors
+    :func:`fedkd.data.synthetic.make_synthetic_splits` and
+    :func:`fedkd.data.splits.with_validation` (same rounding), so check and split agree.
     """
-    train = num_samples - round(num_samples * public_fraction) - round(num_samples * 0.2)
+    if not train:
+        n = 6000
+        train = n - round(n * public_fraction) - round(n * 0.2)
     return max(0, train - round(train * val_fraction))
 
 
-def _samples_for(cfg: FDConfig) -> int:
-    """A ``synthetic-samples`` that gives every client about ten private samples."""
-    keep = (1 - cfg.public_fraction - 0.2) * (1 - cfg.val_fraction)
-    return math.ceil(10 * cfg.num_clients / max(keep, 1e-6))
+def _train_for(cfg: FDConfig) -> int:
+    """A ``synthetic-train`` that gives every client about ten private samples."""
+    return math.ceil(10 * cfg.num_clients / max(1 - cfg.val_fraction, 1e-6))
 
 
 def _check_types(cfg: FDConfig) -> None:

@@ -110,11 +110,12 @@ def test_disk_state_gives_the_same_numbers_and_ships_only_a_token(tmp_path: Path
     assert len(files) == cfg.num_clients
 
 
-def test_a_stale_state_file_is_an_error_not_a_reset(tmp_path: Path) -> None:
+def test_a_state_file_is_found_by_its_token_or_not_at_all(tmp_path: Path) -> None:
     files = StateFiles(tmp_path)
     files.write(1, 7, "a" * 32, b"old")
     assert files.read(1, 7, "a" * 32) == b"old"
-    with pytest.raises(LookupError, match="not the latest"):
-        files.read(1, 7, "b" * 32)
+    files.write(1, 7, "b" * 32, b"new", previous="a" * 32)  # the older state is removed
+    assert files.read(1, 7, "b" * 32) == b"new"
     with pytest.raises(LookupError, match="client-state=context"):
-        files.read(1, 8, "a" * 32)
+        files.read(1, 7, "a" * 32)
+    assert len(list(tmp_path.rglob("*.pt"))) == 1
