@@ -58,8 +58,6 @@ class SimulationConfig:
     # IP a locally started Ray listens on; loopback by default, None = Ray's choice (reachable)
     node_ip_address: str | None = LOOPBACK
     verbose: bool = False  # Flower's DEBUG logging
-    # import the client stack in every Ray worker before round 1 (local Ray only)
-    warm_workers: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -137,8 +135,6 @@ def run_ray(
         args = ray_init_args(sim)
         with _keep_loopback(args.get("_node_ip_address")):
             ray.init(**args)
-    if sim.warm_workers and not (sim.address or os.environ.get("RAY_ADDRESS")):
-        warm_workers(sim)
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
     }
@@ -154,31 +150,6 @@ def run_ray(
             )
     finally:
         ray.shutdown()
-
-
-def _import_client_stack() -> int:
-    """Runs in a Ray worker: import what every ClientApp call needs (torch, Flower, fedkd)."""
-    import fedkd.client_app  # noqa: F401
-
-    return os.getpid()
-
-
-def warm_workers(sim: SimulationConfig) -> int:
-    """Start one Ray worker per client slot and import the client stack in it, before round 1.
-
-    Flower creates its actors when the simulation starts, and each one imports torch, Flower
-    and fedkd on its first message: several seconds per worker that otherwise land in round 1
-    (30-100 s at 1,000 clients on a busy 2-core box). A worker that ran these tasks goes back
-    to Ray's idle pool with the modules loaded, and Ray leases idle workers to new actors, so
-    the cost moves to start-up, where it is reported as such. Returns the workers warmed.
-    """
-    import ray
-
-    cpus = float(ray.available_resources().get("CPU", 1.0))
-    slots = max(1, int(cpus // max(sim.client_cpus, 1)))
-    task = ray.remote(num_cpus=sim.client_cpus, num_gpus=0)(_import_client_stack)
-    pids = ray.get([task.remote() for _ in range(slots)])
-    return len(set(pids))
 
 
 class _RunSimulationDeprecation(logging.Filter):
