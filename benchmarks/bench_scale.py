@@ -52,7 +52,7 @@ def scale_config(clients: int, rounds: int, population: int = 0, samples: int = 
 
     population = population or clients
     sized = {
-        "synthetic_train": samples or max(3000, 4 * population),
+        "synthetic_train": samples or _pool_for(population),
         "client_state": "disk",  # what the CLI does on one machine (conf/config.yaml)
     }
     if "synthetic_train" not in FDConfig.__dataclass_fields__:  # measuring an older fedkd
@@ -77,6 +77,12 @@ def scale_config(clients: int, rounds: int, population: int = 0, samples: int = 
         co_distillation=False,
         val_fraction=0.0,
     )
+
+
+def _pool_for(population: int) -> int:
+    """Private pool: the default 3,000 samples while they give every client one (the same data
+    as earlier fedkd versions, so before/after runs do the same work), else 4 per client."""
+    return 0 if population <= 3000 else 4 * population
 
 
 def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) -> dict[str, Any]:
@@ -238,7 +244,7 @@ def run_cli_population(population: int, sampled: int, rounds: int) -> dict[str, 
         "fd.val_fraction=0.0",
         "fd.checkpoint=false",
         "fd.client_checkpoints=false",
-        f"dataset.synthetic_train={max(3000, 4 * population)}",
+        f"dataset.synthetic_train={_pool_for(population)}",
         "references=false",
         f"hydra.run.dir=outputs/bench_scale/population-{population}",
     ]
