@@ -51,7 +51,7 @@ def scale_config(clients: int, rounds: int, population: int = 0, samples: int = 
     from fedkd.config import FDConfig
 
     population = population or clients
-    sized = {
+    sized: dict[str, Any] = {
         "synthetic_train": samples or _pool_for(population),
         "client_state": "disk",  # what the CLI does on one machine (conf/config.yaml)
     }

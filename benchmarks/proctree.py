@@ -151,7 +151,7 @@ class StackSampler:
                 self.samples += 1
                 seen: set[str] = set()
                 leaf = True
-                f = frame
+                f: Any = frame
                 while f is not None:
                     code = f.f_code
                     name = f"{Path(code.co_filename).name}:{code.co_name}"
