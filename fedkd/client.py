@@ -214,6 +214,7 @@ class FDClient:
 
     # ------------------------------------------------------------ persistence
     restored: bool = False  # True once state came from Context.state or a checkpoint file
+    fresh_blob: bytes | None = None  # state_bytes() of this round's checkpoint, while current
 
     def _checkpoint_path(self, server_round: int) -> Path | None:
         if not (self.cfg.client_checkpoints and self.cfg.run_dir):
@@ -236,7 +237,9 @@ class FDClient:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(self.state_bytes())
+        blob = self.state_bytes()
+        tmp.write_bytes(blob)
+        self.fresh_blob = blob  # the ClientApp keeps the same bytes: serialise once, not twice
         os.replace(tmp, path)
         stale = self._checkpoint_path(server_round - 2)
         if stale is not None:
@@ -286,6 +289,7 @@ class FDClient:
             "class-counts": self.data.class_counts,
             "partition-id": self.partition_id,
         }
+        self.fresh_blob = None
         self.restore_from_disk(req.server_round)
         if train:
             faults.crash(self.cfg, self.partition_id, req.server_round, "train")

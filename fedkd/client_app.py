@@ -132,7 +132,9 @@ def _restore(context: Context, cfg: FDConfig) -> FDClient:
 def _save(context: Context, client: FDClient) -> None:
     """Name the client's new state with a fresh token; keep it where the config says."""
     token = uuid.uuid4().hex
-    blob = client.state_bytes()
+    # the client checkpoint written at the end of training holds the same bytes
+    blob = client.fresh_blob or client.state_bytes()
+    client.fresh_blob = None
     if client.cfg.client_state == "disk":
         run_id, node_id = _key(context)
         old = context.state.config_records.get(STATE_KEY)
