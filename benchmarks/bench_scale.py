@@ -190,13 +190,14 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    """One row per (clients, variant)."""
+    """One row per (fedkd version, clients, variant); ratios within the run that made them."""
     rows = []
     for res in results:
         c = res["clients"]
         for v, s in res["summary"].items():
             rows.append(
                 [
+                    res.get("label", ""),
                     c,
                     v,
                     f"{s['warm_wall']:.2f} ({s['warm_cpu']:.2f})",
@@ -210,6 +211,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             )
     return markdown_table(
         [
+            "fedkd",
             "clients/round",
             "variant",
             "warm s/round (CPU s)",
@@ -313,6 +315,31 @@ def population_markdown(runs: list[dict[str, Any]]) -> str:
     )
 
 
+def render_saved(paths: list[Path], *, docs: bool) -> dict[str, Any]:
+    """Tables from saved JSON files (rows in file order); docs regenerated with ``docs``."""
+    import json
+
+    rounds: list[dict[str, Any]] = []
+    population: list[dict[str, Any]] = []
+    for entry in paths:
+        label, _, name = str(entry).rpartition("=")  # LABEL=PATH names the fedkd version
+        payload = json.loads(Path(name).read_text())
+        label = label or payload.get("setting", {}).get("label", "")
+        rounds += [{**r, "label": label} for r in payload.get("rounds", [])]
+        population += payload.get("population", [])
+    tables = []
+    if rounds:
+        tables.append(("bench_scale_rounds", markdown(rounds)))
+    if population:
+        tables.append(("bench_scale_population", population_markdown(population)))
+    command = "python -m benchmarks.bench_scale --from-json " + " ".join(map(str, paths))
+    for name, table in tables:
+        print("\n" + table)
+        if docs:
+            update_docs(DOCS, name, table, command)
+    return {"rounds": rounds, "population": population}
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
@@ -326,6 +353,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampled", type=int, default=100)
     parser.add_argument("--profile", action="store_true", help="sample the driver's stacks")
     parser.add_argument("--docs", action="store_true", help="regenerate docs/benchmarks.md")
+    parser.add_argument("--label", default="this", help="names this fedkd version in tables")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        type=Path,
+        help="render tables (with --docs: the docs) from saved results, in this order; "
+        "LABEL=PATH names the fedkd version of a file",
+    )
     add_common_args(parser, "bench_scale")
     return parser.parse_args(argv)
 
@@ -333,6 +368,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the parts, print the tables, write JSON (and the docs table with ``--docs``)."""
     args = parse_args(argv)
+    if args.from_json:
+        return render_saved(args.from_json, docs=args.docs)
     if args.quick:
         args.clients, args.rounds, args.repeats, args.populations = "30", 2, 1, "200,2000"
     variants = [v for v in args.variants.split(",") if v]
@@ -357,7 +394,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     if run.get("profile"):
                         for share, name in run["profile"]["inclusive"]:
                             print(f"   {100 * share:5.1f}%  {name}")
-            results.append({"clients": clients, "runs": runs, "summary": summarize(runs)})
+            summary = summarize(runs)
+            results.append(
+                {"label": args.label, "clients": clients, "runs": runs, "summary": summary}
+            )
         payload["rounds"] = results
         tables.append(("bench_scale_rounds", markdown(results)))
     if "population" in args.parts:
