@@ -40,7 +40,13 @@ from benchmarks.common import (
     update_docs,
     write_json,
 )
-from benchmarks.proctree import StackSampler, TreePeak, tree_cpu_by_process, tree_cpu_seconds
+from benchmarks.proctree import (
+    StackSampler,
+    TreePeak,
+    thread_cpu_seconds,
+    tree_cpu_by_process,
+    tree_cpu_seconds,
+)
 
 VARIANTS = ("plain", "flower-local", "flower-ray")
 DOCS = Path("docs/benchmarks.md")
@@ -97,11 +103,13 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
     walls: list[float] = []
 
     by_process: list[dict[str, float]] = []
+    by_thread: list[dict[str, float]] = []
 
     def on_round(wall: float) -> None:
         walls.append(wall)
         marks.append((time.perf_counter(), tree_cpu_seconds()))
         by_process.append(tree_cpu_by_process())
+        by_thread.append(thread_cpu_seconds())
 
     sampler = StackSampler() if profile else None
     with TreePeak() as peak:
@@ -129,6 +137,10 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
         # CPU-seconds of the last round per process kind (driver, raylet, gcs, workers, ...)
         "last_round_cpu_by_process": _diff(by_process[-2], by_process[-1])
         if len(by_process) > 1
+        else {},
+        # the driver's threads over the last round (Flower's poller, workers, the ServerApp)
+        "last_round_driver_cpu_by_thread": _diff(by_thread[-2], by_thread[-1])
+        if len(by_thread) > 1
         else {},
         "profile": {
             "inclusive": sampler.top(25),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import sys
 import threading
 import time
@@ -73,6 +74,31 @@ def tree_cpu_by_process(root: int | None = None) -> dict[str, float]:
         key = f"{name}:{pid}" if pid == (root or os.getpid()) else name
         out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
     return out
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU-seconds of the live threads of this process by name: a plain thread by its target
+    function, a pool's threads summed under the pool's name."""
+    import threading
+
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        fields = _stat_task(thread.native_id)
+        if fields is not None:
+            # "Thread-3 (add_messages_to_queue)" -> its target; "ThreadPoolExecutor-0_1" -> pool
+            target = re.fullmatch(r"Thread-\d+ \((.*)\)", thread.name)
+            name = target.group(1) if target else thread.name.split("_")[0]
+            cpu = (int(fields[11]) + int(fields[12])) / _TICKS
+            out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+def _stat_task(tid: int | None) -> list[str] | None:
+    try:
+        text = Path(f"/proc/self/task/{tid}/stat").read_text()
+    except (OSError, TypeError):
+        return None
+    return text[text.rindex(")") + 2 :].split()
 
 
 def tree_rss_mib(root: int | None = None) -> float:
