@@ -201,6 +201,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}×"
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     """One row per (fedkd version, clients, variant); ratios within the run that made them."""
     rows = []
@@ -216,8 +220,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
                     f"{1000 * s['warm_cpu'] / c:.1f}",
                     f"{s['first_wall']:.2f}",
                     fmt_ratio(s["first_wall"], s["warm_wall"], 1),
-                    "—" if v == "plain" else f"{s['wall_over_plain']:.2f}×",
-                    "—" if v == "plain" else f"{s['cpu_over_plain']:.2f}×",
+                    "—" if v == "plain" else _times(s["wall_over_plain"]),
+                    "—" if v == "plain" else _times(s["cpu_over_plain"]),
                     f"{s['peak_tree_rss_mib']:.0f}",
                 ]
             )
