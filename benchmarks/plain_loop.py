@@ -17,6 +17,7 @@ either path shows up as a failed identity check rather than as a silently unfair
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,10 +127,13 @@ def _teacher(cfg: FDConfig, outcomes: list, num_classes: int) -> np.ndarray:
     return aggregate(cfg.aggregation, probs, ctx)  # (clients, samples, classes) -> (samples, cl.)
 
 
-def run_plain_fd(cfg: FDConfig) -> list[PlainRound]:
+def run_plain_fd(
+    cfg: FDConfig, on_round: Callable[[PlainRound], None] | None = None
+) -> list[PlainRound]:
     """Run ``cfg.num_rounds`` FD rounds in this process; time each round like FedDistill does.
 
-    Supports plain FD with or without a public subset; not co-distillation or a separate query
+    ``on_round`` is called with each round as it ends (e.g. to sample CPU time). Supports
+    plain FD with or without a public subset; not co-distillation or a separate query
     phase (``ValueError``).
     """
     if (
@@ -180,4 +184,6 @@ def run_plain_fd(cfg: FDConfig) -> list[PlainRound]:
             device=server.device,
         )
         rounds.append(PlainRound(server_round, time.perf_counter() - started, result.accuracy))
+        if on_round is not None:
+            on_round(rounds[-1])
     return rounds

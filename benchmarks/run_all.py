@@ -25,6 +25,7 @@ from benchmarks.common import DEFAULT_OUT_DIR, write_json
 BENCHMARKS: tuple[str, ...] = (
     "overhead",  # framework overhead: Flower + Ray vs the plain loop vs FedAvg
     "scaling",  # time and memory vs clients and public-set size; streaming aggregation
+    "scale",  # FD round on Ray vs the plain loop (wall and process-tree CPU); 100k population
     "comm",  # bytes to a target accuracy: FD codecs vs FedAvg
     "lwf",  # LwF time per epoch vs fine-tuning
     "hotpaths",  # before/after of each performance change

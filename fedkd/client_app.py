@@ -4,15 +4,16 @@ The same app runs in Flower's Ray simulation and on real devices under a SuperNo
 client is comes from ``Context.node_config`` (``partition-id``/``num-partitions`` for simulated
 and demo clients, ``data-path`` for a device's own data (:mod:`fedkd.device_data`), optionally
 ``model`` to pick the architecture); how the run is configured comes from ``Context.run_config``
-(see :mod:`fedkd.config`). Model and optimizer state persist in ``Context.state`` because
-simulation workers are not pinned to clients.
+(see :mod:`fedkd.config`). Model and optimizer state persist in ``Context.state`` (or, with
+``client-state=disk``, in a file named by a token kept there: :mod:`fedkd.client_state`)
+because simulation workers are not pinned to clients.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ from flwr.clientapp import ClientApp
 from fedkd import faults
 from fedkd import protocol as P
 from fedkd.client import ClientData, FDClient, load_client_data, train_from_global
+from fedkd.client_state import LiveClients, StateFiles
 from fedkd.config import FDConfig, from_run_config
 from fedkd.device_data import load_device_data
 
@@ -50,7 +52,7 @@ def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     app = ClientApp()
 
     def config_of(context: Context) -> FDConfig:
-        return from_run_config(run_config if run_config is not None else context.run_config)
+        return _config(run_config if run_config is not None else context.run_config)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -71,6 +73,20 @@ def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     return app
 
 
+def _config(mapping: Mapping[str, Any]) -> FDConfig:
+    """The run's validated config, built once per process and run-config (not per message:
+    validation costs about half a millisecond, a tenth of a tiny client's round)."""
+    try:
+        return _config_cached(tuple(sorted(mapping.items())))
+    except TypeError:  # an unhashable value: validate without the cache
+        return from_run_config(mapping)
+
+
+@functools.lru_cache(maxsize=8)
+def _config_cached(items: tuple[tuple[str, Any], ...]) -> FDConfig:
+    return from_run_config(dict(items))
+
+
 def _identity(context: Context, cfg: FDConfig) -> tuple[int, int, str]:
     """(partition id, number of partitions, model name) of this node."""
     node = context.node_config
@@ -86,41 +102,7 @@ def _data(context: Context, cfg: FDConfig, partition_id: int, num_partitions: in
     return device if device is not None else load_client_data(cfg, partition_id, num_partitions)
 
 
-class LiveClients:
-    """Clients kept alive in this process between messages, so a worker reuses models.
-
-    Rebuilding a client from ``Context.state`` on every message (build the model, ``torch.load``
-    its state) is what Ray's unpinned workers need in general; but when the same worker serves
-    the same node again and nobody else touched the node's state since, the live object is that
-    state. Each save stamps the state with a fresh token; a live client is reused only when the
-    token (and the run config) still match, so a node served meanwhile by another worker is
-    rebuilt from its blob. Bounded (least recently used first out) to cap memory.
-    """
-
-    def __init__(self, max_size: int = 64) -> None:
-        self.max_size = max_size  # 0 turns reuse off
-        self._items: OrderedDict[tuple[int, int], tuple[str, FDClient]] = OrderedDict()
-
-    def get(self, key: tuple[int, int], token: str, cfg: FDConfig) -> FDClient | None:
-        item = self._items.get(key)
-        if item is None or item[0] != token or item[1].cfg != cfg:
-            return None
-        self._items.move_to_end(key)
-        return item[1]
-
-    def put(self, key: tuple[int, int], token: str, client: FDClient) -> None:
-        if self.max_size <= 0:
-            return
-        self._items[key] = (token, client)
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_size:
-            self._items.popitem(last=False)
-
-    def drop(self, key: tuple[int, int]) -> None:
-        self._items.pop(key, None)
-
-
-LIVE_CLIENTS = LiveClients()
+LIVE_CLIENTS: LiveClients[FDClient] = LiveClients()
 
 
 def _key(context: Context) -> tuple[int, int]:
@@ -128,6 +110,8 @@ def _key(context: Context) -> tuple[int, int]:
 
 
 def _restore(context: Context, cfg: FDConfig) -> FDClient:
+    """This node's client: the live one if it is the latest state, else rebuilt from it."""
+    LIVE_CLIENTS.resize(cfg.live_client_mib * 2**20)
     record = context.state.config_records.get(STATE_KEY)
     if record is not None and "token" in record:
         live = LIVE_CLIENTS.get(_key(context), str(record["token"]), cfg)
@@ -136,16 +120,32 @@ def _restore(context: Context, cfg: FDConfig) -> FDClient:
     partition_id, num_partitions, model = _identity(context, cfg)
     data = _data(context, cfg, partition_id, num_partitions)
     client = FDClient(cfg, data, model, partition_id)
-    if record is not None:
+    if record is not None and "blob" in record:
         client.load_state_bytes(record["blob"])  # type: ignore[arg-type]
+    elif record is not None:  # client-state=disk: only the token travelled
+        run_id, node_id = _key(context)
+        blob = StateFiles(cfg.client_state_dir).read(run_id, node_id, str(record["token"]))
+        client.load_state_bytes(blob)
     return client
 
 
 def _save(context: Context, client: FDClient) -> None:
+    """Name the client's new state with a fresh token; keep it where the config says."""
     token = uuid.uuid4().hex
-    context.state[STATE_KEY] = ConfigRecord({"blob": client.state_bytes(), "token": token})
+    # the client checkpoint written at the end of training holds the same bytes
+    blob = client.fresh_blob or client.state_bytes()
+    client.fresh_blob = None
+    if client.cfg.client_state == "disk":
+        run_id, node_id = _key(context)
+        old = context.state.config_records.get(STATE_KEY)
+        previous = str(old["token"]) if old is not None and "token" in old else None
+        StateFiles(client.cfg.client_state_dir).write(run_id, node_id, token, blob, previous)
+        context.state[STATE_KEY] = ConfigRecord({"token": token})
+    else:
+        context.state[STATE_KEY] = ConfigRecord({"blob": blob, "token": token})
     client.restored = True  # its state is current: no need to reload a disk checkpoint
-    LIVE_CLIENTS.put(_key(context), token, client)
+    size = len(blob) + client.data.train_x.nbytes + client.data.train_y.nbytes
+    LIVE_CLIENTS.put(_key(context), token, client, size, client.cfg)
 
 
 def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> Message:

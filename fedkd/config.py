@@ -92,6 +92,13 @@ class FDConfig:
     public_fraction: float = _doc(
         "Share of the data held out as the public unlabeled set", default=0.3
     )
+    synthetic_train: int = _doc(
+        "dataset=synthetic only: size of the private pool clients are partitioned from "
+        "(0 = 3000, the default dataset's share; needs at least one sample per client); the "
+        "public and test sets keep their default sizes, so a big population adds only its "
+        "clients' data",
+        default=0,
+    )
     public_subset: int = _doc(
         "Public samples queried per round; 0 = all (DS-FL: fresh subset)", default=0
     )
@@ -231,6 +238,23 @@ class FDConfig:
         default=False,
     )
 
+    client_state: str = _doc(
+        "Where a simulated client's model/optimizer state waits between rounds: 'context' "
+        "ships it inside Flower's Context.state with every message (works on any cluster); "
+        "'disk' keeps it in the worker's memory and in a file under client-state-dir keyed by "
+        "run and node, so only a token travels (every worker must see that directory: one "
+        "machine or a shared filesystem)",
+        default="context",
+    )
+    client_state_dir: str = _doc(
+        "Directory of client-state=disk ('' = <system temp>/fedkd-client-state)", default=""
+    )
+    live_client_mib: int = _doc(
+        "Memory budget (MiB) per process for clients kept alive between messages "
+        "(least recently used dropped first; 0 = rebuild every client from its state)",
+        default=512,
+    )
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -260,6 +284,9 @@ class FDConfig:
         return cast(Literal["sgd", "adam"], self.optimizer)
 
 
+CLIENT_STATES = ("context", "disk")
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"invalid config key '{key}': {message}")
@@ -285,6 +312,8 @@ def _validate(cfg: FDConfig) -> None:
     _one_of(cfg, "codec", tuple(CODECS))
     _one_of(cfg, "device", ("auto", "cpu", "cuda"))
     _one_of(cfg, "client_device", ("auto", "cpu", "cuda"))
+    _one_of(cfg, "client_state", CLIENT_STATES)
+    _require(cfg.live_client_mib >= 0, "live-client-mib", "must be >= 0 (0 = no reuse)")
     models = available_models()
     for name in (*cfg.client_model_names, cfg.student_model):
         _require(
@@ -382,11 +411,49 @@ def _validate(cfg: FDConfig) -> None:
         "min-train-nodes",
         f"samples {cfg.min_train_nodes} clients but only num-clients={cfg.num_clients} exist",
     )
+    _require(cfg.synthetic_train >= 0, "synthetic-train", "must be >= 0 (0 = default)")
+    _check_population(cfg)
     _require(
         cfg.min_replies <= cfg.num_clients,
         "min-replies",
         f"needs {cfg.min_replies} replies but only num-clients={cfg.num_clients} exist",
     )
+
+
+def _check_population(cfg: FDConfig) -> None:
+    """Every simulated client needs a private sample: fail before any work, naming the key.
+
+    Only for ``synthetic``, whose pool size is known from the config; other datasets are
+    checked when their partitions are built.
+    """
+    if cfg.dataset != "synthetic":
+        return
+    pool = synthetic_private_pool(cfg.synthetic_train, cfg.public_fraction, cfg.val_fraction)
+    _require(
+        cfg.num_clients <= pool,
+        "num-clients",
+        f"{cfg.num_clients} clients but the synthetic private pool holds {pool} samples "
+        f"(after the validation share); raise synthetic-train "
+        f"(e.g. synthetic-train={_train_for(cfg)})",
+    )
+
+
+def synthetic_private_pool(train: int, public_fraction: float, val_fraction: float) -> int:
+    """Private-pool size of ``dataset=synthetic`` after the validation share.
+
+    ``train`` 0 means the default 6,000-sample dataset's share; mirrors
+    :func:`fedkd.data.synthetic.make_synthetic_splits` and
+    :func:`fedkd.data.splits.with_validation` (same rounding), so check and split agree.
+    """
+    if not train:
+        n = 6000
+        train = n - round(n * public_fraction) - round(n * 0.2)
+    return max(0, train - round(train * val_fraction))
+
+
+def _train_for(cfg: FDConfig) -> int:
+    """A ``synthetic-train`` that gives every client about ten private samples."""
+    return math.ceil(10 * cfg.num_clients / max(1 - cfg.val_fraction, 1e-6))
 
 
 def _check_types(cfg: FDConfig) -> None:

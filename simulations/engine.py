@@ -9,6 +9,9 @@ a logging filter that lives only for the call, so every other Flower message sti
 ``flwr run .`` keeps working on the same ServerApp/ClientApp (see ``docs/simulation.md``). If
 Flower removes the function, this file is the one to change.
 
+Flower's message poller scans nodes × messages every 0.1 s; :mod:`simulations.flower_poller`
+swaps it for an indexed one during :func:`run_ray` (the one Flower behaviour fedkd changes).
+
 Ray: Flower calls ``ray.init()`` only when Ray is not yet initialised, so we initialise it here
 ourselves. With ``address`` set (or ``RAY_ADDRESS`` in the environment) we join that running
 cluster and pass no resource counts (Ray refuses them when attaching).
@@ -25,15 +28,20 @@ machine's address, reachable from other hosts), or ``simulation.address`` to joi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
+
+from fedkd.config import FDConfig
+from simulations.flower_poller import patched_poller
 
 log = logging.getLogger(__name__)
 BACKENDS = ("ray", "local")
@@ -134,7 +142,7 @@ def run_ray(
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
     }
     try:
-        with _without_run_simulation_deprecation():
+        with _without_run_simulation_deprecation(), patched_poller():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
@@ -169,6 +177,21 @@ def _without_run_simulation_deprecation() -> Iterator[None]:
         yield
     finally:
         flwr_logger.removeFilter(drop)
+
+
+def scratch_client_state(cfg: FDConfig, run_dir: Path) -> tuple[FDConfig, Path | None]:
+    """With ``client-state=disk`` and no directory given, keep client state in the run's own
+    ``<run dir>/client-state`` and return that directory for removal after the run.
+
+    A directory per run: concurrent runs never share one (in-process runs all have run id 1),
+    and the files (47 KB per node for the MLP, 430 KB for the CNN) go away with the run instead
+    of piling up in the system temp directory. Resuming does not need them (a resumed run's
+    clients start from ``client-checkpoints``).
+    """
+    if cfg.client_state != "disk" or cfg.client_state_dir:
+        return cfg, None
+    scratch = run_dir / "client-state"
+    return dataclasses.replace(cfg, client_state_dir=str(scratch)), scratch
 
 
 def run_apps(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from fedkd.client_app import make_client_app
 from fedkd.config import ConfigError, FDConfig, to_run_config
 from fedkd.data import label_histogram, plot_label_histogram
 from fedkd.data.hub import DatasetUnavailableError
-from simulations.engine import run_apps
+from simulations.engine import run_apps, scratch_client_state
 from simulations.hydra_config import (
     RunSpec,
     build_run_spec,
@@ -72,6 +73,7 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
         tracker.log(record.as_dict(), step=record.round)
 
     started = time.perf_counter()
+    cfg, scratch = scratch_client_state(cfg, run_dir)
     run_config = to_run_config(cfg)
     try:
         run_apps(
@@ -84,6 +86,8 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     finally:
         tracker.finish()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if spec.export_student != "none":
         summary["export"] = export_student(run_dir, spec.export_student)
     write_json_atomic(run_dir / "summary.json", summary)

@@ -197,10 +197,16 @@ def label_histogram(
     return np.stack(counts).astype(np.int64) if counts else np.zeros((0, num_classes), np.int64)
 
 
+MAX_PLOTTED_CLIENTS = 100  # the picture shows this many clients; the JSON keeps every one
+
+
 def plot_label_histogram(
     hist: np.ndarray, path: str | Path, *, title: str = "Label distribution per client"
 ) -> Path:
     """Save a stacked bar chart (one bar per client, one colour per class) as an image.
+
+    At most the first :data:`MAX_PLOTTED_CLIENTS` clients are drawn (the title says so): the
+    figure is 0.4 inch per bar, so 100,000 clients would be a 4-million-pixel-wide image.
 
     Uses matplotlib's object API with the Agg canvas, so it never touches pyplot's global
     state or needs a display.
@@ -212,6 +218,9 @@ def plot_label_histogram(
     hist = np.asarray(hist)  # (partitions, classes)
     if hist.ndim != 2:
         raise ValueError(f"hist must be (partitions, classes), got shape {hist.shape}")
+    if len(hist) > MAX_PLOTTED_CLIENTS:  # a bar per client stops being readable (and cheap)
+        title = f"{title} (first {MAX_PLOTTED_CLIENTS} of {len(hist)})"
+        hist = hist[:MAX_PLOTTED_CLIENTS]
     num_clients, num_classes = hist.shape
     fig = Figure(figsize=(max(4.0, 0.4 * num_clients + 2.0), 3.5))
     FigureCanvasAgg(fig)

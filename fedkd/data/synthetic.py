@@ -23,6 +23,7 @@ def make_synthetic_splits(
     class_sep: float = 2.0,
     public_fraction: float = 0.3,
     test_fraction: float = 0.2,
+    num_train: int = 0,
 ) -> DataSplits:
     """Isotropic Gaussian mixture: ``x = mu_y + eps``, ``eps ~ N(0, I_dim)``, balanced labels.
 
@@ -43,6 +44,12 @@ def make_synthetic_splits(
         Separation of the class means in noise standard deviations (see above).
     public_fraction, test_fraction : float
         Fractions of ``num_samples`` for the public (unlabelled) and test pools.
+    num_train : int
+        Private-pool size; 0 keeps the split's share of ``num_samples``. Larger pools are
+        grown with more draws from the same mixture (after the split, so the public and test
+        sets, and the first private samples, are those of the default dataset): a population
+        of 100,000 clients costs its clients' data, not a 100-times larger public or test set
+        that every client would evaluate on.
     """
     if num_samples < 1 or num_classes < 2 or dim < 1:
         raise ValueError("need num_samples >= 1, num_classes >= 2 and dim >= 1")
@@ -55,6 +62,17 @@ def make_synthetic_splits(
     train, public, test = split_three_ways(
         labels, public_fraction=public_fraction, test_fraction=test_fraction, seed=seed
     )
+    train_x, train_y = take(x, y, train)
+    if num_train and num_train != len(train_y):
+        extra = num_train - len(train_y)
+        if extra < 0:
+            train_x, train_y = train_x[:num_train], train_y[:num_train]
+        else:
+            more = np.random.default_rng([seed, 1]).permutation(np.arange(extra) % num_classes)
+            noise = np.random.default_rng([seed, 2]).standard_normal((extra, dim))
+            more_x = torch.from_numpy((means[more] + noise).astype(np.float32))
+            train_x = torch.cat([train_x, more_x])
+            train_y = torch.cat([train_y, torch.from_numpy(more.astype(np.int64))])
     return make_splits(
-        "synthetic", take(x, y, train), take(x, y, public), take(x, y, test), num_classes
+        "synthetic", (train_x, train_y), take(x, y, public), take(x, y, test), num_classes
     )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fedkd import client_app
-from fedkd.client_app import LIVE_CLIENTS
-from fedkd.config import FDConfig
+from fedkd.client_state import LiveClients, StateFiles
+from fedkd.config import FDConfig, replace
 from simulations.local_grid import run_fd_local
 
 
@@ -53,10 +54,8 @@ def test_live_clients_change_no_number_and_skip_rebuilds(monkeypatch: pytest.Mon
         fault_crash_query=0.3,
     )
     built = _counting_builds(monkeypatch)
-    monkeypatch.setattr(LIVE_CLIENTS, "max_size", 0)
-    rebuilt_every_time = _run(cfg)
+    rebuilt_every_time = _run(replace(cfg, live_client_mib=0))
     rebuilds = len(built)
-    monkeypatch.setattr(LIVE_CLIENTS, "max_size", 64)
     built.clear()
     reused = _run(cfg)
     assert reused == rebuilt_every_time
@@ -66,13 +65,57 @@ def test_live_clients_change_no_number_and_skip_rebuilds(monkeypatch: pytest.Mon
 
 
 def test_a_client_whose_state_moved_on_is_rebuilt() -> None:
-    live = client_app.LiveClients(max_size=2)
+    live: LiveClients[Any] = LiveClients(max_bytes=200)
     cfg = FDConfig()
-    sentinel: Any = type("C", (), {"cfg": cfg})()
-    live.put((1, 5), "token-a", sentinel)
+    sentinel = object()
+    live.put((1, 5), "token-a", sentinel, 100, cfg)
     assert live.get((1, 5), "token-a", cfg) is sentinel
     assert live.get((1, 5), "token-b", cfg) is None  # another worker saved since
     assert live.get((1, 5), "token-a", FDConfig(seed=1)) is None  # another run config
-    live.put((1, 6), "t", sentinel)
-    live.put((1, 7), "t", sentinel)  # evicts the least recently used, (1, 5)
+    live.put((1, 6), "t", sentinel, 50, cfg)
+    live.put((1, 7), "t", sentinel, 60, cfg)  # over 200 bytes: the least recently used goes
     assert live.get((1, 5), "token-a", cfg) is None
+    assert len(live) == 2 and live.bytes == 110
+    live.put((1, 8), "t", sentinel, 500, cfg)  # larger than the budget: not kept
+    assert live.get((1, 8), "t", cfg) is None
+
+
+def test_live_clients_hit_in_a_fixed_cycle_beyond_64_clients() -> None:
+    # Clients come back in the same order every round: with a count of 64 this never hit.
+    live: LiveClients[int] = LiveClients(max_bytes=300 * 1000)
+    cfg = FDConfig()
+    for _ in range(2):
+        for node in range(300):
+            if live.get((1, node), "t", cfg) is None:
+                live.put((1, node), "t", node, 1000, cfg)
+    assert all(live.get((1, n), "t", cfg) == n for n in range(300))
+
+
+def test_disk_state_gives_the_same_numbers_and_ships_only_a_token(tmp_path: Path) -> None:
+    cfg = FDConfig(
+        num_rounds=2,
+        num_clients=3,
+        min_train_nodes=3,
+        local_epochs=1,
+        server_epochs=1,
+        client_models="mlp",
+        student_model="mlp",
+        co_distillation=True,
+        live_client_mib=0,  # every message rebuilds: the state must come back from the file
+    )
+    in_context = _run(cfg)
+    disk = replace(cfg, client_state="disk", client_state_dir=str(tmp_path))
+    assert _run(disk) == in_context
+    files = list(tmp_path.glob("run-*/node-*.pt"))
+    assert len(files) == cfg.num_clients
+
+
+def test_a_state_file_is_found_by_its_token_or_not_at_all(tmp_path: Path) -> None:
+    files = StateFiles(tmp_path)
+    files.write(1, 7, "a" * 32, b"old")
+    assert files.read(1, 7, "a" * 32) == b"old"
+    files.write(1, 7, "b" * 32, b"new", previous="a" * 32)  # the older state is removed
+    assert files.read(1, 7, "b" * 32) == b"new"
+    with pytest.raises(LookupError, match="client-state=context"):
+        files.read(1, 7, "a" * 32)
+    assert len(list(tmp_path.rglob("*.pt"))) == 1

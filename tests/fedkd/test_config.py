@@ -268,3 +268,12 @@ def test_config_docs_list_every_key() -> None:
     page = (PYPROJECT.parent / "docs" / "config.md").read_text()
     missing = [key for key in config_keys() if f"| `{key}` |" not in page]
     assert missing == [], "regenerate the table with docs/gen_config_table.py"
+
+
+def test_a_population_larger_than_the_synthetic_pool_is_a_config_error() -> None:
+    # Was a traceback from the partitioner ("num_partitions must be in [1, 3000]") after the
+    # run had started; now one line naming the key and the fix, before any work.
+    with pytest.raises(ConfigError, match=r"'num-clients'.*synthetic-train="):
+        FDConfig(dataset="synthetic", num_clients=10_000)
+    cfg = FDConfig(dataset="synthetic", num_clients=100_000, synthetic_train=1_200_000)
+    assert cfg.num_clients == 100_000

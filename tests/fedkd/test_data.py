@@ -281,3 +281,14 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_larger_synthetic_pool_keeps_public_test_and_first_private_rows() -> None:
+    from fedkd.data import make_synthetic_splits
+
+    base = make_synthetic_splits(num_samples=600, seed=1)
+    grown = make_synthetic_splits(num_samples=600, seed=1, num_train=5000)
+    assert len(grown.train_y) == 5000
+    assert torch.equal(grown.public_x, base.public_x) and torch.equal(grown.test_x, base.test_x)
+    assert torch.equal(grown.train_x[: len(base.train_y)], base.train_x)
+    assert torch.bincount(grown.train_y).min() >= 5000 // 10 - 30  # still about balanced

@@ -169,3 +169,15 @@ def test_plot_label_histogram_writes_png(tmp_path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         plot_label_histogram(hist[0], tmp_path / "bad.png")
+
+
+def test_iid_partition_of_one_client_equals_flower_datasets_cut() -> None:
+    # fedkd.client cuts IID partitions directly (one client per worker, no Arrow); the cut
+    # must be the IidPartitioner's, including the uneven first shards (103 = 7 x 14 + 5).
+    from fedkd.client import _iid_order, iid_partition
+
+    labels = np.arange(103) % 10
+    reference = partition_indices(labels, 7, "iid", seed=3)
+    order = _iid_order(("synthetic", 3), labels.size)  # the cache key's second field is the seed
+    for i in range(7):
+        assert np.array_equal(iid_partition(order, 7, i), reference[i])

@@ -213,6 +213,8 @@ def test_debug_experiment_end_to_end(tmp_path: Path) -> None:
     assert on_disk["final_student_accuracy"] == metrics[-1]["student_accuracy"]
     assert from_run_config(json.loads((tmp_path / "run_config.json").read_text())) == spec.fd
     assert not (tmp_path / "wandb").exists()  # logging disabled
+    assert spec.fd.client_state == "disk"  # the CLI's default on one machine ...
+    assert not (tmp_path / "client-state").exists()  # ... kept in the run dir, removed after
 
 
 def test_offline_tracker_writes_a_local_run(

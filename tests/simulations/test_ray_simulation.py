@@ -25,6 +25,9 @@ def test_ray_simulation_reports_every_round(tmp_path) -> None:
         client_models="mlp,cnn",
         student_model="mlp",
         run_dir=str(tmp_path),
+        # only a token travels; any of the two workers must find the node's latest state
+        client_state="disk",
+        client_state_dir=str(tmp_path / "state"),
     )
     run_config = to_run_config(cfg)
     records: list[RoundRecord] = []
@@ -46,10 +49,12 @@ def test_ray_simulation_reports_every_round(tmp_path) -> None:
         assert r.cum_bytes == cum
         assert 0.0 <= r.student_accuracy <= 1.0 and math.isfinite(r.student_loss)
         assert r.client_accuracy is not None and 0.0 <= r.client_accuracy <= 1.0
-    # Client state survives between rounds under Ray (Context.state, workers not pinned):
+    # Client state survives between rounds under Ray (a token in Context.state naming a
+    # file, workers not pinned; the indexed poller of simulations.flower_poller delivers):
     # round-2 clients start from their round-1 models, so they are better than at round 1.
     assert records[1].client_accuracy > records[0].client_accuracy
     assert (tmp_path / "metrics.json").exists()
+    assert len(list((tmp_path / "state").glob("run-*/node-*.pt"))) == cfg.num_clients
 
 
 @pytest.mark.slow
