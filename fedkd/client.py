@@ -23,6 +23,7 @@ from fedkd.data import DataSplits, load_splits, partition_indices
 from fedkd.data.splits import with_validation
 from fedkd.models import build_model
 from fedkd.privacy import DPSpec, privatize
+from fedkd.privacy.pate import one_hot_votes
 from fedkd.protocol import RoundRequest, public_hash, select_public
 from fedkd.support import encode_support, support_scores
 from fedkd.training import (
@@ -120,6 +121,9 @@ def load_client_data(cfg: FDConfig, partition_id: int, num_partitions: int) -> C
         input_shape=splits.input_shape,
     )
 
+
+CURATED = ("central", "pate")
+"""DP mechanisms whose noise the server adds: clients send their uploads and nothing else."""
 
 Metrics = dict[str, int | float | list[int] | list[float]]
 """What a Flower ``MetricRecord`` holds (``dict`` is invariant, so the full value type)."""
@@ -243,6 +247,8 @@ class FDClient:
             metrics["test-loss"] = result.loss
             self.save_to_disk(req.server_round)
         payload = support = None
+        if self.cfg.dp_mechanism in CURATED:
+            metrics = self.suppressed(metrics)
         if req.with_predictions or not train:
             faults.crash(self.cfg, self.partition_id, req.server_round, "query")
             payload = self.predict(req)
@@ -304,9 +310,24 @@ class FDClient:
         self.check_public(req)
         inputs = select_public(self.data.public_x, req.public_indices)
         probs = predict_probs(self.model, inputs, temperature=req.temperature).numpy()
-        probs = privatize(probs, self.dp_spec)  # (subset, classes)
+        if self.cfg.dp_mechanism == "output":
+            probs = privatize(probs, self.dp_spec)  # (subset, classes)
+        elif self.cfg.dp_mechanism == "pate":
+            probs = one_hot_votes(probs)  # one vote per row; the server adds GNMax noise
         probs = faults.maybe_attack(self.cfg, self.partition_id, req.server_round, probs)
         return encode_probs(probs, req.codec, topk=req.topk)  # type: ignore[arg-type]
+
+    def suppressed(self, metrics: Metrics) -> Metrics:
+        """Under server-side DP the reply's metadata says nothing about the private data.
+
+        Sample and class counts, losses and the local test accuracy would travel in the clear
+        and reach metrics.json outside the DP release: they become zeros or are left out.
+        """
+        return {
+            "num-examples": 0,
+            "class-counts": [0] * self.data.num_classes,
+            "partition-id": self.partition_id,
+        }
 
     @property
     def dp_spec(self) -> DPSpec:

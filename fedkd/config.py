@@ -22,6 +22,7 @@ from fedkd.compression import CODECS
 from fedkd.data import available_datasets
 from fedkd.kd import Divergence, KDSpec
 from fedkd.models import available_models
+from fedkd.privacy import MECHANISMS
 
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "shard")
 STRATEGIES = ("fd", "fedavg")
@@ -170,15 +171,28 @@ class FDConfig:
     separate_query: bool = _doc(
         "Ask for soft labels in a second message phase instead of the train reply", default=False
     )
-    # --- privacy (fedkd.privacy) -----------------------------------------------------------
+    # --- privacy (fedkd.privacy, docs/privacy.md) ------------------------------------------
+    dp_mechanism: str = _doc(
+        "none | central (client-level: clip each client's soft labels, noise their sum once at "
+        "the server) | pate (clients vote; the server releases GNMax noisy-argmax labels) | "
+        "output (each client noises its own upload; example-level)",
+        default="none",
+    )
     dp_noise_multiplier: float = _doc(
-        "Gaussian noise on uploaded soft labels, in units of their L2 sensitivity; 0 = off",
+        "Noise in units of the L2 sensitivity (central, output); for pate, sigma: the std of "
+        "the noise on each vote count",
         default=0.0,
     )
     dp_clip: float = _doc(
-        "L2 clip of each soft-label row before noise (rows have norm <= 1)", default=1.0
+        "L2 clip of each soft-label row before noise (rows have norm <= 1; central, output)",
+        default=1.0,
     )
     dp_delta: float = _doc("delta of the (epsilon, delta) the server reports", default=1e-5)
+    dp_max_epsilon: float = _doc(
+        "Privacy budget: the run stops cleanly before a round would take epsilon above it "
+        "(0 = no budget)",
+        default=0.0,
+    )
     # --- fault injection, simulation only (fedkd.faults) ---------------------------------
     fault_crash_train: float = _doc("Probability a client crashes when asked to train", default=0.0)
     fault_crash_query: float = _doc(
@@ -273,6 +287,7 @@ def _validate(cfg: FDConfig) -> None:
     _one_of(cfg, "divergence", DIVERGENCES)
     _one_of(cfg, "codistill_mode", CODISTILL_MODES)
     _one_of(cfg, "codec", tuple(CODECS))
+    _one_of(cfg, "dp_mechanism", MECHANISMS)
     _one_of(cfg, "device", ("auto", "cpu", "cuda"))
     _one_of(cfg, "client_device", ("auto", "cpu", "cuda"))
     models = available_models()
@@ -326,6 +341,7 @@ def _validate(cfg: FDConfig) -> None:
         f"must be >= 0 (0 = off), got {cfg.dp_noise_multiplier}",
     )
     _require(0.0 < cfg.dp_delta < 1.0, "dp-delta", f"must be in (0, 1), got {cfg.dp_delta}")
+    _validate_privacy(cfg)
     _require(cfg.byzantine_target >= 0, "byzantine-target", "must be a class index >= 0")
     _require(cfg.seed >= 0, "seed", f"must be >= 0 (numpy seeds are unsigned), got {cfg.seed}")
     _require(
@@ -375,6 +391,32 @@ def _validate(cfg: FDConfig) -> None:
         cfg.min_replies <= cfg.num_clients,
         "min-replies",
         f"needs {cfg.min_replies} replies but only num-clients={cfg.num_clients} exist",
+    )
+
+
+def _validate_privacy(cfg: FDConfig) -> None:
+    """A DP mechanism needs noise, and noise needs a mechanism: no silent half-configurations."""
+    on = cfg.dp_mechanism != "none"
+    _require(
+        cfg.dp_noise_multiplier > 0 or not on,
+        "dp-noise-multiplier",
+        f"must be > 0 with dp-mechanism={cfg.dp_mechanism}",
+    )
+    _require(
+        on or cfg.dp_noise_multiplier == 0,
+        "dp-mechanism",
+        "is none but dp-noise-multiplier > 0: name the mechanism (central | pate | output)",
+    )
+    _require(cfg.dp_max_epsilon >= 0, "dp-max-epsilon", f"must be >= 0, got {cfg.dp_max_epsilon}")
+    _require(
+        cfg.dp_mechanism != "pate" or cfg.public_subset >= 1,
+        "public-subset",
+        "dp-mechanism=pate labels public-subset rows per round (its privacy cost): set it >= 1",
+    )
+    _require(
+        cfg.dp_mechanism not in ("central", "pate") or cfg.strategy == "fd",
+        "dp-mechanism",
+        f"{cfg.dp_mechanism} applies to federated distillation (strategy=fd)",
     )
 
 

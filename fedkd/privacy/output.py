@@ -1,4 +1,4 @@
-"""Differential privacy for uploaded soft labels: clip, add Gaussian noise, account.
+"""Per-client output noise (``dp-mechanism=output``): each client noises its own upload.
 
 What is protected
     Each client's upload (its soft labels on the queried public rows) is released through the
@@ -21,8 +21,7 @@ Post-processing
 
 Accounting
     A client that uploads in ``k`` rounds composes ``k`` Gaussian mechanisms with the same
-    noise multiplier; Opacus's PRV accountant (Gopi et al. 2021) turns that into ε at the given
-    δ (Opacus's RDP bound where ε exceeds 100). Participation is known to the server, so no
+    noise multiplier (:mod:`fedkd.privacy.accountant`). Participation is known to the server, so no
     amplification by sampling is claimed (``sample_rate = 1``). The server reports ε for the
     client that uploaded most often.
 
@@ -36,10 +35,7 @@ regenerated and subtracted. DP runs are therefore not bit-reproducible.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
@@ -109,42 +105,3 @@ def gaussian_mechanism(
     rng = rng if rng is not None else np.random.default_rng()
     clipped = clip_rows(probs.astype(np.float64), spec.clip)
     return clipped + rng.normal(0.0, spec.noise_std(len(probs)), size=clipped.shape)
-
-
-PRV_REFINES_BELOW = 100.0
-"""PRV refines the RDP bound only below this ε: above it, PRV's discretisation grows huge (35 s
-for z = 0.01) or fails, and the difference no longer matters to anyone."""
-
-
-@lru_cache(maxsize=256)
-def epsilon_spent(noise_multiplier: float, releases: int, delta: float) -> float:
-    """ε at ``delta`` after ``releases`` Gaussian mechanisms of ``noise_multiplier``.
-
-    Computed by Opacus (imported here: the server needs it, devices do not): its RDP accountant
-    gives a valid upper bound at once; below :data:`PRV_REFINES_BELOW` its PRV accountant, which
-    is tight, refines it (the smaller of two valid bounds is reported). Never raises for a valid
-    multiplier: a server must not crash over its privacy report. Returns ``inf`` when the
-    multiplier is 0 and 0 when nothing was released.
-    """
-    if releases <= 0:
-        return 0.0
-    if noise_multiplier <= 0:
-        return math.inf
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        # sample_rate = 1 makes Opacus take log(0) on a branch it then discards.
-        warnings.simplefilter("ignore")
-        bound = _epsilon(RDPAccountant(), noise_multiplier, releases, delta)
-        if bound < PRV_REFINES_BELOW:
-            bound = min(bound, _epsilon(PRVAccountant(), noise_multiplier, releases, delta))
-    return bound
-
-
-def _epsilon(accountant: Any, noise_multiplier: float, releases: int, delta: float) -> float:
-    for _ in range(releases):
-        accountant.step(noise_multiplier=noise_multiplier, sample_rate=1.0)
-    try:
-        return float(accountant.get_epsilon(delta=delta))
-    except (RuntimeError, ValueError, FloatingPointError):  # PRV: "Discrete mean differs ..."
-        return math.inf
