@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from fedkd import faults
+from fedkd import protocol as P
 from fedkd.compression import encode_probs
 from fedkd.config import FDConfig
 from fedkd.data import DataSplits, load_splits, partition_indices
 from fedkd.data.splits import with_validation
 from fedkd.models import build_model
-from fedkd.privacy import DPSpec, privatize
+from fedkd.privacy import DPSpec, GaussianEvent, Ledger, privatize
+from fedkd.privacy.dpsgd import round_event, train_dpsgd
 from fedkd.privacy.pate import one_hot_votes
 from fedkd.protocol import RoundRequest, public_hash, select_public
 from fedkd.support import encode_support, support_scores
@@ -161,6 +163,8 @@ class FDClient:
             optimizer=cfg.optimizer_name,
         )
         self.optimizer = make_optimizer(self.model, self.train_cfg)
+        # dp-mechanism=dpsgd: this client's own privacy ledger, kept in its state
+        self.ledger = Ledger(cfg.dp_delta, cfg.dp_max_epsilon)
 
     # ------------------------------------------------------------ persistence
     restored: bool = False  # True once state came from Context.state or a checkpoint file
@@ -195,7 +199,12 @@ class FDClient:
     def state_bytes(self) -> bytes:
         """Model and optimizer state as one blob (kept in ``Context.state`` between rounds)."""
         buffer = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}, buffer)
+        state = {
+            "model": self.model.state_dict(),
+            "optim": self.optimizer.state_dict(),
+            "dp_events": torch.tensor(self.ledger.state_dict(), dtype=torch.float64),
+        }
+        torch.save(state, buffer)
         return buffer.getvalue()
 
     def load_state_bytes(self, blob: bytes) -> None:
@@ -203,6 +212,8 @@ class FDClient:
         state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
+        if "dp_events" in state:
+            self.ledger.load_state_dict(state["dp_events"].reshape(-1, 3).tolist())
         self.restored = True
 
     # ------------------------------------------------------------ work
@@ -247,7 +258,7 @@ class FDClient:
             metrics["test-loss"] = result.loss
             self.save_to_disk(req.server_round)
         payload = support = None
-        if self.cfg.dp_mechanism in CURATED:
+        if self.cfg.dp_mechanism in (*CURATED, "dpsgd"):
             metrics = self.suppressed(metrics)
         if req.with_predictions or not train:
             faults.crash(self.cfg, self.partition_id, req.server_round, "query")
@@ -263,6 +274,8 @@ class FDClient:
         supervised step (:func:`fedkd.training.train_with_teacher`); ``digest`` is FedMD's
         order: ``distill-epochs`` of KD first, then plain local training (revisit).
         """
+        if self.cfg.dp_mechanism == "dpsgd":
+            return self.train_private(req)
         cfg = self.round_cfg(req.local_epochs, req.lr)
         generator = self._generator(req.server_round)
         rows = 0 if req.teacher_indices is None else len(req.teacher_indices)
@@ -323,11 +336,41 @@ class FDClient:
         Sample and class counts, losses and the local test accuracy would travel in the clear
         and reach metrics.json outside the DP release: they become zeros or are left out.
         """
-        return {
+        out: Metrics = {
             "num-examples": 0,
             "class-counts": [0] * self.data.num_classes,
             "partition-id": self.partition_id,
         }
+        if self.cfg.dp_mechanism == "dpsgd":  # a DP model's test scores are post-processing
+            out.update({k: v for k, v in metrics.items() if k in (P.TEST_ACCURACY, P.TEST_LOSS)})
+            out[P.DP_EPSILON] = self.ledger.epsilon()
+            out[P.DP_EPSILON_NEXT] = self.ledger.epsilon_after(self.dpsgd_event())
+        return out
+
+    def dpsgd_event(self, epochs: int | None = None) -> GaussianEvent:
+        """What one round of this client's DP-SGD costs (``fedkd.privacy.dpsgd``)."""
+        c = self.cfg
+        epochs = c.local_epochs if epochs is None else epochs
+        return round_event(len(self.data.train_y), c.batch_size, epochs, c.dp_noise_multiplier)
+
+    def train_private(self, req: RoundRequest) -> float:
+        """DP-SGD on the private data, if this client's budget allows another round; the
+        digest step before it reads only public rows and DP outputs, so it costs nothing."""
+        self._co_distil(req)
+        event = self.dpsgd_event(req.local_epochs)
+        if not self.ledger.allows(event):  # budget spent: the model stays as it is
+            return float("nan")
+        self.ledger.spend(event)
+        return train_dpsgd(
+            self.model,
+            self.data.train_x,
+            self.data.train_y,
+            epochs=req.local_epochs,
+            batch_size=self.cfg.batch_size,
+            lr=req.lr,
+            noise_multiplier=self.cfg.dp_noise_multiplier,
+            max_grad_norm=self.cfg.dp_clip,
+        )
 
     @property
     def dp_spec(self) -> DPSpec:

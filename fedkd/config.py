@@ -175,16 +175,18 @@ class FDConfig:
     dp_mechanism: str = _doc(
         "none | central (client-level: clip each client's soft labels, noise their sum once at "
         "the server) | pate (clients vote; the server releases GNMax noisy-argmax labels) | "
-        "output (each client noises its own upload; example-level)",
+        "dpsgd (clients train with DP-SGD; example-level) | output (each client noises its own "
+        "upload; example-level)",
         default="none",
     )
     dp_noise_multiplier: float = _doc(
-        "Noise in units of the L2 sensitivity (central, output); for pate, sigma: the std of "
-        "the noise on each vote count",
+        "Noise in units of the L2 sensitivity (central, output, dpsgd); for pate, sigma: the "
+        "std of the noise on each vote count",
         default=0.0,
     )
     dp_clip: float = _doc(
-        "L2 clip of each soft-label row before noise (rows have norm <= 1; central, output)",
+        "L2 clip of each soft-label row before noise (rows have norm <= 1; central, output); "
+        "dpsgd: of each example's gradient",
         default=1.0,
     )
     dp_delta: float = _doc("delta of the (epsilon, delta) the server reports", default=1e-5)
@@ -417,6 +419,18 @@ def _validate_privacy(cfg: FDConfig) -> None:
         cfg.dp_mechanism not in ("central", "pate") or cfg.strategy == "fd",
         "dp-mechanism",
         f"{cfg.dp_mechanism} applies to federated distillation (strategy=fd)",
+    )
+    _require(
+        not (cfg.dp_mechanism == "dpsgd" and cfg.co_distillation and cfg.codistill_mode == "joint"),
+        "codistill-mode",
+        "dp-mechanism=dpsgd needs 'digest' (joint mixes private examples into KD steps that "
+        "DP-SGD does not clip) or co-distillation=false",
+    )
+    _require(
+        not (cfg.dp_mechanism in ("central", "pate") and cfg.explain_teacher),
+        "explain-teacher",
+        f"shows individual clients' soft labels, which dp-mechanism={cfg.dp_mechanism} keeps "
+        "inside the server",
     )
 
 

@@ -464,8 +464,12 @@ class FedDistill(Strategy):
         """Charge this round's releases to the ledger; ε so far (None with DP off)."""
         if not self.privacy.enabled:
             return None
-        uploaders = [int(r.metadata.src_node_id) for r in replies if not r.has_error()]
-        return self.privacy.account(uploaders, num_samples)
+        ok = [r for r in replies if not r.has_error()]
+        reports = {int(r.metadata.src_node_id): _dp_report(_metrics_of(r)) for r in ok}
+        reported = {node: pair for node, pair in reports.items() if pair is not None}
+        return self.privacy.account(
+            [int(r.metadata.src_node_id) for r in ok], num_samples, reported
+        )
 
     def privacy_stop(self) -> str | None:
         """Why the next round must not run: the budget, or (pate) no public row left to label."""
@@ -557,8 +561,10 @@ class FedDistill(Strategy):
 
     @property
     def needs_support(self) -> bool:
-        """Support scores are asked for only by support rules, and never under server-side DP."""
-        return self.cfg.aggregation in SUPPORT_RULES and self.cfg.dp_mechanism not in SERVER_SIDE
+        """Support scores are asked for only by support rules, and never under DP: they come
+        from private nearest-neighbour distances and no mechanism covers them (the rule then
+        treats every client as supporting every row: the mean)."""
+        return self.cfg.aggregation in SUPPORT_RULES and self.cfg.dp_mechanism == "none"
 
     def exchange(
         self, grid: Grid, nodes: list[int], message_type: str, req: P.RoundRequest, timeout: float
@@ -591,7 +597,7 @@ class FedDistill(Strategy):
     def streaming_aggregator(self, num_samples: int) -> Fold | None:
         """Running sums for the configured rule when it is a mean-type rule, else ``None``
         (``median``, ``trimmed_mean`` and ``filtered_mean`` need every reply at once).
-        Server-side DP replaces the rule by its own fold (:class:`strategies.private.PrivateFold`)."""
+        Server-side DP replaces the rule by its own fold (``strategies.private.PrivateFold``)."""
         if self.cfg.dp_mechanism in SERVER_SIDE:
             expected = self.privacy.sample_rate * self._num_connected
             return PrivateFold(self.cfg, num_samples, self.test.num_classes, expected)
@@ -812,6 +818,15 @@ def _silent(nodes: list[int], replies: list[Message]) -> list[int]:
 def _metrics_of(reply: Message) -> dict[str, Any]:
     record = reply.content.metric_records.get(P.METRICS)
     return dict(record) if record is not None else {}
+
+
+def _dp_report(metrics: dict[str, Any]) -> tuple[float, float] | None:
+    """A dpsgd client's (ε so far, ε after one more round), when it sent sane numbers."""
+    now, nxt = metrics.get(P.DP_EPSILON), metrics.get(P.DP_EPSILON_NEXT)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (now, nxt)):
+        return None
+    pair = (float(now), float(nxt))  # type: ignore[arg-type]
+    return pair if all(v >= 0 and not np.isnan(v) for v in pair) else None
 
 
 def _error_rejection(reply: Message) -> Rejection:

@@ -76,6 +76,8 @@ class ServerPrivacy:
         self.cfg = cfg
         self.ledger = Ledger(cfg.dp_delta, cfg.dp_max_epsilon)
         self.uploads: dict[int, int] = {}  # output mode: node id → rounds it uploaded
+        # dpsgd: node id → (ε so far, ε after one more round) as the client last reported
+        self.reported: dict[int, tuple[float, float]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -106,6 +108,8 @@ class ServerPrivacy:
         if self.cfg.dp_mechanism == "output":
             most = max(self.uploads.values(), default=0)
             return epsilon_spent(self.cfg.dp_noise_multiplier, most, self.cfg.dp_delta)
+        if self.cfg.dp_mechanism == "dpsgd":
+            return max((now for now, _ in self.reported.values()), default=0.0)
         return self.ledger.epsilon()
 
     def epsilon_after(self, rows: int) -> float | None:
@@ -115,6 +119,8 @@ class ServerPrivacy:
         if self.cfg.dp_mechanism == "output":
             most = max(self.uploads.values(), default=0) + 1
             return epsilon_spent(self.cfg.dp_noise_multiplier, most, self.cfg.dp_delta)
+        if self.cfg.dp_mechanism == "dpsgd":  # clients account for themselves and report it
+            return max((nxt for _, nxt in self.reported.values()), default=0.0)
         event = self.round_event(rows)
         return self.ledger.epsilon() if event is None else self.ledger.epsilon_after(event)
 
@@ -130,8 +136,12 @@ class ServerPrivacy:
             f"{_fmt(after)} > dp-max-epsilon={budget:g} (δ={self.cfg.dp_delta:g}); stopping"
         )
 
-    def account(self, uploaders: list[int], rows: int) -> float | None:
-        """Record this round's releases; returns ε so far."""
+    def account(
+        self, uploaders: list[int], rows: int, reports: dict[int, tuple[float, float]]
+    ) -> float | None:
+        """Record this round's releases (``reports``: dpsgd clients' own ε, now and after one
+        more round); returns ε so far."""
+        self.reported.update(reports)
         if self.cfg.dp_mechanism == "output":
             for node in uploaders:
                 self.uploads[node] = self.uploads.get(node, 0) + 1
@@ -142,13 +152,22 @@ class ServerPrivacy:
 
     def state_dict(self) -> dict[str, object]:
         """Ledger and upload counts, for the checkpoint."""
-        return {"events": self.ledger.state_dict(), "uploads": dict(self.uploads)}
+        return {
+            "events": self.ledger.state_dict(),
+            "uploads": dict(self.uploads),
+            "reported": {k: list(v) for k, v in self.reported.items()},
+        }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore :meth:`state_dict`."""
         self.ledger.load_state_dict(list(state.get("events", [])))  # type: ignore[call-overload]
         uploads = state.get("uploads", {})
         self.uploads = {int(k): int(v) for k, v in uploads.items()}  # type: ignore[attr-defined]
+        reported = state.get("reported", {})
+        self.reported = {
+            int(k): (float(v[0]), float(v[1]))
+            for k, v in reported.items()  # type: ignore[attr-defined]
+        }
 
 
 def _fmt(eps: float) -> str:

@@ -3,6 +3,7 @@
 * :mod:`fedkd.privacy.accountant` — the one ledger of Gaussian events (Opacus RDP/PRV).
 * :mod:`fedkd.privacy.central` — client-level DP at the server: clip per client, noise the sum.
 * :mod:`fedkd.privacy.pate` — client votes, GNMax noisy-argmax labels.
+* :mod:`fedkd.privacy.dpsgd` — example-level DP-SGD on the clients (Opacus).
 * :mod:`fedkd.privacy.output` — each client noises its own upload (the first, weakest mode).
 
 ``dp-mechanism`` (:class:`fedkd.config.FDConfig`) picks one; ``none`` turns DP off.
@@ -17,7 +18,7 @@ from fedkd.privacy.output import (
     to_distributions,
 )
 
-MECHANISMS = ("none", "output", "central", "pate")
+MECHANISMS = ("none", "output", "central", "pate", "dpsgd")
 """Values of ``dp-mechanism``; ``fedkd.config`` repeats them (a test keeps the two in sync)."""
 
 __all__ = [
