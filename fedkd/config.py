@@ -175,8 +175,9 @@ class FDConfig:
     dp_mechanism: str = _doc(
         "none | central (client-level: clip each client's soft labels, noise their sum once at "
         "the server) | pate (clients vote; the server releases GNMax noisy-argmax labels) | "
-        "dpsgd (clients train with DP-SGD; example-level) | output (each client noises its own "
-        "upload; example-level)",
+        "dpsgd (clients train with DP-SGD, example-level; co-distillation then runs in digest "
+        "order, on public rows only, whatever codistill-mode says) | output (each client "
+        "noises its own upload; example-level)",
         default="none",
     )
     dp_noise_multiplier: float = _doc(
@@ -190,6 +191,10 @@ class FDConfig:
         default=1.0,
     )
     dp_delta: float = _doc("delta of the (epsilon, delta) the server reports", default=1e-5)
+    dp_labels_per_round: int = _doc(
+        "pate: new public rows labelled (and charged) per round; public-subset does not apply",
+        default=20,
+    )
     dp_max_epsilon: float = _doc(
         "Privacy budget: the run stops cleanly before a round would take epsilon above it "
         "(0 = no budget)",
@@ -411,20 +416,14 @@ def _validate_privacy(cfg: FDConfig) -> None:
     )
     _require(cfg.dp_max_epsilon >= 0, "dp-max-epsilon", f"must be >= 0, got {cfg.dp_max_epsilon}")
     _require(
-        cfg.dp_mechanism != "pate" or cfg.public_subset >= 1,
-        "public-subset",
-        "dp-mechanism=pate labels public-subset rows per round (its privacy cost): set it >= 1",
+        cfg.dp_labels_per_round >= 1,
+        "dp-labels-per-round",
+        f"must be >= 1, got {cfg.dp_labels_per_round}",
     )
     _require(
         cfg.dp_mechanism not in ("central", "pate") or cfg.strategy == "fd",
         "dp-mechanism",
         f"{cfg.dp_mechanism} applies to federated distillation (strategy=fd)",
-    )
-    _require(
-        not (cfg.dp_mechanism == "dpsgd" and cfg.co_distillation and cfg.codistill_mode == "joint"),
-        "codistill-mode",
-        "dp-mechanism=dpsgd needs 'digest' (joint mixes private examples into KD steps that "
-        "DP-SGD does not clip) or co-distillation=false",
     )
     _require(
         not (cfg.dp_mechanism in ("central", "pate") and cfg.explain_teacher),

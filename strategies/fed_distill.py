@@ -475,6 +475,7 @@ class FedDistill(Strategy):
         """Why the next round must not run: the budget, or (pate) no public row left to label."""
         rows = self.cfg.public_subset or self.public.size
         if self.cfg.dp_mechanism == "pate":
+            rows = self.cfg.dp_labels_per_round
             rows = min(rows, int((self.pate_labels < 0).sum()))
             if rows == 0:
                 return "every public row has a released label: nothing left to query; stopping"
@@ -526,6 +527,7 @@ class FedDistill(Strategy):
         """All public rows (None), or a fresh random subset per round (DS-FL)."""
         k = self.cfg.public_subset
         if self.cfg.dp_mechanism == "pate":  # label rows without a released label yet
+            k = self.cfg.dp_labels_per_round
             unlabelled = np.flatnonzero(self.pate_labels < 0)
             return np.sort(self.rng.choice(unlabelled, size=min(k, len(unlabelled)), replace=False))
         if k == 0 or k >= self.public.size:
