@@ -60,16 +60,19 @@ class ClientData:
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(dataset: str, seed: int, public_fraction: float, val_fraction: float) -> DataSplits:
+def _splits(
+    dataset: str, seed: int, public_fraction: float, val_fraction: float, synthetic_samples: int
+) -> DataSplits:
     # Cached per process: a Ray worker serves many clients of the same run.
-    splits = load_splits(dataset, seed=seed, public_fraction=public_fraction)
+    options = {"num_samples": synthetic_samples} if dataset == "synthetic" else {}
+    splits = load_splits(dataset, seed=seed, public_fraction=public_fraction, **options)
     return with_validation(splits, val_fraction, seed=seed)
 
 
 @functools.lru_cache(maxsize=4)
 def _partitions(cfg_key: tuple, num_partitions: int) -> list[np.ndarray]:
-    dataset, seed, public_fraction, val_fraction, scheme, alpha, k, shards = cfg_key
-    splits = _splits(dataset, seed, public_fraction, val_fraction)
+    dataset, seed, public_fraction, val_fraction, samples, scheme, alpha, k, shards = cfg_key
+    splits = _splits(dataset, seed, public_fraction, val_fraction, samples)
     return partition_indices(
         splits.train_y.numpy(),
         num_partitions,
@@ -90,6 +93,7 @@ def partition_key(cfg: FDConfig) -> tuple:
         cfg.seed,
         cfg.public_fraction,
         cfg.val_fraction,
+        cfg.synthetic_samples,
         cfg.partition,
         cfg.alpha,
         cfg.classes_per_partition,
@@ -99,7 +103,9 @@ def partition_key(cfg: FDConfig) -> tuple:
 
 def load_splits_for(cfg: FDConfig) -> DataSplits:
     """The run's dataset splits (cached per process)."""
-    return _splits(cfg.dataset, cfg.seed, cfg.public_fraction, cfg.val_fraction)
+    return _splits(
+        cfg.dataset, cfg.seed, cfg.public_fraction, cfg.val_fraction, cfg.synthetic_samples
+    )
 
 
 def client_partitions(cfg: FDConfig, num_partitions: int) -> list[np.ndarray]:

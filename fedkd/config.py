@@ -98,6 +98,11 @@ class FDConfig:
         "selects the reported round and tunes references (never the test set)",
         default=0.15,
     )
+    synthetic_samples: int = _doc(
+        "dataset=synthetic: total samples before splitting (scale studies: many clients need "
+        "more data)",
+        default=6000,
+    )
     # --- models ---------------------------------------------------------------------------
     client_models: str = _doc(
         "Comma-separated model names, assigned round-robin by partition id", default="mlp,cnn"
@@ -316,6 +321,7 @@ def _validate(cfg: FDConfig) -> None:
         "topk",
         "classes_per_partition",
         "shards_per_partition",
+        "synthetic_samples",
     )
     for name in positive:
         _require(getattr(cfg, name) >= 1, _key(name), f"must be >= 1, got {getattr(cfg, name)}")

@@ -9,7 +9,13 @@
 ``dp-mechanism`` (:class:`fedkd.config.FDConfig`) picks one; ``none`` turns DP off.
 """
 
-from fedkd.privacy.accountant import GaussianEvent, Ledger, epsilon, epsilon_spent
+from fedkd.privacy.accountant import (
+    GaussianEvent,
+    Ledger,
+    epsilon,
+    epsilon_spent,
+    noise_for_epsilon,
+)
 from fedkd.privacy.output import (
     DPSpec,
     clip_rows,
@@ -30,6 +36,7 @@ __all__ = [
     "epsilon",
     "epsilon_spent",
     "gaussian_mechanism",
+    "noise_for_epsilon",
     "privatize",
     "to_distributions",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -153,3 +153,28 @@ def epsilon_spent(noise_multiplier: float, releases: int, delta: float) -> float
     if noise_multiplier <= 0:
         return math.inf
     return epsilon([GaussianEvent(noise_multiplier, 1.0, releases)], delta)
+
+
+def noise_for_epsilon(
+    target: float,
+    delta: float,
+    events_for: Callable[[float], Iterable[GaussianEvent]],
+    *,
+    low: float = 0.05,
+    high: float = 500.0,
+) -> float:
+    """The smallest noise multiplier ``z`` (to 0.5 %) whose run ``events_for(z)`` stays within
+    ε ≤ ``target`` at ``delta``: calibrate a mechanism to a budget before running it.
+
+    Bisection in log-space; ε falls as ``z`` grows. Raises ``ValueError`` when even ``high``
+    does not reach the target.
+    """
+    if epsilon(events_for(high), delta) > target:
+        raise ValueError(f"ε ≤ {target} needs a noise multiplier above {high}")
+    while high / low > 1.005:
+        mid = math.sqrt(low * high)
+        if epsilon(events_for(mid), delta) <= target:
+            high = mid
+        else:
+            low = mid
+    return high
