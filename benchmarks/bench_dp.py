@@ -164,7 +164,10 @@ def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": time.perf_counter() - started,
             }
         )  # fmt: skip
-        print(f"  {setting.label} seed {seed}: student {per_seed[-1]['final']:.3f} ε {_eps(per_seed[-1]['epsilon'])}", flush=True)  # fmt: skip
+        done = per_seed[-1]
+        print(
+            f"  {setting.label} seed {seed}: student {done['final']:.3f} ε {_eps(done['epsilon'])}"
+        )
     finals = [s["final"] for s in per_seed]
     return {
         "part": setting.part,
