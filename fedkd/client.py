@@ -23,7 +23,7 @@ from fedkd.config import FDConfig
 from fedkd.data import DataSplits, load_splits, partition_indices
 from fedkd.data.splits import with_validation
 from fedkd.models import build_model
-from fedkd.privacy import DPSpec, GaussianEvent, Ledger, privatize
+from fedkd.privacy import GaussianEvent, Ledger
 from fedkd.privacy.dpsgd import round_event, train_dpsgd
 from fedkd.privacy.pate import one_hot_votes
 from fedkd.protocol import RoundRequest, public_hash, select_public
@@ -323,15 +323,13 @@ class FDClient:
     def predict(self, req: RoundRequest) -> dict[str, np.ndarray]:
         """Soft labels at temperature T on the queried public rows, encoded by the codec.
 
-        With DP on, the Gaussian mechanism runs here, on the device, before anything leaves it;
-        a simulated attacker then replaces what it uploads (both off by default).
+        Under ``dp-mechanism=pate`` only the argmax leaves the device (one vote per row); a
+        simulated attacker then replaces what it uploads (both off by default).
         """
         self.check_public(req)
         inputs = select_public(self.data.public_x, req.public_indices)
         probs = predict_probs(self.model, inputs, temperature=req.temperature).numpy()
-        if self.cfg.dp_mechanism == "output":
-            probs = privatize(probs, self.dp_spec)  # (subset, classes)
-        elif self.cfg.dp_mechanism == "pate":
+        if self.cfg.dp_mechanism == "pate":
             probs = one_hot_votes(probs)  # one vote per row; the server adds GNMax noise
         probs = faults.maybe_attack(self.cfg, self.partition_id, req.server_round, probs)
         return encode_probs(probs, req.codec, topk=req.topk)  # type: ignore[arg-type]
@@ -377,12 +375,6 @@ class FDClient:
             noise_multiplier=self.cfg.dp_noise_multiplier,
             max_grad_norm=self.cfg.dp_clip,
         )
-
-    @property
-    def dp_spec(self) -> DPSpec:
-        """The run's DP settings (``dp-*`` keys); noise multiplier 0 means off."""
-        c = self.cfg
-        return DPSpec(c.dp_noise_multiplier, clip=c.dp_clip, delta=c.dp_delta)
 
     def _co_distil(self, req: RoundRequest) -> None:
         """FedMD/DS-FL co-distillation: first move toward last round's teacher."""

@@ -181,18 +181,17 @@ class FDConfig:
         "none | central (client-level: clip each client's soft labels, noise their sum once at "
         "the server) | pate (clients vote; the server releases GNMax noisy-argmax labels) | "
         "dpsgd (clients train with DP-SGD, example-level; co-distillation then runs in digest "
-        "order, on public rows only, whatever codistill-mode says) | output (each client "
-        "noises its own upload; example-level)",
+        "order, on public rows only, whatever codistill-mode says)",
         default="none",
     )
     dp_noise_multiplier: float = _doc(
-        "Noise in units of the L2 sensitivity (central, output, dpsgd); for pate, sigma: the "
-        "std of the noise on each vote count",
+        "Noise in units of the L2 sensitivity (central, dpsgd); for pate, sigma: the std of "
+        "the noise on each vote count",
         default=0.0,
     )
     dp_clip: float = _doc(
-        "L2 clip of each soft-label row before noise (rows have norm <= 1; central, output); "
-        "dpsgd: of each example's gradient",
+        "central: L2 clip of each soft-label row (rows have norm <= 1); dpsgd: of each "
+        "example's gradient",
         default=1.0,
     )
     dp_delta: float = _doc("delta of the (epsilon, delta) the server reports", default=1e-5)
@@ -418,7 +417,7 @@ def _validate_privacy(cfg: FDConfig) -> None:
     _require(
         on or cfg.dp_noise_multiplier == 0,
         "dp-mechanism",
-        "is none but dp-noise-multiplier > 0: name the mechanism (central | pate | output)",
+        "is none but dp-noise-multiplier > 0: name the mechanism (central | pate | dpsgd)",
     )
     _require(cfg.dp_max_epsilon >= 0, "dp-max-epsilon", f"must be >= 0, got {cfg.dp_max_epsilon}")
     _require(

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from fedkd.config import FDConfig
-from fedkd.privacy import GaussianEvent, Ledger, epsilon_spent
+from fedkd.privacy import GaussianEvent, Ledger
 from fedkd.privacy.central import CentralDPSum, round_event
 from fedkd.privacy.pate import VoteCounter, label_event
 
@@ -75,7 +75,6 @@ class ServerPrivacy:
     def __init__(self, cfg: FDConfig) -> None:
         self.cfg = cfg
         self.ledger = Ledger(cfg.dp_delta, cfg.dp_max_epsilon)
-        self.uploads: dict[int, int] = {}  # output mode: node id → rounds it uploaded
         # dpsgd: node id → (ε so far, ε after one more round) as the client last reported
         self.reported: dict[int, tuple[float, float]] = {}
 
@@ -102,12 +101,9 @@ class ServerPrivacy:
         return None
 
     def epsilon(self) -> float | None:
-        """ε spent so far (``output``: by the client that uploaded most often); None if off."""
+        """ε spent so far (``dpsgd``: by the worst-off client, as reported); None if off."""
         if not self.enabled:
             return None
-        if self.cfg.dp_mechanism == "output":
-            most = max(self.uploads.values(), default=0)
-            return epsilon_spent(self.cfg.dp_noise_multiplier, most, self.cfg.dp_delta)
         if self.cfg.dp_mechanism == "dpsgd":
             return max((now for now, _ in self.reported.values()), default=0.0)
         return self.ledger.epsilon()
@@ -116,9 +112,6 @@ class ServerPrivacy:
         """ε if one more round of ``rows`` queried rows ran (None if off)."""
         if not self.enabled:
             return None
-        if self.cfg.dp_mechanism == "output":
-            most = max(self.uploads.values(), default=0) + 1
-            return epsilon_spent(self.cfg.dp_noise_multiplier, most, self.cfg.dp_delta)
         if self.cfg.dp_mechanism == "dpsgd":  # clients account for themselves and report it
             return max((nxt for _, nxt in self.reported.values()), default=0.0)
         event = self.round_event(rows)
@@ -142,9 +135,6 @@ class ServerPrivacy:
         """Record this round's releases (``reports``: dpsgd clients' own ε, now and after one
         more round); returns ε so far."""
         self.reported.update(reports)
-        if self.cfg.dp_mechanism == "output":
-            for node in uploaders:
-                self.uploads[node] = self.uploads.get(node, 0) + 1
         event = self.round_event(rows) if uploaders or self.cfg.dp_mechanism == "central" else None
         if event is not None:
             self.ledger.spend(event)
@@ -154,15 +144,12 @@ class ServerPrivacy:
         """Ledger and upload counts, for the checkpoint."""
         return {
             "events": self.ledger.state_dict(),
-            "uploads": dict(self.uploads),
             "reported": {k: list(v) for k, v in self.reported.items()},
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore :meth:`state_dict`."""
         self.ledger.load_state_dict(list(state.get("events", [])))  # type: ignore[call-overload]
-        uploads = state.get("uploads", {})
-        self.uploads = {int(k): int(v) for k, v in uploads.items()}  # type: ignore[attr-defined]
         reported = state.get("reported", {})
         self.reported = {
             int(k): (float(v[0]), float(v[1]))

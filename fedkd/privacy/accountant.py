@@ -11,7 +11,6 @@ serves them all:
   (one client changes two vote counts by 1: sensitivity √2; Papernot et al. 2018, Prop. 8
   gives RDP α/σ² per query, which is exactly this Gaussian's).
 * ``dpsgd`` (example-level, per client): one event per optimizer step, ``q = batch/n``.
-* ``output`` (example-level, per client's upload): one event per upload, ``q = 1``.
 
 The numbers come from Opacus (a dependency already): its RDP accountant (Mironov 2017;
 Mironov et al. 2019 for the sampled Gaussian) is a valid upper bound for any history; its PRV

@@ -31,7 +31,23 @@ import math
 import numpy as np
 
 from fedkd.privacy.accountant import GaussianEvent
-from fedkd.privacy.output import clip_rows, to_distributions
+
+
+def clip_rows(probs: np.ndarray, clip: float) -> np.ndarray:
+    """Scale every row whose L2 norm exceeds ``clip`` down to norm ``clip`` (scaling keeps
+    probabilities non-negative; shorter rows are left alone)."""
+    norms = np.linalg.norm(probs, axis=-1, keepdims=True)  # (rows, 1)
+    scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
+    return probs * scale
+
+
+def to_distributions(x: np.ndarray) -> np.ndarray:
+    """Project noisy rows back to distributions: clamp at 0, renormalise, all-zero → uniform.
+    Post-processing: it cannot weaken DP, and the student and clients see probabilities."""
+    x = np.clip(x, 0.0, None)
+    sums = x.sum(axis=-1, keepdims=True)
+    uniform = np.full_like(x, 1.0 / x.shape[-1])
+    return np.where(sums > 0, x / np.where(sums > 0, sums, 1.0), uniform)
 
 
 def client_sensitivity(rows: int, clip: float) -> float:

@@ -114,7 +114,7 @@ def test_filtered_mean_keeps_the_teacher_right_under_a_targeted_attack(seed) -> 
 
 
 def test_dp_epsilon_is_reported_every_round_and_the_noise_reaches_the_teacher() -> None:
-    cfg = _cfg(dp_mechanism="output", dp_noise_multiplier=2.0, public_subset=50)
+    cfg = _cfg(dp_mechanism="central", dp_noise_multiplier=2.0, public_subset=50)
     records = _run(cfg)
     expected = [epsilon_spent(2.0, r, cfg.dp_delta) for r in (1, 2, 3)]
     assert [r.dp_epsilon for r in records] == pytest.approx(expected)
@@ -124,7 +124,7 @@ def test_dp_epsilon_is_reported_every_round_and_the_noise_reaches_the_teacher() 
     # not seeded (fedkd.privacy), so these bounds hold for any draw, not one.
     clean = _run(_cfg(num_rounds=1, local_epochs=5))[0].teacher_accuracy
     drowned = _run(
-        _cfg(num_rounds=1, local_epochs=5, dp_mechanism="output", dp_noise_multiplier=20.0)
+        _cfg(num_rounds=1, local_epochs=5, dp_mechanism="central", dp_noise_multiplier=20.0)
     )[0]
     assert clean is not None and drowned.teacher_accuracy is not None
     assert clean > 0.6 and drowned.teacher_accuracy < 0.2
