@@ -1,7 +1,7 @@
 """Example-level DP on the clients (``dp-mechanism=dpsgd``): local training with DP-SGD.
 
 Each client trains its private data with DP-SGD (Abadi et al. 2016) through Opacus: Poisson
-batches of rate ``q = batch-size / n``, every example's gradient clipped to L2 norm
+batches of rate ``q = 1/⌈n / batch-size⌉``, every example's gradient clipped to L2 norm
 ``dp-clip``, Gaussian noise of ``dp-noise-multiplier × dp-clip`` added to each batch's sum.
 Everything the client sends afterwards (soft labels on any number of public rows, its test
 accuracy) is post-processing of a DP model: querying costs nothing more.
@@ -30,9 +30,10 @@ from fedkd.privacy.accountant import GaussianEvent
 def round_event(
     num_examples: int, batch_size: int, epochs: int, noise_multiplier: float
 ) -> GaussianEvent:
-    """The steps one round of DP-SGD takes: ``epochs × ⌈1/q⌉`` at rate ``q = batch/n``."""
-    q = min(1.0, batch_size / max(num_examples, 1))
-    return GaussianEvent(noise_multiplier, q, epochs * math.ceil(1.0 / q))
+    """The steps one round of DP-SGD takes, as Opacus's Poisson loader runs them: ``⌈n/batch⌉``
+    steps per epoch, each example drawn with probability ``q = 1/⌈n/batch⌉`` (≈ batch/n)."""
+    steps_per_epoch = math.ceil(max(num_examples, 1) / batch_size)
+    return GaussianEvent(noise_multiplier, 1.0 / steps_per_epoch, epochs * steps_per_epoch)
 
 
 def train_dpsgd(

@@ -114,10 +114,10 @@ def test_dpsgd_client_trains_privately_and_reports_its_own_epsilon() -> None:
     out = client.run_round(req, train=True)
     n = len(data.train_y)
     event = round_event(n, 16, 1, 1.2)
-    assert event.sample_rate == pytest.approx(16 / n) and event.steps == math.ceil(n / 16)
+    assert event.steps == math.ceil(n / 16) and event.sample_rate == pytest.approx(1 / event.steps)
     from tests.fedkd.test_privacy import _classic_sampled_gaussian_epsilon
 
-    bound = _classic_sampled_gaussian_epsilon(1.2, 16 / n, event.steps, 1e-5)
+    bound = _classic_sampled_gaussian_epsilon(1.2, event.sample_rate, event.steps, 1e-5)
     eps = out.metrics["dp-epsilon"]
     assert isinstance(eps, float) and 0.5 * bound <= eps <= bound + 1e-9
     assert out.metrics["num-examples"] == 0 and "train-loss" not in out.metrics
