@@ -83,8 +83,6 @@ def digits_settings(target: float) -> list[Setting]:
     """Every mechanism at ε ≤ ``target`` on digits (PATE at three label budgets)."""
     return [
         Setting("digits", "no DP", "none", None),
-        Setting("digits", "output noise (per client), 50 rows", "output", target,
-                {"public_subset": 50}),
         Setting("digits", "central (client-level), 50 rows, clip 0.6", "central", target,
                 {"public_subset": 50, "dp_clip": 0.6}),
         *[
