@@ -141,7 +141,7 @@ def _fields(cfg: FDConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- runs
 def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     """Every seed of one setting; returns its row of the JSON."""
-    per_seed = []
+    per_seed: list[dict[str, Any]] = []
     cfg = configure(setting, args, 0)
     for seed in range(args.seeds):
         cfg = (
@@ -264,6 +264,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- entry point
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``--quick`` shrinks everything to a smoke test."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("digits", "scale"), action="append")
     parser.add_argument("--target", type=float, default=8.0, help="ε budget (digits)")
@@ -287,10 +288,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the parts (or merge ``--from-json``), print the tables, optionally rewrite docs."""
     args = parse_args(argv)
     if args.from_json:
         rows = [r for path in args.from_json for r in json.loads(path.read_text())["results"]]
-        payload = {"results": rows}
+        payload: dict[str, Any] = {"results": rows}
     else:
         parts = args.part or ["digits", "scale"]
         settings = []

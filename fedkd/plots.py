@@ -110,10 +110,10 @@ def plot_accuracy_vs_epsilon(
     what each round of a DP run bought and what it cost."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    deltas = set()
+    deltas: set[float] = set()
     for label, records in series.items():
         points = [(r["dp_epsilon"], r[key]) for r in records if r.get("dp_epsilon") is not None]
-        deltas |= {r.get("dp_delta") for r in records if r.get("dp_delta") is not None}
+        deltas |= {float(r["dp_delta"]) for r in records if r.get("dp_delta") is not None}
         if points:
             eps, acc = zip(*points, strict=True)
             ax.plot(eps, acc, marker="o", label=label)
