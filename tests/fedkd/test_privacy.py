@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from scipy.optimize import brentq
+from scipy.special import gammaln
 from scipy.stats import norm
 
 from fedkd.privacy import (
@@ -85,12 +86,9 @@ def _classic_sampled_gaussian_epsilon(z: float, q: float, steps: int, delta: flo
     for alpha in range(2, 257):
         k = np.arange(alpha + 1)
         log_terms = (
-            np.array(
-                [
-                    math.lgamma(alpha + 1) - math.lgamma(i + 1) - math.lgamma(alpha - i + 1)
-                    for i in k
-                ]
-            )
+            gammaln(alpha + 1)
+            - gammaln(k + 1)
+            - gammaln(alpha - k + 1)
             + (alpha - k) * math.log1p(-q)
             + k * math.log(q)
             + (k * k - k) / (2 * z * z)
