@@ -253,8 +253,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         clients = next(r["clients"] for r in rows if r["part"] == part)
         ax.set(xlabel="ε after the last round (δ = 1e-5)", ylabel="student test accuracy",
                title=f"{part}: {clients} clients", ylim=(0, 1))  # fmt: skip
+        eps = [r["epsilon"] for r in rows if r["part"] == part and r["epsilon"] is not None]
+        ax.set_xlim(0, 1.1 * max(eps, default=1.0))  # ε from 0: what a budget of 2 or 8 means
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+        ax.legend(fontsize="x-small", loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
