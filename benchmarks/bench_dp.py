@@ -1,9 +1,10 @@
 """Differential privacy that leaves a useful student: every mechanism at a fixed ε, side by side.
 
-    python -m benchmarks.bench_dp --part digits                 # ~10 min on 2 cores
-    python -m benchmarks.bench_dp --part scale --clients 1000   # ~25 min on 2 cores
-    python -m benchmarks.bench_dp --quick                       # smoke test, seconds
-    python -m benchmarks.bench_dp --from-json benchmarks/bench_dp.json --docs docs/privacy.md
+    python -m benchmarks.bench_dp --part digits             # ~4 min on a shared 2-core CPU
+    python -m benchmarks.bench_dp --part scale --clients 1000 --rounds 3 --local-epochs 10
+                                                            # ~40 min there
+    python -m benchmarks.bench_dp --quick                   # smoke test, under a minute
+    python -m benchmarks.bench_dp --from-json A.json B.json --docs docs/privacy.md  # docs only
 
 Each mechanism (``fedkd.privacy``) is calibrated *before* it runs: the noise multiplier is the
 smallest whose whole run stays within ε ≤ target at δ = 1e-5 (:func:`fedkd.privacy.
