@@ -146,8 +146,12 @@ def run_grid(
     rounds: int,
     jobs: int,
     references: bool = True,
+    partial: Path | None = None,
 ) -> dict[str, Any]:
-    """Every run (and reference) of the grid, ``jobs`` processes at a time, with progress."""
+    """Every run (and reference) of the grid, ``jobs`` processes at a time, with progress.
+
+    Each finished run is also written to ``partial`` (when given) as it completes, so a grid
+    that dies part-way keeps what it measured (merge it later with ``--from-json``)."""
     tasks: list[tuple[Any, tuple[Any, ...]]] = [
         (run_references, (a, s, rounds)) for a in alphas for s in seeds if references
     ]
@@ -167,6 +171,8 @@ def run_grid(
                 f"seed={result['seed']}  {time.perf_counter() - started:6.0f}s elapsed",
                 flush=True,
             )
+            if partial is not None:
+                write_json(partial, {"runs": runs, "references": refs, "setting": {}})
     return {"runs": runs, "references": refs}
 
 
@@ -413,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.rounds,
             args.jobs,
             references=not args.no_references,
+            partial=args.out_dir / "partial.json",
         )
         results["setting"] = {k: str(v) for k, v in vars(args).items()}
         write_json(args.out_dir / "results.json", results)

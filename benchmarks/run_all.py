@@ -30,7 +30,7 @@ BENCHMARKS: tuple[str, ...] = (
     "lwf",  # LwF time per epoch vs fine-tuning
     "hotpaths",  # before/after of each performance change
     "byzantine",  # robust rules under attack (docs/reliability.md)
-    "privacy",  # DP soft labels: accuracy vs ε (docs/reliability.md)
+    "dp",  # DP mechanisms at a fixed ε: digits and many clients (docs/privacy.md)
     "compress",  # student size, accuracy, latency: int8 PTQ/QAT, pruning (docs/compression.md)
 )
 """Every benchmark, in run order; ``benchmarks.bench_<name>.main(argv)`` runs one. Each takes

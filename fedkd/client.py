@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from fedkd import faults
+from fedkd import protocol as P
 from fedkd.compression import encode_probs
 from fedkd.config import FDConfig
 from fedkd.data import DataSplits, load_splits, partition_indices
 from fedkd.data.splits import with_validation
 from fedkd.models import build_model
-from fedkd.privacy import DPSpec, privatize
+from fedkd.privacy import GaussianEvent, Ledger
+from fedkd.privacy.dpsgd import round_event, train_dpsgd
+from fedkd.privacy.pate import one_hot_votes
 from fedkd.protocol import RoundRequest, public_hash, select_public
 from fedkd.support import encode_support, support_scores
 from fedkd.training import (
@@ -63,18 +66,25 @@ class ClientData:
 
 @functools.lru_cache(maxsize=4)
 def _splits(
-    dataset: str, seed: int, public_fraction: float, val_fraction: float, samples: int = 0
+    dataset: str,
+    seed: int,
+    public_fraction: float,
+    val_fraction: float,
+    sizes: tuple[int, int] = (6000, 0),
 ) -> DataSplits:
     # Cached per process: a Ray worker serves many clients of the same run.
-    options = {"num_train": samples} if dataset == "synthetic" and samples else {}
+    # sizes: dataset=synthetic's (synthetic-samples, synthetic-train); other datasets ignore it
+    options = {}
+    if dataset == "synthetic":
+        options = {"num_samples": sizes[0], "num_train": sizes[1]}
     splits = load_splits(dataset, seed=seed, public_fraction=public_fraction, **options)
     return with_validation(splits, val_fraction, seed=seed)
 
 
 @functools.lru_cache(maxsize=4)
 def _partitions(cfg_key: tuple, num_partitions: int) -> list[np.ndarray]:
-    dataset, seed, public_fraction, val_fraction, scheme, alpha, k, shards, samples = cfg_key
-    splits = _splits(dataset, seed, public_fraction, val_fraction, samples)
+    dataset, seed, public_fraction, val_fraction, scheme, alpha, k, shards, sizes = cfg_key
+    splits = _splits(dataset, seed, public_fraction, val_fraction, sizes)
     return partition_indices(
         splits.train_y.numpy(),
         num_partitions,
@@ -123,14 +133,18 @@ def partition_key(cfg: FDConfig) -> tuple:
         cfg.alpha,
         cfg.classes_per_partition,
         cfg.shards_per_partition,
-        cfg.synthetic_train,
+        (cfg.synthetic_samples, cfg.synthetic_train),
     )
 
 
 def load_splits_for(cfg: FDConfig) -> DataSplits:
     """The run's dataset splits (cached per process)."""
     return _splits(
-        cfg.dataset, cfg.seed, cfg.public_fraction, cfg.val_fraction, cfg.synthetic_train
+        cfg.dataset,
+        cfg.seed,
+        cfg.public_fraction,
+        cfg.val_fraction,
+        (cfg.synthetic_samples, cfg.synthetic_train),
     )
 
 
@@ -179,6 +193,9 @@ def load_client_data(cfg: FDConfig, partition_id: int, num_partitions: int) -> C
     )
 
 
+CURATED = ("central", "pate")
+"""DP mechanisms whose noise the server adds: clients send their uploads and nothing else."""
+
 Metrics = dict[str, int | float | list[int] | list[float]]
 """What a Flower ``MetricRecord`` holds (``dict`` is invariant, so the full value type)."""
 
@@ -215,6 +232,8 @@ class FDClient:
             optimizer=cfg.optimizer_name,
         )
         self.optimizer = make_optimizer(self.model, self.train_cfg)
+        # dp-mechanism=dpsgd: this client's own privacy ledger, kept in its state
+        self.ledger = Ledger(cfg.dp_delta, cfg.dp_max_epsilon)
 
     # ------------------------------------------------------------ persistence
     restored: bool = False  # True once state came from Context.state or a checkpoint file
@@ -252,7 +271,12 @@ class FDClient:
     def state_bytes(self) -> bytes:
         """Model and optimizer state as one blob (kept in ``Context.state`` between rounds)."""
         buffer = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}, buffer)
+        state = {
+            "model": self.model.state_dict(),
+            "optim": self.optimizer.state_dict(),
+            "dp_events": torch.tensor(self.ledger.state_dict(), dtype=torch.float64),
+        }
+        torch.save(state, buffer)
         return buffer.getvalue()
 
     def load_state_bytes(self, blob: bytes) -> None:
@@ -260,6 +284,8 @@ class FDClient:
         state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
+        if "dp_events" in state:
+            self.ledger.load_state_dict(state["dp_events"].reshape(-1, 3).tolist())
         self.restored = True
 
     # ------------------------------------------------------------ work
@@ -305,6 +331,8 @@ class FDClient:
             metrics["test-loss"] = result.loss
             self.save_to_disk(req.server_round)
         payload = support = None
+        if self.cfg.dp_mechanism in (*CURATED, "dpsgd"):
+            metrics = self.suppressed(metrics)
         if req.with_predictions or not train:
             faults.crash(self.cfg, self.partition_id, req.server_round, "query")
             payload = self.predict(req)
@@ -321,6 +349,8 @@ class FDClient:
         """
         if not self.restored and self.cfg.public_pretrain_epochs:
             self.pretrain_on_public()
+        if self.cfg.dp_mechanism == "dpsgd":
+            return self.train_private(req)
         cfg = self.round_cfg(req.local_epochs, req.lr)
         generator = self._generator(req.server_round)
         rows = 0 if req.teacher_indices is None else len(req.teacher_indices)
@@ -381,21 +411,58 @@ class FDClient:
     def predict(self, req: RoundRequest) -> dict[str, np.ndarray]:
         """Soft labels at temperature T on the queried public rows, encoded by the codec.
 
-        With DP on, the Gaussian mechanism runs here, on the device, before anything leaves it;
-        a simulated attacker then replaces what it uploads (both off by default).
+        Under ``dp-mechanism=pate`` only the argmax leaves the device (one vote per row); a
+        simulated attacker then replaces what it uploads (both off by default).
         """
         self.check_public(req)
         inputs = select_public(self.data.public_x, req.public_indices)
         probs = predict_probs(self.model, inputs, temperature=req.temperature).numpy()
-        probs = privatize(probs, self.dp_spec)  # (subset, classes)
+        if self.cfg.dp_mechanism == "pate":
+            probs = one_hot_votes(probs)  # one vote per row; the server adds GNMax noise
         probs = faults.maybe_attack(self.cfg, self.partition_id, req.server_round, probs)
         return encode_probs(probs, req.codec, topk=req.topk)  # type: ignore[arg-type]
 
-    @property
-    def dp_spec(self) -> DPSpec:
-        """The run's DP settings (``dp-*`` keys); noise multiplier 0 means off."""
+    def suppressed(self, metrics: Metrics) -> Metrics:
+        """Under server-side DP the reply's metadata says nothing about the private data.
+
+        Sample and class counts, losses and the local test accuracy would travel in the clear
+        and reach metrics.json outside the DP release: they become zeros or are left out.
+        """
+        out: Metrics = {
+            "num-examples": 0,
+            "class-counts": [0] * self.data.num_classes,
+            "partition-id": self.partition_id,
+        }
+        if self.cfg.dp_mechanism == "dpsgd":  # a DP model's test scores are post-processing
+            out.update({k: v for k, v in metrics.items() if k in (P.TEST_ACCURACY, P.TEST_LOSS)})
+            out[P.DP_EPSILON] = self.ledger.epsilon()
+            out[P.DP_EPSILON_NEXT] = self.ledger.epsilon_after(self.dpsgd_event())
+        return out
+
+    def dpsgd_event(self, epochs: int | None = None) -> GaussianEvent:
+        """What one round of this client's DP-SGD costs (``fedkd.privacy.dpsgd``)."""
         c = self.cfg
-        return DPSpec(c.dp_noise_multiplier, clip=c.dp_clip, delta=c.dp_delta)
+        epochs = c.local_epochs if epochs is None else epochs
+        return round_event(len(self.data.train_y), c.batch_size, epochs, c.dp_noise_multiplier)
+
+    def train_private(self, req: RoundRequest) -> float:
+        """DP-SGD on the private data, if this client's budget allows another round; the
+        digest step before it reads only public rows and DP outputs, so it costs nothing."""
+        self._co_distil(req)
+        event = self.dpsgd_event(req.local_epochs)
+        if not self.ledger.allows(event):  # budget spent: the model stays as it is
+            return float("nan")
+        self.ledger.spend(event)
+        return train_dpsgd(
+            self.model,
+            self.data.train_x,
+            self.data.train_y,
+            epochs=req.local_epochs,
+            batch_size=self.cfg.batch_size,
+            lr=req.lr,
+            noise_multiplier=self.cfg.dp_noise_multiplier,
+            max_grad_norm=self.cfg.dp_clip,
+        )
 
     def _co_distil(self, req: RoundRequest) -> None:
         """FedMD/DS-FL co-distillation: first move toward last round's teacher."""

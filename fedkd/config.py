@@ -22,6 +22,7 @@ from fedkd.compression import CODECS
 from fedkd.data import available_datasets
 from fedkd.kd import Divergence, KDSpec
 from fedkd.models import available_models
+from fedkd.privacy import MECHANISMS
 
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "shard")
 STRATEGIES = ("fd", "fedavg", "feddf")
@@ -94,9 +95,9 @@ class FDConfig:
     )
     synthetic_train: int = _doc(
         "dataset=synthetic only: size of the private pool clients are partitioned from "
-        "(0 = 3000, the default dataset's share; needs at least one sample per client); the "
-        "public and test sets keep their default sizes, so a big population adds only its "
-        "clients' data",
+        "(0 = the synthetic-samples split's share; needs at least one sample per client); the "
+        "public and test sets keep their synthetic-samples sizes, so a big population adds only "
+        "its clients' data",
         default=0,
     )
     public_subset: int = _doc(
@@ -106,6 +107,11 @@ class FDConfig:
         "Share of the private pool held out as the server's labelled validation set: what "
         "selects the reported round and tunes references (never the test set)",
         default=0.15,
+    )
+    synthetic_samples: int = _doc(
+        "dataset=synthetic: total samples before splitting; the public and test sets scale with "
+        "it (to grow only the private pool, use synthetic-train)",
+        default=6000,
     )
     # --- models ---------------------------------------------------------------------------
     client_models: str = _doc(
@@ -187,15 +193,34 @@ class FDConfig:
     separate_query: bool = _doc(
         "Ask for soft labels in a second message phase instead of the train reply", default=False
     )
-    # --- privacy (fedkd.privacy) -----------------------------------------------------------
+    # --- privacy (fedkd.privacy, docs/privacy.md) ------------------------------------------
+    dp_mechanism: str = _doc(
+        "none | central (client-level: clip each client's soft labels, noise their sum once at "
+        "the server) | pate (clients vote; the server releases GNMax noisy-argmax labels) | "
+        "dpsgd (clients train with DP-SGD, example-level; co-distillation then runs in digest "
+        "order, on public rows only, whatever codistill-mode says)",
+        default="none",
+    )
     dp_noise_multiplier: float = _doc(
-        "Gaussian noise on uploaded soft labels, in units of their L2 sensitivity; 0 = off",
+        "Noise in units of the L2 sensitivity (central, dpsgd); for pate, sigma: the std of "
+        "the noise on each vote count",
         default=0.0,
     )
     dp_clip: float = _doc(
-        "L2 clip of each soft-label row before noise (rows have norm <= 1)", default=1.0
+        "central: L2 clip of each soft-label row (rows have norm <= 1); dpsgd: of each "
+        "example's gradient",
+        default=1.0,
     )
     dp_delta: float = _doc("delta of the (epsilon, delta) the server reports", default=1e-5)
+    dp_labels_per_round: int = _doc(
+        "pate: new public rows labelled (and charged) per round; public-subset does not apply",
+        default=20,
+    )
+    dp_max_epsilon: float = _doc(
+        "Privacy budget: the run stops cleanly before a round would take epsilon above it "
+        "(0 = no budget)",
+        default=0.0,
+    )
     # --- fault injection, simulation only (fedkd.faults) ---------------------------------
     fault_crash_train: float = _doc("Probability a client crashes when asked to train", default=0.0)
     fault_crash_query: float = _doc(
@@ -310,6 +335,7 @@ def _validate(cfg: FDConfig) -> None:
     _one_of(cfg, "divergence", DIVERGENCES)
     _one_of(cfg, "codistill_mode", CODISTILL_MODES)
     _one_of(cfg, "codec", tuple(CODECS))
+    _one_of(cfg, "dp_mechanism", MECHANISMS)
     _one_of(cfg, "device", ("auto", "cpu", "cuda"))
     _one_of(cfg, "client_device", ("auto", "cpu", "cuda"))
     _one_of(cfg, "client_state", CLIENT_STATES)
@@ -333,6 +359,7 @@ def _validate(cfg: FDConfig) -> None:
         "topk",
         "classes_per_partition",
         "shards_per_partition",
+        "synthetic_samples",
     )
     for name in positive:
         _require(getattr(cfg, name) >= 1, _key(name), f"must be >= 1, got {getattr(cfg, name)}")
@@ -365,6 +392,7 @@ def _validate(cfg: FDConfig) -> None:
         f"must be >= 0 (0 = off), got {cfg.dp_noise_multiplier}",
     )
     _require(0.0 < cfg.dp_delta < 1.0, "dp-delta", f"must be in (0, 1), got {cfg.dp_delta}")
+    _validate_privacy(cfg)
     _require(cfg.byzantine_target >= 0, "byzantine-target", "must be a class index >= 0")
     _require(cfg.seed >= 0, "seed", f"must be >= 0 (numpy seeds are unsigned), got {cfg.seed}")
     _require(
@@ -428,7 +456,9 @@ def _check_population(cfg: FDConfig) -> None:
     """
     if cfg.dataset != "synthetic":
         return
-    pool = synthetic_private_pool(cfg.synthetic_train, cfg.public_fraction, cfg.val_fraction)
+    pool = synthetic_private_pool(
+        cfg.synthetic_train, cfg.public_fraction, cfg.val_fraction, cfg.synthetic_samples
+    )
     _require(
         cfg.num_clients <= pool,
         "num-clients",
@@ -438,22 +468,55 @@ def _check_population(cfg: FDConfig) -> None:
     )
 
 
-def synthetic_private_pool(train: int, public_fraction: float, val_fraction: float) -> int:
+def synthetic_private_pool(
+    train: int, public_fraction: float, val_fraction: float, samples: int = 6000
+) -> int:
     """Private-pool size of ``dataset=synthetic`` after the validation share.
 
-    ``train`` 0 means the default 6,000-sample dataset's share; mirrors
+    ``train`` 0 means the ``samples``-sample dataset's own share; mirrors
     :func:`fedkd.data.synthetic.make_synthetic_splits` and
     :func:`fedkd.data.splits.with_validation` (same rounding), so check and split agree.
     """
     if not train:
-        n = 6000
-        train = n - round(n * public_fraction) - round(n * 0.2)
+        train = samples - round(samples * public_fraction) - round(samples * 0.2)
     return max(0, train - round(train * val_fraction))
 
 
 def _train_for(cfg: FDConfig) -> int:
     """A ``synthetic-train`` that gives every client about ten private samples."""
     return math.ceil(10 * cfg.num_clients / max(1 - cfg.val_fraction, 1e-6))
+
+
+def _validate_privacy(cfg: FDConfig) -> None:
+    """A DP mechanism needs noise, and noise needs a mechanism: no silent half-configurations."""
+    on = cfg.dp_mechanism != "none"
+    _require(
+        cfg.dp_noise_multiplier > 0 or not on,
+        "dp-noise-multiplier",
+        f"must be > 0 with dp-mechanism={cfg.dp_mechanism}",
+    )
+    _require(
+        on or cfg.dp_noise_multiplier == 0,
+        "dp-mechanism",
+        "is none but dp-noise-multiplier > 0: name the mechanism (central | pate | dpsgd)",
+    )
+    _require(cfg.dp_max_epsilon >= 0, "dp-max-epsilon", f"must be >= 0, got {cfg.dp_max_epsilon}")
+    _require(
+        cfg.dp_labels_per_round >= 1,
+        "dp-labels-per-round",
+        f"must be >= 1, got {cfg.dp_labels_per_round}",
+    )
+    _require(
+        cfg.dp_mechanism not in ("central", "pate") or cfg.strategy == "fd",
+        "dp-mechanism",
+        f"{cfg.dp_mechanism} applies to federated distillation (strategy=fd)",
+    )
+    _require(
+        not (cfg.dp_mechanism in ("central", "pate") and cfg.explain_teacher),
+        "explain-teacher",
+        f"shows individual clients' soft labels, which dp-mechanism={cfg.dp_mechanism} keeps "
+        "inside the server",
+    )
 
 
 def _check_types(cfg: FDConfig) -> None:

@@ -101,3 +101,25 @@ def plot_accuracy_vs_bytes(
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     return _save(fig, path)
+
+
+def plot_accuracy_vs_epsilon(
+    series: Series, path: str | Path, *, key: str = "student_accuracy"
+) -> Path:
+    """Test accuracy against the ε spent so far (``dp_epsilon`` per round, at the run's δ):
+    what each round of a DP run bought and what it cost."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    deltas: set[float] = set()
+    for label, records in series.items():
+        points = [(r["dp_epsilon"], r[key]) for r in records if r.get("dp_epsilon") is not None]
+        deltas |= {float(r["dp_delta"]) for r in records if r.get("dp_delta") is not None}
+        if points:
+            eps, acc = zip(*points, strict=True)
+            ax.plot(eps, acc, marker="o", label=label)
+    delta = f" at δ = {', '.join(f'{d:g}' for d in sorted(deltas))}" if deltas else ""
+    ax.set(xlabel=f"ε spent{delta}", ylabel="test accuracy", title="Accuracy vs privacy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

@@ -64,6 +64,8 @@ TRAIN_LOSS = "train-loss"
 TEST_ACCURACY = "test-accuracy"  # client's local model on the shared test set
 TEST_LOSS = "test-loss"
 PARTITION_ID = "partition-id"
+DP_EPSILON = "dp-epsilon"  # dp-mechanism=dpsgd: the client's ε so far (its own ledger)
+DP_EPSILON_NEXT = "dp-epsilon-next"  # ... and the ε one more round would take it to
 # Reported metrics that only mean something within a range; the server ignores (and logs) a
 # value outside it rather than letting it into the round's averages.
 METRIC_RANGES: dict[str, tuple[float, float]] = {TEST_ACCURACY: (0.0, 1.0)}

@@ -32,7 +32,6 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedkd import protocol as P
 from fedkd.config import FDConfig
-from fedkd.privacy import DPSpec, epsilon_spent
 from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
 from strategies.aggregation import (
     SHARPENED_BASE,
@@ -46,6 +45,7 @@ from strategies.aggregation import (
     supported_rows,
 )
 from strategies.expguard import ExpGuard
+from strategies.private import SERVER_SIDE, PrivateFold, ServerPrivacy
 from strategies.validation import (
     Expected,
     Rejection,
@@ -77,7 +77,8 @@ class RoundRecord:
     wall_seconds: float = 0.0
     missing_nodes: list[int] = field(default_factory=list)  # who timed out
     rejected_nodes: list[int] = field(default_factory=list)  # whose reply was an error or invalid
-    dp_epsilon: float | None = None  # ε spent so far by the most-uploading client (DP on)
+    dp_epsilon: float | None = None  # ε spent so far (docs/privacy.md; None with DP off)
+    dp_delta: float | None = None  # the δ that ε holds at (None with DP off)
     student_val_accuracy: float | None = None  # on the server's labelled validation set
     teacher_coverage: float | None = None  # share of queried public rows some client supports
     teacher_certainty: float | None = None  # mean 1 - H/log C of the teacher rows (0: uniform)
@@ -100,6 +101,9 @@ class NotEnoughNodes(RuntimeError):
     """The federation stayed below ``min-train-nodes`` for a whole ``round-timeout``: the run
     cannot go on (the skipped round is recorded first; the ServerApp then exits non-zero)."""
 
+
+Fold = StreamingAggregator | PrivateFold
+"""What validated replies are folded into as they arrive (a rule's sums, or a DP release)."""
 
 FOLDED = np.empty((0, 0), dtype=np.float32)
 """What a valid reply's ``probs`` becomes once folded into a :class:`StreamingAggregator`."""
@@ -174,8 +178,11 @@ class FedDistill(Strategy):
         self.teacher: tuple[np.ndarray, np.ndarray] | None = None  # (probs, public indices)
         self.callbacks: list[RoundCallback] = []
         self._pending_indices: np.ndarray | None = None  # configure_train → aggregate_train
-        self.dp = DPSpec(cfg.dp_noise_multiplier, clip=cfg.dp_clip, delta=cfg.dp_delta)
-        self.uploads: dict[int, int] = {}  # node id → rounds it sent soft labels (DP accounting)
+        self.privacy = ServerPrivacy(cfg)
+        self._num_connected = 0  # nodes connected when this round sampled (central DP's m)
+        self.stop_reason: str | None = None  # why the run ended before num-rounds, if it did
+        # dp-mechanism=pate: the label released so far for each public row (-1: none yet)
+        self.pate_labels = np.full(public.size, -1, dtype=np.int64)
         self.checkpoint_path: Path | None = None  # set by the ServerApp when checkpointing
         self._expected_echo: P.Echo | None = None  # what this round's replies must echo
         self.guard = (
@@ -256,6 +263,11 @@ class FedDistill(Strategy):
         timeout = timeout or self.cfg.round_timeout
         self.summary()
         for server_round in range(first_round, num_rounds + 1):
+            self.stop_reason = self.privacy_stop()
+            if self.stop_reason is not None:
+                log.warning("round %d not run: %s", server_round, self.stop_reason)
+                print(self.stop_reason, flush=True)
+                break
             record = self.run_round(grid, server_round, timeout)
             self.history.append(record)
             if self.checkpoint_path is not None:
@@ -280,7 +292,8 @@ class FedDistill(Strategy):
             "history": [r.as_dict() for r in self.history],
             "cum_bytes": self.cum_bytes,
             "teacher": None if self.teacher is None else [torch.as_tensor(a) for a in self.teacher],
-            "uploads": dict(self.uploads),
+            "privacy": self.privacy.state_dict(),
+            "pate_labels": torch.as_tensor(self.pate_labels),
             "expguard": None if self.guard is None else self.guard.state_dict(),
         }
 
@@ -293,7 +306,9 @@ class FedDistill(Strategy):
         self.cum_bytes = int(state["cum_bytes"])
         teacher = state["teacher"]
         self.teacher = None if teacher is None else (teacher[0].numpy(), teacher[1].numpy())
-        self.uploads = {int(k): int(v) for k, v in state.get("uploads", {}).items()}
+        self.privacy.load_state_dict(state.get("privacy", {}))
+        if state.get("pate_labels") is not None:
+            self.pate_labels = state["pate_labels"].numpy().astype(np.int64)
         if self.guard is not None and state.get("expguard") is not None:
             self.guard.load_state_dict(state["expguard"])
         return int(state["round"])
@@ -337,7 +352,8 @@ class FedDistill(Strategy):
             missing=len(phases.missing),
             missing_nodes=phases.missing,
             rejected_nodes=[r.node_id for r in rejected],
-            dp_epsilon=self.account_uploads(phases.replies),
+            dp_epsilon=self.account_privacy(phases.replies, num_samples),
+            dp_delta=self.cfg.dp_delta if self.privacy.enabled else None,
         )
         if phases.missing:
             log.warning("round %d: no reply in time from nodes %s", server_round, phases.missing)
@@ -361,7 +377,9 @@ class FedDistill(Strategy):
             record.teacher_coverage = float(rows.mean())
             record.teacher_certainty = float(normalised_certainty(teacher).mean())
             public_rows = _resolve(indices, self.public.size)[rows]
-            if rows.any():  # Selective-FD: rows nobody supports teach nothing
+            if self.cfg.dp_mechanism == "pate":  # the student learns every label released so far
+                self.distil_on_released_labels(teacher, public_rows)
+            elif rows.any():  # Selective-FD: rows nobody supports teach nothing
                 self.distil_student(teacher[rows], public_rows)
             certain = fold.evidence() if fold is not None else self.teacher_evidence(valid, teacher)
             self.teacher = self.teacher_for_clients(teacher[rows], public_rows, certain[rows])
@@ -442,16 +460,33 @@ class FedDistill(Strategy):
         labels came in a separate query, from every train reply that was not an error."""
         return phases.train_metrics if self.cfg.separate_query else [v.metrics for v in valid]
 
-    def account_uploads(self, replies: list[Message]) -> float | None:
-        """Count who uploaded soft labels; ε so far for the most frequent uploader (DP on)."""
-        if not self.dp.enabled:
+    def account_privacy(self, replies: list[Message], num_samples: int) -> float | None:
+        """Charge this round's releases to the ledger; ε so far (None with DP off)."""
+        if not self.privacy.enabled:
             return None
-        for r in replies:
-            if not r.has_error():
-                node = int(r.metadata.src_node_id)
-                self.uploads[node] = self.uploads.get(node, 0) + 1
-        most = max(self.uploads.values(), default=0)
-        return epsilon_spent(self.dp.noise_multiplier, most, self.dp.delta)
+        ok = [r for r in replies if not r.has_error()]
+        reports = {int(r.metadata.src_node_id): _dp_report(_metrics_of(r)) for r in ok}
+        reported = {node: pair for node, pair in reports.items() if pair is not None}
+        return self.privacy.account(
+            [int(r.metadata.src_node_id) for r in ok], num_samples, reported
+        )
+
+    def privacy_stop(self) -> str | None:
+        """Why the next round must not run: the budget, or (pate) no public row left to label."""
+        rows = self.cfg.public_subset or self.public.size
+        if self.cfg.dp_mechanism == "pate":
+            rows = self.cfg.dp_labels_per_round
+            rows = min(rows, int((self.pate_labels < 0).sum()))
+            if rows == 0:
+                return "every public row has a released label: nothing left to query; stopping"
+        return self.privacy.budget_stop(rows)
+
+    def distil_on_released_labels(self, teacher: np.ndarray, public_rows: np.ndarray) -> None:
+        """PATE's student: remember this round's noisy-argmax labels, distil on all so far."""
+        self.pate_labels[public_rows] = teacher.argmax(axis=1)
+        labelled = np.flatnonzero(self.pate_labels >= 0)
+        one_hot = np.eye(self.test.num_classes, dtype=np.float32)[self.pate_labels[labelled]]
+        self.distil_student(one_hot, labelled)
 
     def sample_nodes(self, grid: Grid) -> list[int]:
         """Seeded sampling of ``max(fraction × connected, min_train_nodes)`` nodes.
@@ -477,6 +512,10 @@ class FedDistill(Strategy):
             )
             time.sleep(min(1.0, left))
             nodes = sorted(grid.get_node_ids())
+        self._num_connected = len(nodes)
+        if self.privacy.poisson_sampling():  # central DP: amplification needs Poisson sampling
+            keep = self.rng.random(len(nodes)) < self.privacy.sample_rate
+            return [n for n, k in zip(nodes, keep, strict=True) if k]
         size = min(
             len(nodes), max(int(len(nodes) * self.cfg.fraction_train), self.cfg.min_train_nodes)
         )
@@ -487,6 +526,10 @@ class FedDistill(Strategy):
     def choose_public_indices(self) -> np.ndarray | None:
         """All public rows (None), or a fresh random subset per round (DS-FL)."""
         k = self.cfg.public_subset
+        if self.cfg.dp_mechanism == "pate":  # label rows without a released label yet
+            k = self.cfg.dp_labels_per_round
+            unlabelled = np.flatnonzero(self.pate_labels < 0)
+            return np.sort(self.rng.choice(unlabelled, size=min(k, len(unlabelled)), replace=False))
         if k == 0 or k >= self.public.size:
             return None
         return np.sort(self.rng.choice(self.public.size, size=k, replace=False))
@@ -515,8 +558,15 @@ class FedDistill(Strategy):
             distill_epochs=self.cfg.client_distill_epochs if send_teacher else 0,
             teacher_probs=self.teacher[0] if send_teacher else None,  # type: ignore[index]
             teacher_indices=self.teacher[1] if send_teacher else None,  # type: ignore[index]
-            with_support=self.cfg.aggregation in SUPPORT_RULES,
+            with_support=self.needs_support,
         )
+
+    @property
+    def needs_support(self) -> bool:
+        """Support scores are asked for only by support rules, and never under DP: they come
+        from private nearest-neighbour distances and no mechanism covers them (the rule then
+        treats every client as supporting every row: the mean)."""
+        return self.cfg.aggregation in SUPPORT_RULES and self.cfg.dp_mechanism == "none"
 
     def exchange(
         self, grid: Grid, nodes: list[int], message_type: str, req: P.RoundRequest, timeout: float
@@ -546,9 +596,13 @@ class FedDistill(Strategy):
                 )
         return replies, down, up
 
-    def streaming_aggregator(self, num_samples: int) -> StreamingAggregator | None:
+    def streaming_aggregator(self, num_samples: int) -> Fold | None:
         """Running sums for the configured rule when it is a mean-type rule, else ``None``
-        (``median``, ``trimmed_mean`` and ``filtered_mean`` need every reply at once)."""
+        (``median``, ``trimmed_mean`` and ``filtered_mean`` need every reply at once).
+        Server-side DP replaces the rule by its own fold (``strategies.private.PrivateFold``)."""
+        if self.cfg.dp_mechanism in SERVER_SIDE:
+            expected = self.privacy.sample_rate * self._num_connected
+            return PrivateFold(self.cfg, num_samples, self.test.num_classes, expected)
         if self.cfg.aggregation not in STREAMABLE_RULES or self.cfg.explain_teacher:
             return None  # explaining the teacher needs every reply (strategies.explain)
         return StreamingAggregator(
@@ -563,7 +617,7 @@ class FedDistill(Strategy):
         replies: list[Message],
         num_samples: int,
         *,
-        fold: StreamingAggregator | None = None,
+        fold: Fold | None = None,
     ) -> tuple[list[ValidReply], list[Rejection]]:
         """Check each reply; log and count every rejection (the round goes on).
 
@@ -581,7 +635,7 @@ class FedDistill(Strategy):
             num_samples=num_samples,
             num_classes=self.test.num_classes,
             codec=self.cfg.codec,
-            with_support=self.cfg.aggregation in SUPPORT_RULES,
+            with_support=self.needs_support,
             max_payload_bytes=payload_limit(num_samples, self.test.num_classes),
             server_round=None if echo is None else echo.server_round,
             message_type=None if echo is None else echo.message_type,
@@ -612,7 +666,7 @@ class FedDistill(Strategy):
         return valid, rejected
 
     def _check_and_fold(
-        self, node: int, reply: Message, expected: Expected, fold: StreamingAggregator | None
+        self, node: int, reply: Message, expected: Expected, fold: Fold | None
     ) -> ValidReply | Rejection:
         """One reply validated (and folded into ``fold``); any failure becomes a rejection."""
         checked = validate_reply(node, reply.content, expected)
@@ -766,6 +820,15 @@ def _silent(nodes: list[int], replies: list[Message]) -> list[int]:
 def _metrics_of(reply: Message) -> dict[str, Any]:
     record = reply.content.metric_records.get(P.METRICS)
     return dict(record) if record is not None else {}
+
+
+def _dp_report(metrics: dict[str, Any]) -> tuple[float, float] | None:
+    """A dpsgd client's (ε so far, ε after one more round), when it sent sane numbers."""
+    now, nxt = metrics.get(P.DP_EPSILON), metrics.get(P.DP_EPSILON_NEXT)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (now, nxt)):
+        return None
+    pair = (float(now), float(nxt))  # type: ignore[arg-type]
+    return pair if all(v >= 0 and not np.isnan(v) for v in pair) else None
 
 
 def _error_rejection(reply: Message) -> Rejection:

@@ -75,10 +75,18 @@ def format_round(record: RoundRecord, num_rounds: int) -> str:
         f"total {_kib(record.cum_bytes)}  "
         f"replies {record.valid_replies} ok/{record.rejected} rejected"
         + (f"/{record.missing} missing" if record.missing else "")
-        + (f"  ε {record.dp_epsilon:.2f}" if record.dp_epsilon is not None else "")
+        + _privacy(record)
         + f"  {record.wall_seconds:5.1f}s"
     )
     return line if record.status == "ok" else f"{line}  [{record.status}]"
+
+
+def _privacy(record: RoundRecord) -> str:
+    """``  ε 4.25 at δ 1e-05`` with DP on, else nothing."""
+    if record.dp_epsilon is None:
+        return ""
+    delta = "" if record.dp_delta is None else f" at δ {record.dp_delta:g}"
+    return f"  ε {record.dp_epsilon:.2f}{delta}"
 
 
 def _kib(n: int) -> str:
@@ -102,9 +110,9 @@ class RunRecorder:
             write_json_atomic(self.run_dir / "metrics.json", self.records)
 
     def save_plots(self, strategy: str = "fd") -> list[Path]:
-        """Accuracy vs round (with the clients' mean and the teacher on public data) and accuracy
-        vs cumulative traffic, next to metrics.json. ``strategy`` names the central model's line:
-        FD's student, or FedAvg's global model."""
+        """Accuracy vs round (with the clients' mean and the teacher on public data), accuracy
+        vs cumulative traffic and, for DP runs, accuracy vs ε, next to metrics.json.
+        ``strategy`` names the central model's line: FD's student, or FedAvg's global model."""
         if self.run_dir is None or not self.records:
             return []
         import importlib.util
@@ -112,11 +120,19 @@ class RunRecorder:
         if importlib.util.find_spec("matplotlib") is None:  # lean server install: data, no pictures
             log.warning("matplotlib is not installed; skipping plots (pip install 'fedkd[server]')")
             return []
-        from fedkd.plots import RUN_LINES, plot_accuracy_vs_bytes, plot_accuracy_vs_round
+        from fedkd.plots import (
+            RUN_LINES,
+            plot_accuracy_vs_bytes,
+            plot_accuracy_vs_epsilon,
+            plot_accuracy_vs_round,
+        )
 
         label = {"fedavg": "FedAvg global model", "feddf": "FedDF student-architecture model"}
         series = {label.get(strategy, "student"): self.records}
-        return [
+        paths = [
             plot_accuracy_vs_round(series, self.run_dir / "accuracy_vs_round.png", extra=RUN_LINES),
             plot_accuracy_vs_bytes(series, self.run_dir / "accuracy_vs_bytes.png"),
         ]
+        if any(r.get("dp_epsilon") is not None for r in self.records):  # DP runs
+            paths.append(plot_accuracy_vs_epsilon(series, self.run_dir / "accuracy_vs_epsilon.png"))
+        return paths

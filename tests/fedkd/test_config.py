@@ -206,6 +206,15 @@ def test_non_finite_numbers_are_rejected(name: str, value: float) -> None:
         ({"dp_delta": 0.0}, "dp-delta"),
         ({"dp_clip": 0.0}, "dp-clip"),
         ({"dp_noise_multiplier": -1.0}, "dp-noise-multiplier"),
+        ({"dp_mechanism": "laplace"}, "dp-mechanism"),
+        ({"dp_mechanism": "central"}, "dp-noise-multiplier"),  # a mechanism needs noise
+        ({"dp_noise_multiplier": 1.0}, "dp-mechanism"),  # and noise a mechanism
+        ({"dp_labels_per_round": 0}, "dp-labels-per-round"),
+        ({"dp_max_epsilon": -1.0}, "dp-max-epsilon"),
+        (
+            {"dp_mechanism": "central", "dp_noise_multiplier": 1.0, "explain_teacher": True},
+            "explain-teacher",
+        ),
         ({"outlier_threshold": 0.0}, "outlier-threshold"),
     ],
 )

@@ -114,7 +114,7 @@ def test_filtered_mean_keeps_the_teacher_right_under_a_targeted_attack(seed) -> 
 
 
 def test_dp_epsilon_is_reported_every_round_and_the_noise_reaches_the_teacher() -> None:
-    cfg = _cfg(dp_noise_multiplier=2.0, public_subset=50)
+    cfg = _cfg(dp_mechanism="central", dp_noise_multiplier=2.0, public_subset=50)
     records = _run(cfg)
     expected = [epsilon_spent(2.0, r, cfg.dp_delta) for r in (1, 2, 3)]
     assert [r.dp_epsilon for r in records] == pytest.approx(expected)
@@ -123,7 +123,9 @@ def test_dp_epsilon_is_reported_every_round_and_the_noise_reaches_the_teacher() 
     # All 539 public rows, so chance level (0.1) is measured to about ±0.013; the noise is
     # not seeded (fedkd.privacy), so these bounds hold for any draw, not one.
     clean = _run(_cfg(num_rounds=1, local_epochs=5))[0].teacher_accuracy
-    drowned = _run(_cfg(num_rounds=1, local_epochs=5, dp_noise_multiplier=20.0))[0]
+    drowned = _run(
+        _cfg(num_rounds=1, local_epochs=5, dp_mechanism="central", dp_noise_multiplier=20.0)
+    )[0]
     assert clean is not None and drowned.teacher_accuracy is not None
     assert clean > 0.6 and drowned.teacher_accuracy < 0.2
     assert np.isfinite(drowned.student_loss)

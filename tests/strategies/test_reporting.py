@@ -40,11 +40,13 @@ def test_progress_line_shows_accuracy_bytes_and_replies() -> None:
 
 def test_progress_line_names_missing_replies_privacy_and_skips() -> None:
     line = format_round(
-        _record(missing=3, missing_nodes=[1, 2, 3], dp_epsilon=4.25, status="skipped: x"), 10
+        _record(
+            missing=3, missing_nodes=[1, 2, 3], dp_epsilon=4.25, dp_delta=1e-5, status="skipped: x"
+        ),
+        10,
     )
-    assert (
-        "7 ok/2 rejected/3 missing" in line and "ε 4.25" in line and line.endswith("[skipped: x]")
-    )
+    assert "7 ok/2 rejected/3 missing" in line and "ε 4.25 at δ 1e-05" in line
+    assert line.endswith("[skipped: x]")
 
 
 def test_metrics_json_holds_every_round_with_who_failed(tmp_path, capsys) -> None:

@@ -77,3 +77,16 @@ def test_partition_title_names_the_partitions_parameter() -> None:
         FDConfig(partition="pathological", classes_per_partition=2)
     )
     assert partition_title(FDConfig(partition="iid")) == "digits: iid partition over 10 clients"
+
+
+def test_dp_run_adds_accuracy_against_epsilon_at_its_delta(
+    figures: list[Any], tmp_path: Path
+) -> None:
+    recorder = RunRecorder(tmp_path, 2, echo=False)
+    recorder.records = [
+        {**r, "dp_epsilon": 2.0 * r["round"], "dp_delta": 1e-5} for r in _records(teacher=True)
+    ]
+    recorder.save_plots("fd")
+    by_epsilon = figures[-1]
+    assert len(figures) == 3 and "δ = 1e-05" in by_epsilon.axes[0].get_xlabel()
+    assert list(by_epsilon.axes[0].get_lines()[0].get_xdata()) == pytest.approx([2.0, 4.0])
