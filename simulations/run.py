@@ -200,7 +200,13 @@ def summarize(spec: RunSpec, records: list[RoundRecord], seconds: float) -> dict
     if spec.references:
         from fedkd.references import compute_references
 
+        log.info(
+            "training the references (%d local-only clients, centralized, public labels) ...",
+            spec.fd.num_clients,
+        )
+        started = time.perf_counter()
         refs = compute_references(spec.fd)
+        log.info("references done in %.0fs", time.perf_counter() - started)
         summary.update(
             local_only_accuracy=refs.local_only_mean,
             local_only_per_client=refs.local_only,
@@ -259,8 +265,8 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"fedkd-sim: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     if not spec.simulation.verbose:
-        logging.getLogger("flwr").setLevel(logging.INFO)
         # Flower's state database logs its migration plugins at INFO under Hydra's root logger.
+        # (Flower's own lines: simulations.noise, where the simulation runs.)
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if resumed_from is not None:
         written = record_resume(resumed_from, list(HydraConfig.get().overrides.task), resolved)
