@@ -186,13 +186,20 @@ def test_cli_bad_value_fails_with_one_line_and_no_traceback(
     assert not (run_dir / "partition.json").exists()  # stopped before any work
 
 
-def test_debug_experiment_end_to_end(tmp_path: Path) -> None:
-    from simulations.run import run_experiment
+def test_debug_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.docs_outputs import comparable, committed, printed_lines
+    from simulations.run import print_summary, run_experiment
 
     cfg = _compose("+experiment=debug")
     spec = build_run_spec(cfg, run_dir=str(tmp_path))
     assert spec.simulation.backend == "local" and spec.logging.mode == "disabled"
     summary = run_experiment(spec, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    print_summary(summary, str(tmp_path))
+    # what `fedkd-sim +experiment=debug` prints is what docs/simulation.md shows (the committed
+    # docs/generated/debug.txt), to the printed precision; only times and the run dir may differ
+    assert comparable(printed_lines(capsys.readouterr().out)) == comparable(committed("debug")), (
+        "regenerate: PYTHONPATH=. python -m benchmarks.docs_outputs debug"
+    )
 
     for name in (
         "metrics.json",
