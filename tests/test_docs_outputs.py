@@ -16,7 +16,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from benchmarks.docs_outputs import ENTRIES, GENERATED, REPO, comparable, committed, render
+from benchmarks.docs_outputs import ENTRIES, GENERATED, REPO, committed, comparable, render
 from simulations.paths import CONF_DIR
 
 STALE = "stale: regenerate with `PYTHONPATH=. python -m benchmarks.docs_outputs {name}`"

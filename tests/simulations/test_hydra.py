@@ -187,7 +187,7 @@ def test_cli_bad_value_fails_with_one_line_and_no_traceback(
 
 
 def test_debug_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks.docs_outputs import comparable, committed, printed_lines
+    from benchmarks.docs_outputs import committed, comparable, printed_lines
     from simulations.run import print_summary, run_experiment
 
     cfg = _compose("+experiment=debug")
