@@ -70,7 +70,7 @@ class Entry:
 
 ENTRIES: dict[str, Entry] = {
     "main_job": Entry(argv=(), doc="README.md", excerpt=_last_round_and_summary),
-    "debug": Entry(argv=("+experiment=debug",), doc="docs/simulation.md", cheap=True),
+    "debug": Entry(argv=("experiment=debug",), doc="docs/simulation.md", cheap=True),
 }
 
 

@@ -32,11 +32,18 @@ from typing import Any
 
 import yaml
 
+from fedkd.plots import Band
+
 SEED_KEY = "fd.seed"
+STRATEGY_KEY = "strategy.strategy"
+AGGREGATION_KEY = "aggregation.aggregation"
+STRATEGY_NAMES = {"fd": "FD", "fedavg": "FedAvg"}
 # keys that never make two runs different experiments
 IGNORED_PREFIXES = ("logging.", "hydra.", "fd.resume", "fd.run_dir", "fd.checkpoint")
 # keys that never make two runs different experiments: where and how fast it ran
 IGNORED_PREFIXES += ("simulation.", "fd.torch_threads", "fd.device", "fd.client_device")
+# ... and what it wrote besides the federation (reference models, an exported student)
+IGNORED_PREFIXES += ("references", "export_student", "fd.explain_teacher", "fd.client_checkpoints")
 REFERENCES = {
     "local_only_accuracy": "local-only mean",
     "centralized_accuracy": "centralized",
@@ -140,42 +147,49 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     ordered = list(groups.values())
     labels = differing_labels([dict(g.key) for g in ordered])
     for group, label in zip(ordered, labels, strict=True):
-        seeds = len(group.runs)
-        group.label = label + (f" ({seeds} seeds)" if seeds > 1 else "")
+        seeds = len({run.seed for run in group.runs})
+        count = len(group.runs)
+        group.label = label + (
+            f" ({seeds} seeds)" if seeds == count > 1 else f" ({count} runs)" if count > 1 else ""
+        )
     return ordered
 
 
-def differing_labels(configs: Sequence[Mapping[str, str]]) -> list[str]:
-    """One label per config naming the keys whose values differ across ``configs``.
+def differing_labels(configs: Sequence[Mapping[str, str]], most: int = 3) -> list[str]:
+    """One legend label per config: its strategy, then the keys whose values differ among the
+    configs of that strategy (at most ``most``; the aggregation rule when none differs).
 
-    A key is shown by its last component (``aggregation.aggregation`` → ``aggregation``) unless
-    two differing keys share it. A FedAvg group is called FedAvg. One config: its strategy and
-    aggregation.
+    Keys are shown by their last component (``partition.alpha`` → ``alpha``). Computing the
+    difference within a strategy keeps FedAvg's own preset values (no co-distillation, …) out of
+    FD's labels: "FD aggregation=median" vs "FedAvg", not a list of strategy-group keys.
     """
-    keys = sorted({k for c in configs for k in c})
-    differing = [k for k in keys if len({c.get(k, "∅") for c in configs}) > 1]
-    short = {k: k.rsplit(".", 1)[-1] for k in differing}
-    clash = {s for s in short.values() if list(short.values()).count(s) > 1}
+    strategies = [_plain(c.get(STRATEGY_KEY, "'fd'")) for c in configs]
     labels = []
-    for config in configs:
-        strategy = _plain(config.get("strategy.strategy", config.get("fd.strategy", "'fd'")))
-        if strategy == "fedavg":
-            labels.append("FedAvg")
-            continue
-        shown = differing or [k for k in ("strategy.strategy", "aggregation.aggregation") if k in config]
-        parts = [
-            f"{k if short.get(k, k) in clash else k.rsplit('.', 1)[-1]}={_plain(config.get(k, '∅'))}"
-            for k in shown
-            if not (k == "strategy.strategy")  # the strategy alone is implied unless it differs
-            or len(differing) == 1
-        ]
-        labels.append(", ".join(parts) or strategy)
+    for config, strategy in zip(configs, strategies, strict=True):
+        family = [c for c, s in zip(configs, strategies, strict=True) if s == strategy]
+        keys = sorted({k for c in family for k in c})
+        shown = [k for k in keys if len({c.get(k, "∅") for c in family}) > 1]
+        if not shown and strategy != "fedavg":
+            shown = [AGGREGATION_KEY]
+        parts = [f"{k.rsplit('.', 1)[-1]}={_plain(config.get(k, '∅'))}" for k in shown[:most]]
+        more = ", …" if len(shown) > most else ""
+        labels.append(
+            " ".join([STRATEGY_NAMES.get(strategy, strategy), ", ".join(parts)]).strip() + more
+        )
     return labels
 
 
 def _plain(value: str) -> str:
     """A repr'd config value without quotes, for a legend."""
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
+
+
+def band(group: Group) -> Band:
+    """The plotted form of a group: mean ± std accuracy, mean traffic, mean references."""
+    rounds, mean, std = group.curve("student_accuracy")
+    _, traffic, _ = group.curve("cum_bytes")
+    refs = {name: group.reference(key) for key, name in REFERENCES.items()}
+    return Band(group.label, rounds, traffic, mean, std, refs)
 
 
 def summarise(groups: Sequence[Group]) -> list[dict[str, Any]]:
@@ -218,10 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fedkd-compare: error: {error}", file=sys.stderr)
         return 2
     groups = group_runs(runs)
-    from fedkd.plots import plot_compare
+    from fedkd.plots import plot_compare  # matplotlib, only once there is something to draw
 
+    bands = [band(group) for group in groups]
     args.out.mkdir(parents=True, exist_ok=True)
-    figures = {x: plot_compare(groups, args.out / f"accuracy_vs_{x}.png", x=x) for x in ("round", "bytes")}
+    figures = {
+        x: plot_compare(bands, args.out / f"accuracy_vs_{x}.png", x=x) for x in ("round", "bytes")
+    }
     rows = summarise(groups)
     (args.out / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     for row in rows:
@@ -237,16 +254,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def log_to_wandb(
-    args: argparse.Namespace, groups: Sequence[Group], rows: list[dict[str, Any]], figures: dict[str, Path]
+    args: argparse.Namespace,
+    groups: Sequence[Group],
+    rows: list[dict[str, Any]],
+    figures: dict[str, Path],
 ) -> None:
     """One W&B run named by what the groups vary, carrying the figures as images."""
     from simulations.tracking import Tracker
 
     name = "compare: " + " vs ".join(g.label for g in groups)
-    tracker = Tracker(mode=args.wandb, project=args.project, name=name[:120], group="compare", run_dir=args.out)
+    tracker = Tracker(
+        mode=args.wandb, project=args.project, name=name[:120], group="compare", run_dir=args.out
+    )
     try:
         tracker.images({f"compare/accuracy_vs_{x}": path for x, path in figures.items()})
-        tracker.summary({f"{row['label']}/final_accuracy": row["final_accuracy_mean"] for row in rows})
+        tracker.summary(
+            {f"{row['label']}/final_accuracy": row["final_accuracy_mean"] for row in rows}
+        )
     finally:
         tracker.finish()
 

@@ -1,6 +1,6 @@
 """Forgetting-study tool: Hydra entry point over :func:`fedkd.continual.run_study`.
 
-    python -m simulations.continual_study                          # conf/continual.yaml
+    python -m simulations.continual_study                          # conf_continual/continual.yaml
     python -m simulations.continual_study continual/sequence=rotated_digits train.epochs=5
     python -m simulations.continual_study learners.lwf.lam=3 seeds=[0,1,2,3,4]
 
@@ -40,7 +40,7 @@ from fedkd.continual import (
 from fedkd.continual.study import summary_table
 from fedkd.training import TrainConfig
 from simulations.hydra_config import exit_on_config_error
-from simulations.paths import CONF_DIR
+from simulations.paths import CONTINUAL_CONF_DIR
 from simulations.tracking import MODES, Tracker
 
 __all__ = ["ToolConfig", "WandbConfig", "main", "run", "to_tool_config"]
@@ -138,7 +138,8 @@ def _learners(node: Any) -> tuple[LearnerSpec, ...]:
 
 
 def to_tool_config(cfg: DictConfig) -> ToolConfig:
-    """Convert the composed Hydra config (``conf/continual.yaml``) into a :class:`ToolConfig`.
+    """Convert the composed Hydra config (``conf_continual/continual.yaml``) into a
+    :class:`ToolConfig`.
 
     Every value is validated here, before any training: an unknown key, a bad value, or a
     learner option its method does not have raises :class:`ConfigKeyError` with its path.
@@ -276,7 +277,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) ->
     return results
 
 
-@hydra.main(config_path=CONF_DIR, config_name="continual", version_base="1.3")
+@hydra.main(config_path=CONTINUAL_CONF_DIR, config_name="continual", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: ``python -m simulations.continual_study [overrides]``.
 

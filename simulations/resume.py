@@ -53,8 +53,25 @@ def resume_dir(argv: Sequence[str]) -> Path | None:
     return run_dir if (run_dir / "config.yaml").is_file() else None
 
 
+DECLARED_GROUPS = ("experiment",)
+"""Groups that were once added with ``+`` and are now declared in the defaults list
+(``experiment: null``): Hydra refuses ``+experiment=x`` for a declared group, so
+:func:`current_spelling` turns the old spelling into the new one."""
+
+
+def current_spelling(override: str) -> str:
+    """``+experiment=debug`` → ``experiment=debug`` (the one adapter for the old spelling, used
+    for the command line and for a run's saved overrides alike); anything else unchanged."""
+    for group in DECLARED_GROUPS:
+        if override.startswith(f"+{group}="):
+            return override[1:]
+    return override
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
-    """For a resume, tell Hydra not to rewrite the run's ``.hydra/`` files."""
+    """The old ``+experiment=`` spelling accepted; for a resume, tell Hydra not to rewrite the
+    run's ``.hydra/`` files."""
+    argv = [current_spelling(a) for a in argv]
     if resume_dir(argv) is None or any(a.startswith("hydra.output_subdir=") for a in argv):
         return argv
     return [*argv, "hydra.output_subdir=null"]
@@ -67,9 +84,10 @@ def override_key(override: str) -> str:
 
 def combine_overrides(first: Sequence[str], resumed: Sequence[str]) -> list[str]:
     """The first run's overrides, then the resumed invocation's (a key set again replaces the
-    first run's entry, so ``+experiment=debug`` given twice composes)."""
+    first run's entry, so ``experiment=debug`` given twice composes)."""
     keys = {override_key(o) for o in resumed}
-    return [o for o in first if override_key(o) not in keys] + list(resumed)
+    kept = [current_spelling(o) for o in first if override_key(o) not in keys]
+    return kept + [current_spelling(o) for o in resumed]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

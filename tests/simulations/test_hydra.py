@@ -32,13 +32,9 @@ METRIC_KEYS = {
 def _options() -> list[str]:
     """One override per option of every config group, read from conf/ (new files are covered)."""
     overrides = []
-    # conf/<name>/ next to a conf/<name>.yaml holds the groups of that other primary config
-    # (e.g. conf/continual.yaml), not of conf/config.yaml.
-    groups = [p for p in CONF.iterdir() if p.is_dir() and not (CONF / f"{p.name}.yaml").exists()]
-    for group in sorted(groups):
-        # experiment files are not in the defaults list: they are added with '+'
-        prefix = "+" if group.name == "experiment" else ""
-        overrides += [f"{prefix}{group.name}={f.stem}" for f in sorted(group.glob("*.yaml"))]
+    for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
+        # every group is in the defaults list (experiment: null): no '+' needed for any
+        overrides += [f"{group.name}={f.stem}" for f in sorted(group.glob("*.yaml"))]
     return overrides
 
 
@@ -61,6 +57,29 @@ def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "load_hub_splits", forbidden)
     monkeypatch.setattr(registry, "load_digits_splits", forbidden)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_every_group_under_conf_is_in_the_defaults_list() -> None:
+    """``fedkd-sim --help`` lists every group under its config root: each must be one it uses
+    (the continual tools' groups live in conf_continual/), and each is declared in the defaults
+    list, so ``group=option`` works without '+' (``experiment: null``)."""
+    defaults = OmegaConf.load(CONF / "config.yaml")["defaults"]
+    declared = {next(iter(entry)) for entry in defaults if not isinstance(entry, str)}
+    assert {p.name for p in CONF.iterdir() if p.is_dir()} == declared
+
+
+def test_old_plus_experiment_spelling_still_works() -> None:
+    from simulations.resume import combine_overrides, prepare_argv
+
+    assert prepare_argv(["+experiment=debug", "+fd.round_timeout=9"]) == [
+        "experiment=debug",
+        "+fd.round_timeout=9",
+    ]
+    # a run saved with the old spelling resumes
+    assert combine_overrides(["+experiment=debug"], ["fd.num_rounds=3"]) == [
+        "experiment=debug",
+        "fd.num_rounds=3",
+    ]
 
 
 def test_every_group_has_options() -> None:
@@ -190,12 +209,12 @@ def test_debug_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     from benchmarks.docs_outputs import committed, comparable, printed_lines
     from simulations.run import print_summary, run_experiment
 
-    cfg = _compose("+experiment=debug")
+    cfg = _compose("experiment=debug")
     spec = build_run_spec(cfg, run_dir=str(tmp_path))
     assert spec.simulation.backend == "local" and spec.logging.mode == "disabled"
     summary = run_experiment(spec, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     print_summary(summary, str(tmp_path))
-    # what `fedkd-sim +experiment=debug` prints is what docs/simulation.md shows (the committed
+    # what `fedkd-sim experiment=debug` prints is what docs/simulation.md shows (the committed
     # docs/generated/debug.txt), to the printed precision; only times and the run dir may differ
     assert comparable(printed_lines(capsys.readouterr().out)) == comparable(committed("debug")), (
         "regenerate: PYTHONPATH=. python -m benchmarks.docs_outputs debug"
@@ -261,11 +280,11 @@ def test_online_tracker_without_key_fails_fast(monkeypatch: pytest.MonkeyPatch) 
 def test_summary_after_a_resume_covers_every_round(tmp_path: Path) -> None:
     from simulations.run import run_experiment
 
-    first = build_run_spec(_compose("+experiment=debug"), run_dir=str(tmp_path))
+    first = build_run_spec(_compose("experiment=debug"), run_dir=str(tmp_path))
     run_experiment(first)
     before = json.loads((tmp_path / "metrics.json").read_text())
     longer = build_run_spec(
-        _compose("+experiment=debug", "fd.num_rounds=3", "fd.resume=true"), run_dir=str(tmp_path)
+        _compose("experiment=debug", "fd.num_rounds=3", "fd.resume=true"), run_dir=str(tmp_path)
     )
     summary = run_experiment(longer)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
