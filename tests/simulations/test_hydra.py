@@ -244,6 +244,7 @@ def test_debug_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_offline_tracker_writes_a_local_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from fedkd.plots import plot_accuracy_vs_round
     from simulations.tracking import Tracker
 
     for var in (
@@ -261,12 +262,17 @@ def test_offline_tracker_writes_a_local_run(
     )
     assert tracker.active
     tracker.log({"student_accuracy": 0.5, "status": "ok"}, step=1)
+    figure = plot_accuracy_vs_round(
+        {"student": [{"round": 1, "student_accuracy": 0.5}]}, tmp_path / "a.png"
+    )
+    tracker.images({"accuracy_vs_round": figure, "missing": tmp_path / "none.png"}, step=1)
     tracker.summary({"final": 0.5})
     tracker.finish()
     tracker.finish()  # idempotent
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert any(runs[0].glob("*.wandb"))  # the run's event log, ready for `wandb sync`
+    assert any(runs[0].glob("files/media/images/accuracy_vs_round*.png"))  # the figure, as an image
 
 
 def test_online_tracker_without_key_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
