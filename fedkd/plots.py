@@ -124,7 +124,7 @@ def human_bytes(value: float, _pos: object = None) -> str:
     return f"{value:.0f} B"
 
 
-REFERENCE_STYLES = ("--", "-.", ":")  # local-only, centralized, public labels
+REFERENCE_STYLES: tuple[Any, ...] = ("--", "-.", ":")  # local-only, centralized, public labels
 
 
 def byte_ticks(low: float, high: float, most: int = 8) -> list[float]:

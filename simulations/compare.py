@@ -38,12 +38,23 @@ SEED_KEY = "fd.seed"
 STRATEGY_KEY = "strategy.strategy"
 AGGREGATION_KEY = "aggregation.aggregation"
 STRATEGY_NAMES = {"fd": "FD", "fedavg": "FedAvg"}
-# keys that never make two runs different experiments
-IGNORED_PREFIXES = ("logging.", "hydra.", "fd.resume", "fd.run_dir", "fd.checkpoint")
-# keys that never make two runs different experiments: where and how fast it ran
-IGNORED_PREFIXES += ("simulation.", "fd.torch_threads", "fd.device", "fd.client_device")
-# ... and what it wrote besides the federation (reference models, an exported student)
-IGNORED_PREFIXES += ("references", "export_student", "fd.explain_teacher", "fd.client_checkpoints")
+# keys that never make two runs different experiments: where the run writes and logs, where
+# and how fast it ran, and what it wrote besides the federation (references, exports)
+IGNORED_PREFIXES: tuple[str, ...] = (
+    "logging.",
+    "hydra.",
+    "fd.resume",
+    "fd.run_dir",
+    "fd.checkpoint",
+    "simulation.",
+    "fd.torch_threads",
+    "fd.device",
+    "fd.client_device",
+    "references",
+    "export_student",
+    "fd.explain_teacher",
+    "fd.client_checkpoints",
+)
 REFERENCES = {
     "local_only_accuracy": "local-only mean",
     "centralized_accuracy": "centralized",
