@@ -34,11 +34,14 @@ from benchmarks.common import update_docs
 REPO = Path(__file__).resolve().parent.parent
 GENERATED = REPO / "docs" / "generated"
 HYDRA_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\]\[")
+ROUND_LINE = re.compile(r"round\s+\d+/\d+\s+student")
 # what legitimately differs between two runs of one command: wall times and the run directory
 TIME_FIELDS = (
     (re.compile(r"\s+\d+\.\ds(?=\s*(\[|$))"), " <s>"),  # a round line's seconds
     (re.compile(r", \d+s$"), ", <s>"),  # the summary's total seconds
     (re.compile(r"^outputs in .*$"), "outputs in <run dir>"),
+    (re.compile(r"^Successfully started run \d+$"), "Successfully started run <id>"),
+    (re.compile(r"^Successfully installed fedkd to .*$"), "Successfully installed fedkd to <dir>"),
 )
 
 
@@ -56,21 +59,32 @@ def _last_round_and_summary(lines: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Entry:
-    """One documented command and where its output is shown."""
+    """One documented command and where its output is shown.
 
-    argv: tuple[str, ...]  # fedkd-sim overrides, exactly as the doc gives them
+    ``kind="fedkd-sim"``: ``argv`` are fedkd-sim overrides, exactly as the doc gives them.
+    ``kind="deploy"``: docs/deploy.md's loopback quick start (SuperLink, two SuperNodes on the
+    demo devices' data, ``flwr run . loopback --stream``); ``argv`` is its ``--run-config``.
+    """
+
+    argv: tuple[str, ...]
     doc: str  # the doc (relative to the repository root) holding the NAME markers
     excerpt: Callable[[list[str]], list[str]] = _all
     cheap: bool = False  # re-run by the test suite (seconds), not only by this script
+    kind: str = "fedkd-sim"
 
     @property
     def command(self) -> str:
+        if self.kind == "deploy":
+            return f'flwr run . loopback --stream --run-config "{" ".join(self.argv)}"'
         return " ".join(("fedkd-sim", *self.argv))
 
 
 ENTRIES: dict[str, Entry] = {
     "main_job": Entry(argv=(), doc="README.md", excerpt=_last_round_and_summary),
     "debug": Entry(argv=("experiment=debug",), doc="docs/simulation.md", cheap=True),
+    "deploy_loopback": Entry(
+        argv=("num-rounds=3", "num-clients=2"), doc="docs/deploy.md", kind="deploy"
+    ),
 }
 
 
@@ -120,6 +134,19 @@ def write_doc(name: str) -> None:
 def run_entry(name: str) -> None:
     """Run the documented command in a scratch directory; commit what it printed and used."""
     entry = ENTRIES[name]
+    if entry.kind == "deploy":
+        lines, config = run_deploy(entry)
+    else:
+        lines, config = run_fedkd_sim(entry)
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    (GENERATED / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    (GENERATED / f"{name}.config.yaml").write_text(config)
+    write_doc(name)
+    print(f"{name}: {entry.command} -> docs/generated/{name}.txt, {entry.doc}")
+
+
+def run_fedkd_sim(entry: Entry) -> tuple[list[str], str]:
+    """``fedkd-sim ARGV`` from a scratch directory: its printed lines and its config.yaml."""
     with tempfile.TemporaryDirectory() as scratch:
         proc = subprocess.run(
             [sys.executable, "-m", "simulations.run", *entry.argv],
@@ -136,11 +163,68 @@ def run_entry(name: str) -> None:
         config = (Path(scratch) / run_dir / "config.yaml").read_text()
         # as a user sees it from where they ran it: outputs/<date>/<time>
         lines = [line.replace(str(Path(scratch).resolve()) + os.sep, "") for line in lines]
-    GENERATED.mkdir(parents=True, exist_ok=True)
-    (GENERATED / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    (GENERATED / f"{name}.config.yaml").write_text(config)
-    write_doc(name)
-    print(f"{name}: {entry.command} -> docs/generated/{name}.txt, {entry.doc}")
+    return lines, config
+
+
+def run_deploy(entry: Entry) -> tuple[list[str], str]:
+    """docs/deploy.md's loopback quick start, with the tests' harness (every process ends):
+    demo device data, a SuperLink, two SuperNodes on their .npz files, ``flwr run --stream``.
+    Returns what ``flwr run`` printed and the run's flat run-config (as YAML)."""
+    from tests.deploy.harness import Federation, free_port
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        data = root / "runs" / "device-data"
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "make_device_data.py"), "--out-dir",
+             str(data), "--num-partitions", "2"],
+            check=True, capture_output=True, cwd=REPO,
+        )  # fmt: skip
+        federation = Federation(root / "federation")
+        try:
+            port = free_port()
+            federation.superlink(port)
+            for pid in (0, 1):
+                federation.supernode(
+                    f"supernode-{pid}",
+                    port,
+                    f"data-path='{data / f'partition-{pid}.npz'}' partition-id={pid}",
+                )
+            federation.connection("loopback", port)
+            run_dir = root / "runs" / "loopback"
+            code, output = federation.flwr_run(
+                "loopback", " ".join((*entry.argv, f"run-dir='{run_dir}'"))
+            )
+            if code != 0:
+                raise SystemExit(f"{entry.command} failed ({code}):\n{output[-3000:]}")
+        finally:
+            federation.close()
+    lines = [line.replace(str(federation.home), "...") for line in printed_lines(output)]
+    # the ServerApp's progress lines reach the stream behind Flower's log prefix: keep from
+    # "round" on; Flower's own "Successfully ..." lines as they are
+    keep = [ln for ln in lines if ln.startswith("Successfully")]
+    keep += [ln[m.start() :] for ln in lines if (m := ROUND_LINE.search(ln))]
+    return keep, yaml_dump(deploy_run_config(entry))
+
+
+def deploy_run_config(entry: Entry) -> dict[str, object]:
+    """The flat run-config ``flwr run`` composes today: pyproject's ``[tool.flwr.app.config]``
+    with the entry's ``--run-config`` values (run-dir aside), checked through FDConfig."""
+    import tomllib
+
+    from fedkd.config import from_run_config, to_run_config
+
+    flat = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    for item in entry.argv:
+        key, value = item.split("=", 1)
+        flat[key] = tomllib.loads(f"v = {value}")["v"]
+    return dict(to_run_config(from_run_config(flat)))
+
+
+def yaml_dump(tree: dict[str, object]) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(tree, sort_keys=False))
 
 
 def main() -> None:

@@ -215,12 +215,17 @@ def _write_plots(results: dict[str, Any], run_dir: Path) -> list[Path]:
 
 
 def _event_logger(tracker: Tracker, bar: Any) -> Any:
+    axes: set[str] = set()
+
     def on_task(event: TaskEvent) -> None:
         seen = event.accuracies[: event.task + 1]
         avg = sum(seen) / len(seen)
         bar.set_postfix_str(f"{event.label} seed={event.seed} task={event.task} acc={avg:.3f}")
         bar.update(1)
         prefix = f"{event.label}/seed{event.seed}"
+        if prefix not in axes:  # each learner x seed on its own task axis in W&B
+            tracker.step_axis(f"{prefix}/*", f"{prefix}/task")
+            axes.add(prefix)
         tracker.log(
             {
                 f"{prefix}/task": event.task,
@@ -261,7 +266,8 @@ def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) ->
             results = run_study(tool.study, on_task=_event_logger(tracker, bar))
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2, allow_nan=False))
         if tool.plots:
-            _write_plots(results, run_dir)
+            figures = _write_plots(results, run_dir)
+            tracker.images({Path(path).stem: path for path in figures})
         tracker.summary(
             {
                 f"{label}/{metric}_{stat}": results["summary"][label][metric][stat]

@@ -101,6 +101,14 @@ class Tracker:
         }
         self._run.log(numeric, step=step)
 
+    def step_axis(self, pattern: str, step_metric: str) -> None:
+        """Plot the metrics matching ``pattern`` (e.g. ``"lwf/seed0/*"``) against
+        ``step_metric`` instead of W&B's global step: runs that log several series (learners x
+        seeds) get one axis each, not one shared counter."""
+        if self._run is not None:
+            self._run.define_metric(step_metric, hidden=True)
+            self._run.define_metric(pattern, step_metric=step_metric)
+
     def images(self, figures: Mapping[str, str | Path], step: int | None = None) -> None:
         """Log saved figures (PNG paths) as W&B images, so the run page carries the plots."""
         if self._run is None:

@@ -9,6 +9,7 @@ which compares its output with ``docs/generated/debug.txt`` at the printed preci
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,18 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from benchmarks.docs_outputs import ENTRIES, GENERATED, REPO, committed, comparable, render
+from benchmarks.docs_outputs import (
+    ENTRIES,
+    GENERATED,
+    REPO,
+    committed,
+    comparable,
+    deploy_run_config,
+    render,
+)
 from simulations.paths import CONF_DIR
+from strategies.fed_distill import RoundRecord
+from strategies.reporting import format_round
 
 STALE = "stale: regenerate with `PYTHONPATH=. python -m benchmarks.docs_outputs {name}`"
 
@@ -38,13 +49,49 @@ def test_doc_block_is_the_committed_output(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))
 def test_committed_output_was_made_with_todays_config(name: str) -> None:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(ENTRIES[name].argv))
-    today = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(today, dict)
-    today.pop("hydra", None)
+    entry = ENTRIES[name]
+    if entry.kind == "deploy":
+        today: dict = deploy_run_config(entry)
+    else:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(entry.argv))
+        composed = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(composed, dict)
+        composed.pop("hydra", None)
+        today = composed
     saved = yaml.safe_load((GENERATED / f"{name}.config.yaml").read_text())
     assert saved == today, STALE.format(name=name)
+
+
+def _shape(line: str) -> str:
+    """A progress line without its numbers: what a format change alters."""
+    return " ".join(re.sub(r"\d+(\.\d+)?", "#", line).split())
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_committed_round_lines_have_todays_format(name: str) -> None:
+    """Catches a changed progress line (e.g. 'student acc' → 'student test acc (val …)') in the
+    expensive entries too, without re-running them."""
+    probe = RoundRecord(
+        round=1,
+        student_accuracy=0.5,
+        student_loss=1.0,
+        client_accuracy=0.5,
+        teacher_accuracy=0.5,
+        bytes_up=2048,
+        bytes_down=2048,
+        cum_bytes=4096,
+        valid_replies=2,
+        rejected=0,
+        student_val_accuracy=0.5,
+    )
+    today = _shape(format_round(probe, 3))
+    rounds = [line for line in committed(name) if line.startswith("round ")]
+    assert rounds, f"docs/generated/{name}.txt has no round lines"
+    for line in rounds:
+        # units (KiB/MiB) follow the numbers; compare the words around them
+        shape = re.sub(r"# (KiB|MiB|GiB|B)\b", "# <unit>", _shape(line))
+        assert shape == re.sub(r"# (KiB|MiB|GiB|B)\b", "# <unit>", today), STALE.format(name=name)
 
 
 def test_masking_keeps_every_number_but_times() -> None:

@@ -262,6 +262,8 @@ def test_offline_tracker_writes_a_local_run(
     )
     assert tracker.active
     tracker.log({"student_accuracy": 0.5, "status": "ok"}, step=1)
+    tracker.step_axis("lwf/seed0/*", "lwf/seed0/task")  # the continual study's per-series axes
+    tracker.log({"lwf/seed0/task": 0, "lwf/seed0/avg_acc_seen": 0.9})
     figure = plot_accuracy_vs_round(
         {"student": [{"round": 1, "student_accuracy": 0.5}]}, tmp_path / "a.png"
     )
