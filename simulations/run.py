@@ -276,8 +276,10 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"fedkd-sim: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     if not spec.simulation.verbose:
-        # Flower's state database logs its migration plugins at INFO under Hydra's root logger.
-        # (Flower's own lines: simulations.noise, where the simulation runs.)
+        # Flower's logger passes DEBUG records on to Hydra's root handler (its own handler
+        # stops at INFO); Flower's state database logs its migrations at INFO. During the
+        # simulation itself, simulations.noise prints each Flower line once.
+        logging.getLogger("flwr").setLevel(logging.INFO)
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if resumed_from is not None:
         written = record_resume(resumed_from, list(HydraConfig.get().overrides.task), resolved)
