@@ -40,6 +40,8 @@ TIME_FIELDS = (
     (re.compile(r"\s+\d+\.\ds(?=\s*(\[|$))"), " <s>"),  # a round line's seconds
     (re.compile(r", \d+s$"), ", <s>"),  # the summary's total seconds
     (re.compile(r"^outputs in .*$"), "outputs in <run dir>"),
+    (re.compile(r"^run directory: .*$"), "run directory: <run dir>"),
+    (re.compile(r"^study took \d+s$"), "study took <s>"),
     (re.compile(r"^Successfully started run \d+$"), "Successfully started run <id>"),
     (re.compile(r"^Successfully installed fedkd to .*$"), "Successfully installed fedkd to <dir>"),
 )
@@ -70,18 +72,31 @@ class Entry:
     doc: str  # the doc (relative to the repository root) holding the NAME markers
     excerpt: Callable[[list[str]], list[str]] = _all
     cheap: bool = False  # re-run by the test suite (seconds), not only by this script
-    kind: str = "fedkd-sim"
+    kind: str = "fedkd-sim"  # or "continual" (python -m simulations.continual_study), "deploy"
 
     @property
     def command(self) -> str:
         if self.kind == "deploy":
             return f'flwr run . loopback --stream --run-config "{" ".join(self.argv)}"'
-        return " ".join(("fedkd-sim", *self.argv))
+        return " ".join((PROGRAMS[self.kind][0], *self.argv))
+
+
+# kind -> (the command a user types, the module it runs, config root, primary config name)
+PROGRAMS = {
+    "fedkd-sim": ("fedkd-sim", "simulations.run", "conf", "config"),
+    "continual": (
+        "python -m simulations.continual_study",
+        "simulations.continual_study",
+        "conf_continual",
+        "continual",
+    ),
+}
 
 
 ENTRIES: dict[str, Entry] = {
     "main_job": Entry(argv=(), doc="README.md", excerpt=_last_round_and_summary),
     "debug": Entry(argv=("experiment=debug",), doc="docs/simulation.md", cheap=True),
+    "continual_default": Entry(argv=(), doc="docs/continual.md", kind="continual"),
     "deploy_loopback": Entry(
         argv=("num-rounds=3", "num-clients=2"), doc="docs/deploy.md", kind="deploy"
     ),
@@ -137,7 +152,7 @@ def run_entry(name: str) -> None:
     if entry.kind == "deploy":
         lines, config = run_deploy(entry)
     else:
-        lines, config = run_fedkd_sim(entry)
+        lines, config = run_hydra_tool(entry)
     GENERATED.mkdir(parents=True, exist_ok=True)
     (GENERATED / f"{name}.txt").write_text("\n".join(lines) + "\n")
     (GENERATED / f"{name}.config.yaml").write_text(config)
@@ -145,11 +160,12 @@ def run_entry(name: str) -> None:
     print(f"{name}: {entry.command} -> docs/generated/{name}.txt, {entry.doc}")
 
 
-def run_fedkd_sim(entry: Entry) -> tuple[list[str], str]:
-    """``fedkd-sim ARGV`` from a scratch directory: its printed lines and its config.yaml."""
+def run_hydra_tool(entry: Entry) -> tuple[list[str], str]:
+    """``fedkd-sim ARGV`` (or the continual study) from a scratch directory: its printed lines
+    and its config.yaml."""
     with tempfile.TemporaryDirectory() as scratch:
         proc = subprocess.run(
-            [sys.executable, "-m", "simulations.run", *entry.argv],
+            [sys.executable, "-m", PROGRAMS[entry.kind][1], *entry.argv],
             cwd=scratch,  # outputs/<date>/<time> lands here, as it would for a user
             capture_output=True,
             text=True,
@@ -159,7 +175,11 @@ def run_fedkd_sim(entry: Entry) -> tuple[list[str], str]:
         if proc.returncode != 0:
             raise SystemExit(f"{entry.command} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         lines = printed_lines(proc.stdout)
-        run_dir = next(line for line in lines if line.startswith("outputs in ")).split(" ", 2)[2]
+        run_dir = next(
+            line.split(" ", 2)[2]
+            for line in lines
+            if line.startswith(("outputs in ", "run directory: "))
+        )
         config = (Path(scratch) / run_dir / "config.yaml").read_text()
         # as a user sees it from where they ran it: outputs/<date>/<time>
         lines = [line.replace(str(Path(scratch).resolve()) + os.sep, "") for line in lines]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) ->
     """
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
     tool = tool if tool is not None else to_tool_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +281,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) ->
     finally:
         tracker.finish()
     print(summary_table(results))
+    print(f"study took {time.perf_counter() - started:.0f}s")  # what the docs' timing quotes
     print(f"run directory: {run_dir.resolve()}")
     return results
 
