@@ -55,16 +55,25 @@ def resume_dir(argv: Sequence[str]) -> Path | None:
 
 DECLARED_GROUPS = ("experiment",)
 """Groups that were once added with ``+`` and are now declared in the defaults list
-(``experiment: null``): Hydra refuses ``+experiment=x`` for a declared group, so
-:func:`current_spelling` turns the old spelling into the new one."""
+(``experiment: null``): Hydra refuses ``+experiment=x`` for a declared group."""
+DECLARED_KEYS = ("fd.round_timeout", "strategy.codistill_min_certainty")
+"""Keys that once needed ``+`` and are now declared (``conf/config.yaml``, the ``codistill``
+strategy preset); Hydra refuses ``+key=`` for a key that exists."""
 
 
 def current_spelling(override: str) -> str:
-    """``+experiment=debug`` → ``experiment=debug`` (the one adapter for the old spelling, used
-    for the command line and for a run's saved overrides alike); anything else unchanged."""
+    """The one adapter for old spellings, used for the command line and a run's saved
+    overrides alike: ``+experiment=debug`` → ``experiment=debug``; ``+fd.round_timeout=9`` →
+    ``++fd.round_timeout=9`` (add or override: ``strategy=fd`` has no co-distillation keys);
+    anything else unchanged."""
+    if override.startswith("++"):
+        return override
     for group in DECLARED_GROUPS:
         if override.startswith(f"+{group}="):
             return override[1:]
+    for key in DECLARED_KEYS:
+        if override.startswith(f"+{key}="):
+            return f"+{override}"
     return override
 
 

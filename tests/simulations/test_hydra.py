@@ -71,10 +71,15 @@ def test_every_group_under_conf_is_in_the_defaults_list() -> None:
 def test_old_plus_experiment_spelling_still_works() -> None:
     from simulations.resume import combine_overrides, prepare_argv
 
-    assert prepare_argv(["+experiment=debug", "+fd.round_timeout=9"]) == [
+    assert prepare_argv(["+experiment=debug", "+fd.round_timeout=9", "+fd.trim_ratio=0.1"]) == [
         "experiment=debug",
-        "+fd.round_timeout=9",
+        "++fd.round_timeout=9",  # declared now: add-or-override
+        "+fd.trim_ratio=0.1",
     ]
+    # the declared keys compose with their old spelling, also where a preset lacks them
+    cfg = _compose(*prepare_argv(["+fd.round_timeout=9", "strategy=fd",
+                                  "+strategy.codistill_min_certainty=0.3"]))  # fmt: skip
+    assert cfg.fd.round_timeout == 9 and cfg.strategy.codistill_min_certainty == 0.3
     # a run saved with the old spelling resumes
     assert combine_overrides(["+experiment=debug"], ["fd.num_rounds=3"]) == [
         "experiment=debug",
