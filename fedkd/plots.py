@@ -7,6 +7,7 @@ this module costs nothing and works on headless machines.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,4 +123,100 @@ def plot_accuracy_vs_epsilon(
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class Band:
+    """One compared group: its mean curve with a ± std band (zero width for a single run)."""
+
+    label: str
+    rounds: Sequence[int]
+    cum_bytes: Sequence[float]  # mean cumulative traffic (up + down) after each round, bytes
+    mean: Sequence[float]
+    std: Sequence[float]
+    references: Mapping[str, float | None]  # line name -> accuracy (e.g. "centralized")
+
+
+def human_bytes(value: float, _pos: object = None) -> str:
+    """``3_280_000`` → ``"3.1 MiB"``: tick labels a person reads without counting digits."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+REFERENCE_STYLES: tuple[Any, ...] = ("--", "-.", ":")  # local-only, centralized, public labels
+
+
+def byte_ticks(low: float, high: float, most: int = 8) -> list[float]:
+    """Tick positions at round binary sizes (1, 2, 5, 10, 20, 50 … of B, KiB, MiB, GiB) within
+    ``[low, high]``: '500 KiB, 1 MiB, 2 MiB', not powers of ten of bytes ('977 KiB')."""
+    steps = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+    for mantissas in (steps, (1, 10, 100), (1,)):
+        ticks = [
+            m * 2 ** (10 * k)
+            for k in range(4)
+            for m in mantissas
+            if low <= m * 2 ** (10 * k) <= high
+        ]
+        if len(ticks) <= most:
+            return ticks
+    return ticks
+
+
+def plot_compare(bands: Sequence[Band], path: str | Path, *, x: str = "round") -> Path:
+    """Overlay groups of runs: mean accuracy with a ± one std band, against the round
+    (``x="round"``) or the cumulative traffic on a log axis in human units (``x="bytes"``).
+
+    References (local-only, centralized, public labels) are horizontal lines, one line style
+    each: grey when every band has the same value (one dataset and partition), otherwise in each
+    band's colour.
+    """
+    if x not in ("round", "bytes"):
+        raise ValueError(f"x must be 'round' or 'bytes', got {x!r}")
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {}
+    every_x: list[float] = []
+    for band in bands:
+        xs = list(band.rounds) if x == "round" else [max(v, 1.0) for v in band.cum_bytes]
+        every_x += xs
+        lo = [m - s for m, s in zip(band.mean, band.std, strict=True)]
+        hi = [m + s for m, s in zip(band.mean, band.std, strict=True)]
+        (line,) = ax.plot(xs, band.mean, marker="o", markersize=3, label=band.label)
+        colours[band.label] = line.get_color()
+        if any(band.std):
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    handles, _ = ax.get_legend_handles_labels()
+    names = list(dict.fromkeys(name for band in bands for name in band.references))
+    for name, style in zip(names, REFERENCE_STYLES, strict=False):
+        values = {b.label: b.references.get(name) for b in bands}
+        present = {label: v for label, v in values.items() if v is not None}
+        if not present:
+            continue
+        if len(set(present.values())) == 1:
+            ax.axhline(next(iter(present.values())), color="grey", linestyle=style, linewidth=1)
+        else:
+            for label, value in present.items():
+                ax.axhline(value, color=colours[label], linestyle=style, linewidth=1)
+        handles.append(Line2D([], [], color="grey", linestyle=style, label=name))
+    if x == "bytes":
+        ax.set_xscale("log")
+        ticks = byte_ticks(min(every_x, default=1.0), max(every_x, default=1.0))
+        if ticks:
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(human_bytes))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("cumulative traffic, up + down")
+        ax.set_title("Accuracy vs communication")
+    else:
+        ax.set_xlabel("round")
+        ax.set_title("Accuracy per round")
+    ax.set(ylabel="test accuracy (mean ± std over seeds)", ylim=(0, 1))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(handles=handles, fontsize="small", loc="best")
     return _save(fig, path)

@@ -1,4 +1,5 @@
-"""Console scripts ``fedkd-sim`` and ``fedkd-fcl``, with one clear line when Hydra is missing.
+"""Console scripts ``fedkd-sim``, ``fedkd-fcl`` and ``fedkd-compare``, with one clear line when
+the sim extra is missing.
 
 The base install (the device's ClientApp, docs/deploy.md) has no Hydra, Ray or W&B; the
 simulation tools need the ``sim`` extra. Rather than a traceback ending in
@@ -13,9 +14,9 @@ import sys
 SIM_EXTRA_HINT = "pip install 'fedkd[sim]' (with -c constraints.txt for the tested versions)"
 
 
-def _require_sim_extra(prog: str) -> None:
+def _require_sim_extra(prog: str, modules: tuple[str, ...] = ("hydra", "omegaconf")) -> None:
     missing = []
-    for module in ("hydra", "omegaconf"):
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError:
@@ -44,3 +45,11 @@ def fcl() -> None:
     from simulations.fcl import main
 
     main()
+
+
+def compare() -> None:
+    """``fedkd-compare``: :func:`simulations.compare.main` (reads config.yaml, draws: sim)."""
+    _require_sim_extra("fedkd-compare", ("yaml", "matplotlib"))
+    from simulations.compare import main
+
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Forgetting-study tool: Hydra entry point over :func:`fedkd.continual.run_study`.
 
-    python -m simulations.continual_study                          # conf/continual.yaml
+    python -m simulations.continual_study                          # conf_continual/continual.yaml
     python -m simulations.continual_study continual/sequence=rotated_digits train.epochs=5
     python -m simulations.continual_study learners.lwf.lam=3 seeds=[0,1,2,3,4]
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from fedkd.continual import (
 from fedkd.continual.study import summary_table
 from fedkd.training import TrainConfig
 from simulations.hydra_config import exit_on_config_error
-from simulations.paths import CONF_DIR
+from simulations.paths import CONTINUAL_CONF_DIR
 from simulations.tracking import MODES, Tracker
 
 __all__ = ["ToolConfig", "WandbConfig", "main", "run", "to_tool_config"]
@@ -138,7 +139,8 @@ def _learners(node: Any) -> tuple[LearnerSpec, ...]:
 
 
 def to_tool_config(cfg: DictConfig) -> ToolConfig:
-    """Convert the composed Hydra config (``conf/continual.yaml``) into a :class:`ToolConfig`.
+    """Convert the composed Hydra config (``conf_continual/continual.yaml``) into a
+    :class:`ToolConfig`.
 
     Every value is validated here, before any training: an unknown key, a bad value, or a
     learner option its method does not have raises :class:`ConfigKeyError` with its path.
@@ -214,12 +216,17 @@ def _write_plots(results: dict[str, Any], run_dir: Path) -> list[Path]:
 
 
 def _event_logger(tracker: Tracker, bar: Any) -> Any:
+    axes: set[str] = set()
+
     def on_task(event: TaskEvent) -> None:
         seen = event.accuracies[: event.task + 1]
         avg = sum(seen) / len(seen)
         bar.set_postfix_str(f"{event.label} seed={event.seed} task={event.task} acc={avg:.3f}")
         bar.update(1)
         prefix = f"{event.label}/seed{event.seed}"
+        if prefix not in axes:  # each learner x seed on its own task axis in W&B
+            tracker.step_axis(f"{prefix}/*", f"{prefix}/task")
+            axes.add(prefix)
         tracker.log(
             {
                 f"{prefix}/task": event.task,
@@ -239,6 +246,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) ->
     """
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
     tool = tool if tool is not None else to_tool_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +268,8 @@ def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) ->
             results = run_study(tool.study, on_task=_event_logger(tracker, bar))
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2, allow_nan=False))
         if tool.plots:
-            _write_plots(results, run_dir)
+            figures = _write_plots(results, run_dir)
+            tracker.images({Path(path).stem: path for path in figures})
         tracker.summary(
             {
                 f"{label}/{metric}_{stat}": results["summary"][label][metric][stat]
@@ -272,11 +281,12 @@ def run(cfg: DictConfig, run_dir: str | Path, tool: ToolConfig | None = None) ->
     finally:
         tracker.finish()
     print(summary_table(results))
+    print(f"study took {time.perf_counter() - started:.0f}s")  # what the docs' timing quotes
     print(f"run directory: {run_dir.resolve()}")
     return results
 
 
-@hydra.main(config_path=CONF_DIR, config_name="continual", version_base="1.3")
+@hydra.main(config_path=CONTINUAL_CONF_DIR, config_name="continual", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: ``python -m simulations.continual_study [overrides]``.
 

@@ -4,8 +4,8 @@ Flower 1.41 marks its Python ``run_simulation`` entry point as deprecated in fav
 ``flwr run`` CLI. The CLI cannot take a Python config object or callbacks (W&B, sweeps) and
 starts a detached SuperLink per call, so Hydra sweeps keep the Python entry point — called
 only here, in :func:`run_ray`. Flower announces the deprecation on every call through its own
-logger (``flwr``, not the ``warnings`` module); :func:`run_ray` drops exactly that record with
-a logging filter that lives only for the call, so every other Flower message still shows.
+logger (``flwr``, not the ``warnings`` module); :mod:`simulations.noise` drops exactly that
+record (and the stack's other known noise) for the call, so every other Flower message shows.
 ``flwr run .`` keeps working on the same ServerApp/ClientApp (see ``docs/simulation.md``). If
 Flower removes the function, this file is the one to change.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from flwr.serverapp import ServerApp
 
 from fedkd.config import FDConfig
 from simulations.flower_poller import patched_poller
+from simulations.noise import flower_logs_once, ray_tip_silenced
 
 log = logging.getLogger(__name__)
 BACKENDS = ("ray", "local")
@@ -97,6 +99,8 @@ def ray_init_args(sim: SimulationConfig) -> dict[str, Any]:
     if address:
         args["address"] = address
         return args
+    # each local worker drops Flower's shutdown noise (a cluster's nodes may lack this package)
+    args["runtime_env"] = {"worker_process_setup_hook": "simulations.noise.quiet_ray_worker"}
     if sim.ray_num_cpus is not None:
         args["num_cpus"] = sim.ray_num_cpus
     if sim.ray_num_gpus is not None:
@@ -136,13 +140,21 @@ def run_ray(
 
     if not ray.is_initialized():
         args = ray_init_args(sim)
-        with _keep_loopback(args.get("_node_ip_address")):
+        where = args.get("address") or f"this machine ({args.get('num_cpus', 'all')} CPUs)"
+        log.info("starting Ray on %s ...", where)  # 3-30 s of silence otherwise
+        started = time.perf_counter()
+        with _keep_loopback(args.get("_node_ip_address")), ray_tip_silenced():
             ray.init(**args)
+        log.info(
+            "Ray ready in %.1fs; starting %d clients (the first round also starts the workers)",
+            time.perf_counter() - started,
+            num_supernodes,
+        )
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
     }
     try:
-        with _without_run_simulation_deprecation(), patched_poller():
+        with flower_logs_once(sim.verbose), patched_poller():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
@@ -153,30 +165,6 @@ def run_ray(
             )
     finally:
         ray.shutdown()
-
-
-class _RunSimulationDeprecation(logging.Filter):
-    """Matches Flower's "`run_simulation` function is deprecated" record, and only that one."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("run_simulation" in message and "deprecated" in message)
-
-
-@contextmanager
-def _without_run_simulation_deprecation() -> Iterator[None]:
-    """Drop the deprecation record of ``run_simulation`` from Flower's logger, for one call.
-
-    A filter on the ``flwr`` logger (where Flower logs it) rather than a global log level:
-    every other Flower message, including other deprecations, still reaches the user.
-    """
-    flwr_logger = logging.getLogger("flwr")
-    drop = _RunSimulationDeprecation()
-    flwr_logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        flwr_logger.removeFilter(drop)
 
 
 def scratch_client_state(cfg: FDConfig, run_dir: Path) -> tuple[FDConfig, Path | None]:
@@ -201,6 +189,7 @@ def run_apps(
     if sim.backend == "local":
         from simulations.local_grid import run_local
 
-        run_local(server_app, client_app, num_supernodes)
+        with flower_logs_once(sim.verbose):
+            run_local(server_app, client_app, num_supernodes)
     else:
         run_ray(server_app, client_app, num_supernodes, sim)

@@ -1,6 +1,6 @@
 """Federated continual learning tool: FedAvg or FD, with a local continual learner per client.
 
-    fedkd-fcl                                          # conf/fcl.yaml: 4 variants x 3 seeds
+    fedkd-fcl                                  # conf_continual/fcl.yaml: 4 variants x 3 seeds
     python -m simulations.fcl continual/sequence=split_digits_class_il
     python -m simulations.fcl seeds=[0] rounds_per_task=2 '~fcl/variant@variants.fedavg_lwf'
 
@@ -67,7 +67,7 @@ from fedkd.models import available_models
 from fedkd.training import TrainConfig
 from simulations.continual_study import ConfigKeyError, _build, _plain
 from simulations.hydra_config import exit_on_config_error
-from simulations.paths import CONF_DIR
+from simulations.paths import CONTINUAL_CONF_DIR
 from strategies.aggregation import AggregationContext, aggregate, available_rules
 
 __all__ = ["FCLConfig", "VariantSpec", "main", "run", "run_fcl", "summary_table", "to_fcl_config"]
@@ -434,8 +434,8 @@ _TOP_KEYS = {
 
 
 def to_fcl_config(cfg: DictConfig) -> tuple[FCLConfig, dict[str, Any]]:
-    """The composed Hydra config (``conf/fcl.yaml``) as an :class:`FCLConfig` plus the tool's
-    own settings (``threads``, ``plots``). Unknown keys and bad values raise
+    """The composed Hydra config (``conf_continual/fcl.yaml``) as an :class:`FCLConfig` plus the
+    tool's own settings (``threads``, ``plots``). Unknown keys and bad values raise
     :class:`ConfigKeyError` naming their path, before any work."""
     top = {str(k) for k in cfg} - {"hydra"}
     unknown = sorted(top - _TOP_KEYS)
@@ -512,7 +512,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return results
 
 
-@hydra.main(config_path=CONF_DIR, config_name="fcl", version_base="1.3")
+@hydra.main(config_path=CONTINUAL_CONF_DIR, config_name="fcl", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         to_fcl_config(cfg)

@@ -53,8 +53,34 @@ def resume_dir(argv: Sequence[str]) -> Path | None:
     return run_dir if (run_dir / "config.yaml").is_file() else None
 
 
+DECLARED_GROUPS = ("experiment",)
+"""Groups that were once added with ``+`` and are now declared in the defaults list
+(``experiment: null``): Hydra refuses ``+experiment=x`` for a declared group."""
+DECLARED_KEYS = ("fd.round_timeout", "strategy.codistill_min_certainty")
+"""Keys that once needed ``+`` and are now declared (``conf/config.yaml``, the ``codistill``
+strategy preset); Hydra refuses ``+key=`` for a key that exists."""
+
+
+def current_spelling(override: str) -> str:
+    """The one adapter for old spellings, used for the command line and a run's saved
+    overrides alike: ``+experiment=debug`` → ``experiment=debug``; ``+fd.round_timeout=9`` →
+    ``++fd.round_timeout=9`` (add or override: ``strategy=fd`` has no co-distillation keys);
+    anything else unchanged."""
+    if override.startswith("++"):
+        return override
+    for group in DECLARED_GROUPS:
+        if override.startswith(f"+{group}="):
+            return override[1:]
+    for key in DECLARED_KEYS:
+        if override.startswith(f"+{key}="):
+            return f"+{override}"
+    return override
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
-    """For a resume, tell Hydra not to rewrite the run's ``.hydra/`` files."""
+    """The old ``+experiment=`` spelling accepted; for a resume, tell Hydra not to rewrite the
+    run's ``.hydra/`` files."""
+    argv = [current_spelling(a) for a in argv]
     if resume_dir(argv) is None or any(a.startswith("hydra.output_subdir=") for a in argv):
         return argv
     return [*argv, "hydra.output_subdir=null"]
@@ -67,9 +93,10 @@ def override_key(override: str) -> str:
 
 def combine_overrides(first: Sequence[str], resumed: Sequence[str]) -> list[str]:
     """The first run's overrides, then the resumed invocation's (a key set again replaces the
-    first run's entry, so ``+experiment=debug`` given twice composes)."""
+    first run's entry, so ``experiment=debug`` given twice composes)."""
     keys = {override_key(o) for o in resumed}
-    return [o for o in first if override_key(o) not in keys] + list(resumed)
+    kept = [current_spelling(o) for o in first if override_key(o) not in keys]
+    return kept + [current_spelling(o) for o in resumed]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

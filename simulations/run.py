@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,24 @@ from simulations.hydra_config import (
 )
 from simulations.paths import CONF_DIR
 from simulations.resume import prepare_argv, record_resume, resume_config, resume_dir
-from simulations.tracking import Tracker
+from simulations.tracking import Tracker, names_from_overrides
 from strategies.fed_distill import NotEnoughNodes, RoundRecord
 from strategies.reporting import accuracy_summary, write_json_atomic
 from strategies.server_app import NoRoundCompleted, make_server_app
 
 log = logging.getLogger(__name__)
+RUN_FIGURES = ("accuracy_vs_round", "accuracy_vs_bytes", "partition")  # logged to W&B as images
 
 
-def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one simulation described by ``spec``; write its outputs; return the summary."""
+def run_experiment(
+    spec: RunSpec,
+    resolved_config: dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run one simulation described by ``spec``; write its outputs; return the summary.
+
+    ``overrides`` (the command line's) name the W&B run and its group: what the run varies.
+    """
     cfg = spec.fd
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,11 +67,12 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
     if resolved_config is not None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
     save_partition_plot(spec)
+    name, group = names_from_overrides(overrides)
     tracker = Tracker(
         mode=spec.logging.mode,
         project=spec.logging.project,
-        group=spec.logging.group,
-        name=run_dir.name,
+        group=spec.logging.group or group,
+        name=name,
         run_dir=run_dir,
         config=to_run_config(cfg),
     )
@@ -84,6 +94,7 @@ def run_experiment(spec: RunSpec, resolved_config: dict[str, Any] | None = None)
         )
         summary = summarize(spec, full_history(run_dir, records), time.perf_counter() - started)
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        tracker.images({stem: run_dir / f"{stem}.png" for stem in RUN_FIGURES})
     finally:
         tracker.finish()
         if scratch is not None:
@@ -204,7 +215,13 @@ def summarize(spec: RunSpec, records: list[RoundRecord], seconds: float) -> dict
     if spec.references:
         from fedkd.references import compute_references
 
+        log.info(
+            "training the references (%d local-only clients, centralized, public labels) ...",
+            spec.fd.num_clients,
+        )
+        started = time.perf_counter()
         refs = compute_references(spec.fd)
+        log.info("references done in %.0fs", time.perf_counter() - started)
         summary.update(
             local_only_accuracy=refs.local_only_mean,
             local_only_per_client=refs.local_only,
@@ -263,15 +280,21 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"fedkd-sim: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     if not spec.simulation.verbose:
+        # Flower's logger passes DEBUG records on to Hydra's root handler (its own handler
+        # stops at INFO); Flower's state database logs its migrations at INFO. During the
+        # simulation itself, simulations.noise prints each Flower line once.
         logging.getLogger("flwr").setLevel(logging.INFO)
-        # Flower's state database logs its migration plugins at INFO under Hydra's root logger.
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if resumed_from is not None:
         written = record_resume(resumed_from, list(HydraConfig.get().overrides.task), resolved)
         log.info("resuming %s with its saved config.yaml; this invocation: %s", run_dir, written)
     try:
         # a resume never overwrites the run's config.yaml
-        summary = run_experiment(spec, None if resumed_from is not None else resolved)
+        summary = run_experiment(
+            spec,
+            None if resumed_from is not None else resolved,
+            list(HydraConfig.get().overrides.task),
+        )
     except (NoRoundCompleted, NotEnoughNodes) as error:
         print(f"fedkd-sim: error: {error} (outputs in {run_dir})", file=sys.stderr)
         raise SystemExit(1) from None

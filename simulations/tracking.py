@@ -9,12 +9,32 @@ the environment (checked up front, so no interactive login prompt can ever appea
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 WandbMode = Literal["offline", "online", "disabled"]
 MODES: tuple[str, ...] = get_args(WandbMode)
+
+
+# overrides that do not change what a run computes: where it writes, logging, resuming
+_NOT_A_VARIATION = ("hydra.", "logging", "fd.resume", "simulation")
+SEED_OVERRIDE = "fd.seed="
+
+
+def names_from_overrides(overrides: Sequence[str]) -> tuple[str, str]:
+    """W&B run name and group from what a run varies (its command-line overrides), not the time.
+
+    ``["aggregation=median", "fd.seed=1", "hydra.run.dir=x"]`` → name
+    ``"aggregation=median,fd.seed=1"``, group ``"aggregation=median"``: the seeds of one setting
+    share a group, so W&B draws them as one line with a band. No overrides → ``"defaults"``.
+    """
+    kept = sorted(
+        o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(_NOT_A_VARIATION)
+    )
+    name = ",".join(kept) or "defaults"
+    group = ",".join(o for o in kept if not o.startswith(SEED_OVERRIDE)) or "defaults"
+    return name[:128], group[:128]
 
 
 class Tracker:
@@ -80,6 +100,24 @@ class Tracker:
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
         self._run.log(numeric, step=step)
+
+    def step_axis(self, pattern: str, step_metric: str) -> None:
+        """Plot the metrics matching ``pattern`` (e.g. ``"lwf/seed0/*"``) against
+        ``step_metric`` instead of W&B's global step: runs that log several series (learners x
+        seeds) get one axis each, not one shared counter."""
+        if self._run is not None:
+            self._run.define_metric(step_metric, hidden=True)
+            self._run.define_metric(pattern, step_metric=step_metric)
+
+    def images(self, figures: Mapping[str, str | Path], step: int | None = None) -> None:
+        """Log saved figures (PNG paths) as W&B images, so the run page carries the plots."""
+        if self._run is None:
+            return
+        import wandb
+
+        existing = {k: Path(p) for k, p in figures.items() if Path(p).exists()}
+        if existing:
+            self._run.log({k: wandb.Image(str(p)) for k, p in existing.items()}, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         """Final values shown on the run page."""

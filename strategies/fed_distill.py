@@ -46,6 +46,7 @@ from strategies.aggregation import (
 )
 from strategies.expguard import ExpGuard
 from strategies.private import SERVER_SIDE, PrivateFold, ServerPrivacy
+from strategies.result import history_result
 from strategies.validation import (
     Expected,
     Rejection,
@@ -276,9 +277,8 @@ class FedDistill(Strategy):
                 callback(record)
             if record.status.startswith(TOO_FEW_NODES):
                 raise NotEnoughNodes(f"round {server_round} {record.status}; ending the run")
-        result = Result()
-        result.arrays = ArrayRecord(self.student.state_dict())
-        return result
+        # Flower's Result with the metric history per round (strategies/result.py)
+        return history_result(ArrayRecord(self.student.state_dict()), self.history)
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -32,10 +32,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_ships_every_config_file(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
-        f"simulations/conf/{p.relative_to(ROOT / 'conf').as_posix()}"
-        for p in (ROOT / "conf").rglob("*.yaml")
+        f"simulations/{root}/{p.relative_to(ROOT / root).as_posix()}"
+        for root in ("conf", "conf_continual")
+        for p in (ROOT / root).rglob("*.yaml")
     }
-    assert "simulations/conf/config.yaml" in expected
+    assert {"simulations/conf/config.yaml", "simulations/conf_continual/fcl.yaml"} <= expected
     assert expected <= names, sorted(expected - names)[:5]
 
 
@@ -56,7 +57,7 @@ def test_installed_wheel_runs_fedkd_sim_with_its_packaged_configs(
     )
     assert where.stdout.strip() == str(site / "simulations" / "conf"), where.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "simulations.run", "+experiment=debug", "--cfg", "job"],
+        [sys.executable, "-m", "simulations.run", "experiment=debug", "--cfg", "job"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -69,7 +70,11 @@ def test_installed_wheel_runs_fedkd_sim_with_its_packaged_configs(
 
 def test_console_scripts_go_through_the_hydra_check() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"fedkd-sim": "simulations.cli:sim", "fedkd-fcl": "simulations.cli:fcl"}
+    assert scripts == {
+        "fedkd-sim": "simulations.cli:sim",
+        "fedkd-fcl": "simulations.cli:fcl",
+        "fedkd-compare": "simulations.cli:compare",
+    }
 
 
 def test_without_hydra_fedkd_sim_says_what_to_install(

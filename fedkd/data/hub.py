@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedkd.data.optional import require
 from fedkd.data.splits import DataSplits, carve_public, make_splits, take
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def _go_offline_if_unreachable() -> None:
 
 def _default_loader(hub_id: str) -> Any:
     _go_offline_if_unreachable()
-    import datasets
+    datasets = require("datasets", f"the hub dataset {hub_id!r}")
 
     return datasets.load_dataset(hub_id)
 
@@ -240,7 +241,7 @@ def _subsample(dataset: Any, limit: int | None, seed: int) -> Any:
 
 def _to_tensors(dataset: Any, spec: HubSpec) -> tuple[Tensor, Tensor]:
     """Decode one split into ``(x, y)``: float32 ``(N, C, H, W)`` in [0, 1], int64 ``(N,)``."""
-    import datasets
+    datasets = require("datasets", "a hub dataset")
 
     dataset = dataset.select_columns([spec.image_column, spec.label_column])
     if isinstance(dataset.features[spec.image_column], datasets.Image):

@@ -26,6 +26,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from fedkd.data.optional import require
+
 __all__ = ["PartitionScheme", "label_histogram", "partition_indices", "plot_label_histogram"]
 
 PartitionScheme = Literal["iid", "dirichlet", "pathological", "shard"]
@@ -129,7 +131,7 @@ def _check_args(
 
 
 def _make_partitioner(labels: np.ndarray, num_partitions: int, scheme: str, **kw: Any) -> Any:
-    from flwr_datasets import partitioner as fp
+    fp = require("flwr_datasets.partitioner", f"the simulated {scheme!r} partition")
 
     if scheme == "iid":
         return fp.IidPartitioner(num_partitions=num_partitions)
@@ -175,7 +177,7 @@ def _as_dataset(labels: np.ndarray, scheme: str, seed: int) -> Any:
 
     ``IidPartitioner`` cuts contiguous blocks, so for ``"iid"`` the rows are permuted first.
     """
-    import datasets
+    datasets = require("datasets", f"the simulated {scheme!r} partition")
 
     order = np.arange(labels.size)
     if scheme == "iid":

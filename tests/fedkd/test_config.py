@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import tomllib
 from pathlib import Path
 
@@ -277,6 +278,13 @@ def test_config_docs_list_every_key() -> None:
     page = (PYPROJECT.parent / "docs" / "config.md").read_text()
     missing = [key for key in config_keys() if f"| `{key}` |" not in page]
     assert missing == [], "regenerate the table with docs/gen_config_table.py"
+    # and exactly the generated table: defaults (fedkd-sim's where they differ), types, help
+    sys.path.insert(0, str(PYPROJECT.parent / "docs"))
+    try:
+        from gen_config_table import config_table
+    finally:
+        sys.path.pop(0)
+    assert config_table() in page, "regenerate the table: python docs/gen_config_table.py"
 
 
 def test_a_population_larger_than_the_synthetic_pool_is_a_config_error() -> None:

@@ -18,7 +18,7 @@ from fedkd.continual import LwFConfig, accuracy, backward_transfer, forgetting
 from simulations.continual_study import ConfigKeyError, run, to_tool_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
+CONF = ROOT / "conf_continual"
 TINY = [
     "seeds=[0,1]",
     "train.epochs=1",
@@ -144,8 +144,8 @@ def test_reference_joint_runs_even_when_not_reported(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_module_entry_point_runs_with_hydra(tmp_path: Path) -> None:
-    """``python -m simulations.continual_study`` composes conf/continual.yaml and writes the run
-    directory it prints."""
+    """``python -m simulations.continual_study`` composes conf_continual/continual.yaml and
+    writes the run directory it prints."""
     run_dir = tmp_path / "run"
     args = [*TINY, "seeds=[0]", "plots=false", "threads=1", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(

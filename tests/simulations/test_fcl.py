@@ -23,7 +23,7 @@ from simulations.continual_study import ConfigKeyError
 from simulations.fcl import VariantSpec, run, run_fcl, to_fcl_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
+CONF = ROOT / "conf_continual"
 TINY = [
     "seeds=[0]",
     "sequence.num_tasks=3",

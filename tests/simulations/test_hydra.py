@@ -32,13 +32,9 @@ METRIC_KEYS = {
 def _options() -> list[str]:
     """One override per option of every config group, read from conf/ (new files are covered)."""
     overrides = []
-    # conf/<name>/ next to a conf/<name>.yaml holds the groups of that other primary config
-    # (e.g. conf/continual.yaml), not of conf/config.yaml.
-    groups = [p for p in CONF.iterdir() if p.is_dir() and not (CONF / f"{p.name}.yaml").exists()]
-    for group in sorted(groups):
-        # experiment files are not in the defaults list: they are added with '+'
-        prefix = "+" if group.name == "experiment" else ""
-        overrides += [f"{prefix}{group.name}={f.stem}" for f in sorted(group.glob("*.yaml"))]
+    for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
+        # every group is in the defaults list (experiment: null): no '+' needed for any
+        overrides += [f"{group.name}={f.stem}" for f in sorted(group.glob("*.yaml"))]
     return overrides
 
 
@@ -61,6 +57,34 @@ def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "load_hub_splits", forbidden)
     monkeypatch.setattr(registry, "load_digits_splits", forbidden)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_every_group_under_conf_is_in_the_defaults_list() -> None:
+    """``fedkd-sim --help`` lists every group under its config root: each must be one it uses
+    (the continual tools' groups live in conf_continual/), and each is declared in the defaults
+    list, so ``group=option`` works without '+' (``experiment: null``)."""
+    defaults = OmegaConf.load(CONF / "config.yaml")["defaults"]
+    declared = {next(iter(entry)) for entry in defaults if not isinstance(entry, str)}
+    assert {p.name for p in CONF.iterdir() if p.is_dir()} == declared
+
+
+def test_old_plus_experiment_spelling_still_works() -> None:
+    from simulations.resume import combine_overrides, prepare_argv
+
+    assert prepare_argv(["+experiment=debug", "+fd.round_timeout=9", "+fd.trim_ratio=0.1"]) == [
+        "experiment=debug",
+        "++fd.round_timeout=9",  # declared now: add-or-override
+        "+fd.trim_ratio=0.1",
+    ]
+    # the declared keys compose with their old spelling, also where a preset lacks them
+    cfg = _compose(*prepare_argv(["+fd.round_timeout=9", "strategy=fd",
+                                  "+strategy.codistill_min_certainty=0.3"]))  # fmt: skip
+    assert cfg.fd.round_timeout == 9 and cfg.strategy.codistill_min_certainty == 0.3
+    # a run saved with the old spelling resumes
+    assert combine_overrides(["+experiment=debug"], ["fd.num_rounds=3"]) == [
+        "experiment=debug",
+        "fd.num_rounds=3",
+    ]
 
 
 def test_every_group_has_options() -> None:
@@ -186,13 +210,20 @@ def test_cli_bad_value_fails_with_one_line_and_no_traceback(
     assert not (run_dir / "partition.json").exists()  # stopped before any work
 
 
-def test_debug_experiment_end_to_end(tmp_path: Path) -> None:
-    from simulations.run import run_experiment
+def test_debug_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.docs_outputs import committed, comparable, printed_lines
+    from simulations.run import print_summary, run_experiment
 
-    cfg = _compose("+experiment=debug")
+    cfg = _compose("experiment=debug")
     spec = build_run_spec(cfg, run_dir=str(tmp_path))
     assert spec.simulation.backend == "local" and spec.logging.mode == "disabled"
     summary = run_experiment(spec, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    print_summary(summary, str(tmp_path))
+    # what `fedkd-sim experiment=debug` prints is what docs/simulation.md shows (the committed
+    # docs/generated/debug.txt), to the printed precision; only times and the run dir may differ
+    assert comparable(printed_lines(capsys.readouterr().out)) == comparable(committed("debug")), (
+        "regenerate: PYTHONPATH=. python -m benchmarks.docs_outputs debug"
+    )
 
     for name in (
         "metrics.json",
@@ -220,6 +251,7 @@ def test_debug_experiment_end_to_end(tmp_path: Path) -> None:
 def test_offline_tracker_writes_a_local_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from fedkd.plots import plot_accuracy_vs_round
     from simulations.tracking import Tracker
 
     for var in (
@@ -237,12 +269,19 @@ def test_offline_tracker_writes_a_local_run(
     )
     assert tracker.active
     tracker.log({"student_accuracy": 0.5, "status": "ok"}, step=1)
+    tracker.step_axis("lwf/seed0/*", "lwf/seed0/task")  # the continual study's per-series axes
+    tracker.log({"lwf/seed0/task": 0, "lwf/seed0/avg_acc_seen": 0.9})
+    figure = plot_accuracy_vs_round(
+        {"student": [{"round": 1, "student_accuracy": 0.5}]}, tmp_path / "a.png"
+    )
+    tracker.images({"accuracy_vs_round": figure, "missing": tmp_path / "none.png"}, step=1)
     tracker.summary({"final": 0.5})
     tracker.finish()
     tracker.finish()  # idempotent
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert any(runs[0].glob("*.wandb"))  # the run's event log, ready for `wandb sync`
+    assert any(runs[0].glob("files/media/images/accuracy_vs_round*.png"))  # the figure, as an image
 
 
 def test_online_tracker_without_key_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,11 +295,11 @@ def test_online_tracker_without_key_fails_fast(monkeypatch: pytest.MonkeyPatch) 
 def test_summary_after_a_resume_covers_every_round(tmp_path: Path) -> None:
     from simulations.run import run_experiment
 
-    first = build_run_spec(_compose("+experiment=debug"), run_dir=str(tmp_path))
+    first = build_run_spec(_compose("experiment=debug"), run_dir=str(tmp_path))
     run_experiment(first)
     before = json.loads((tmp_path / "metrics.json").read_text())
     longer = build_run_spec(
-        _compose("+experiment=debug", "fd.num_rounds=3", "fd.resume=true"), run_dir=str(tmp_path)
+        _compose("experiment=debug", "fd.num_rounds=3", "fd.resume=true"), run_dir=str(tmp_path)
     )
     summary = run_experiment(longer)
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -48,20 +48,20 @@ def test_negative_ray_resources_are_refused(key: str) -> None:
     ],
 )
 def test_values_outside_the_datasets_classes_are_refused(override: str, message: str) -> None:
-    spec, paths = _spec("+experiment=debug", override)
+    spec, paths = _spec("experiment=debug", override)
     with pytest.raises(ConfigError) as info:
         preflight(spec, paths)
     assert message in str(info.value)
 
 
 def test_the_largest_class_index_is_accepted() -> None:
-    preflight(*_spec("+experiment=debug", "strategy.topk=10", "fd.byzantine_target=9"))
+    preflight(*_spec("experiment=debug", "strategy.topk=10", "fd.byzantine_target=9"))
 
 
 @pytest.mark.parametrize("override", ["fd.client_device=cuda", "fd.device=cuda"])
 def test_cuda_without_cuda_is_refused(monkeypatch: pytest.MonkeyPatch, override: str) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    spec, paths = _spec("+experiment=debug", override)
+    spec, paths = _spec("experiment=debug", override)
     with pytest.raises(ConfigError, match=r"'(client-)?device': 'cuda' but torch sees no CUDA"):
         preflight(spec, paths)
 
@@ -141,7 +141,7 @@ def test_cli_run_where_every_round_fails_exits_non_zero_with_one_line(tmp_path: 
             sys.executable,
             "-m",
             "simulations.run",
-            "+experiment=debug",
+            "experiment=debug",
             "fd.fault_crash_train=1.0",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],

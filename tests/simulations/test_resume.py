@@ -76,9 +76,9 @@ def test_argv_of_a_resume_keeps_hydra_from_rewriting_the_run(tmp_path: Path) -> 
     assert prepare_argv([f"hydra.run.dir={tmp_path}"]) == [f"hydra.run.dir={tmp_path}"]
     empty = tmp_path / "new"
     assert resume_dir([f"hydra.run.dir={empty}", "fd.resume=true"]) is None
-    assert combine_overrides(["+experiment=debug", "fd.lr=0.2"], ["+experiment=debug"]) == [
+    assert combine_overrides(["experiment=debug", "fd.lr=0.2"], ["experiment=debug"]) == [
         "fd.lr=0.2",
-        "+experiment=debug",
+        "experiment=debug",
     ]
 
 
@@ -95,7 +95,7 @@ def _sim(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_resume_runs_the_saved_config_and_keeps_its_files(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    first = _sim("+experiment=debug", "fd.lr=0.05", f"hydra.run.dir={run}")
+    first = _sim("experiment=debug", "fd.lr=0.05", f"hydra.run.dir={run}")
     assert first.returncode == 0, first.stderr[-2000:]
     saved = (run / "config.yaml").read_text()
     overrides = (run / ".hydra" / "overrides.yaml").read_text()
@@ -105,7 +105,7 @@ def test_cli_resume_runs_the_saved_config_and_keeps_its_files(tmp_path: Path) ->
     assert refused.stderr.startswith("fedkd-sim: error: resume cannot change config key 'fd.lr'")
     assert len(refused.stderr.strip().splitlines()) == 1
 
-    # no +experiment=debug, no simulation=local: the run's own config says so
+    # no experiment=debug, no simulation=local: the run's own config says so
     resumed = _sim(f"hydra.run.dir={run}", "fd.resume=true", "fd.num_rounds=3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (run / "config.yaml").read_text() == saved

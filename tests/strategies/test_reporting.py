@@ -78,3 +78,34 @@ def test_summaries_never_select_on_test() -> None:
     assert 0.99 not in summary.values()
     no_val = [replace(r, student_val_accuracy=None) for r in records]
     assert selected_round(no_val).round == 4  # without validation: the last round, not the max
+
+
+def test_start_result_carries_the_metric_history() -> None:
+    """FedDistill.start returns Flower's Result with the per-round history, like Flower's own
+    strategies: server-side evaluation and the clients' reports, None values left out."""
+    from flwr.app import ArrayRecord
+
+    from strategies.result import history_result
+
+    rows = [
+        RoundRecord(
+            round=r,
+            student_accuracy=0.5 + r / 10,
+            student_loss=1.0 / r,
+            client_accuracy=None if r == 1 else 0.4,
+            teacher_accuracy=0.9,
+            bytes_up=100,
+            bytes_down=10,
+            cum_bytes=110 * r,
+            valid_replies=2,
+            rejected=0,
+        )
+        for r in (1, 2)
+    ]
+    result = history_result(ArrayRecord(), rows)
+    assert sorted(result.evaluate_metrics_serverapp) == [1, 2]
+    assert result.evaluate_metrics_serverapp[2]["student_accuracy"] == 0.7
+    assert result.evaluate_metrics_serverapp[1]["teacher_accuracy"] == 0.9
+    assert "client_accuracy" not in result.train_metrics_clientapp[1]  # None: left out
+    assert result.train_metrics_clientapp[2]["client_accuracy"] == 0.4
+    assert result.train_metrics_clientapp[2]["bytes_up"] == 100
