@@ -56,10 +56,11 @@ RECIPES = (
     "dsfl",
     "fedaux",
     "selective_fd",
-    "fedkd",
+    "selective_class",
 )
-"""``fedavg`` is ``strategy=fedavg``; ``fedkd`` is ``fedkd-sim``'s defaults (no recipe); the
-others are ``conf/recipe/<name>.yaml``."""
+"""``fedavg`` is ``strategy=fedavg``; ``selective_class`` is fedkd's default with
+``aggregation=selective_class`` (an experiment: measured, not the default); the others are
+``conf/recipe/<name>.yaml``."""
 
 LABELS = {
     "fedavg": "FedAvg (weights)",
@@ -69,8 +70,8 @@ LABELS = {
     "fedmd_pretrained": "FedMD + pretraining on the labelled public set (another setting)",
     "dsfl": "DS-FL (ERA T=0.1 over the support-aware mean)",
     "fedaux": "FedAUX-style certainty weights",
-    "selective_fd": "Selective-FD",
-    "fedkd": "fedkd default (Selective-FD × class share)",
+    "selective_fd": "Selective-FD (fedkd default)",
+    "selective_class": "Selective-FD × class share (aggregation=selective_class, not default)",
 }
 TARGET = 0.85
 COLLAPSED = 1.5 / 10
@@ -80,7 +81,10 @@ COLLAPSED = 1.5 / 10
 # ----------------------------------------------------------------------------- configs
 def recipe_overrides(recipe: str, alpha: float, seed: int, rounds: int) -> list[str]:
     """Hydra overrides for one run: the recipe's preset plus the grid point."""
-    chosen = {"fedavg": ["strategy=fedavg"], "fedkd": []}.get(recipe, [f"recipe={recipe}"])
+    chosen = {
+        "fedavg": ["strategy=fedavg"],
+        "selective_class": ["aggregation=selective_class"],
+    }.get(recipe, [f"recipe={recipe}"])
     return [
         *chosen,
         f"partition.alpha={alpha}",

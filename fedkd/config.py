@@ -130,10 +130,9 @@ class FDConfig:
         "Softmax temperature of the uploaded soft labels and of KD", default=2.0
     )
     aggregation: str = _doc(
-        "Teacher aggregation rule (strategies.aggregation); 'selective_class' keeps each "
-        "client's vote to the public samples its data supports (Selective-FD) and weighs it by "
-        "the client's share of each class",
-        default="selective_class",
+        "Teacher aggregation rule (strategies.aggregation); 'selective' keeps each client's "
+        "vote to the public samples its data supports (Selective-FD)",
+        default="selective",
     )
     era_temperature: float = _doc(
         "Temperature of era (softmax(mean/T): sharpens only below ~1/(2·classes)) and of "

@@ -5,8 +5,8 @@ so a failure says how far off the science is, not only that it is. The full 30-r
 is ``python -m benchmarks.fd_recipes`` (docs/benchmarks.md); these are short versions of its
 claims that can still fail:
 
-* co-distillation (the default: Selective-FD × class-share teacher, joint digest) never ends
-  at chance and lifts the clients above one-way FD;
+* co-distillation (the default: Selective-FD teacher, joint digest) never ends at chance and
+  lifts the clients above one-way FD;
 * the class-support-aware rule builds a better teacher than the plain mean at α = 0.1;
 * every named recipe runs end to end and its student beats the local-only clients.
 """
@@ -68,8 +68,8 @@ def test_codistillation_lifts_clients_and_never_collapses() -> None:
 @pytest.mark.slow
 def test_support_aware_teacher_beats_the_plain_mean_at_alpha_0_1() -> None:
     """One round, α = 0.1, one-way: the teacher's accuracy on the public set (the simulator
-    knows its labels). Measured (seeds 0, 1, 2): the default selective_class 0.865 / 0.714 /
-    0.714 (selective 0.647 / 0.605 / 0.683) vs mean 0.390 / 0.122 / 0.297."""
+    knows its labels). Measured (seeds 0, 1, 2): the default selective 0.647 / 0.605 / 0.683
+    (selective_class 0.865 / 0.714 / 0.714) vs mean 0.390 / 0.122 / 0.297."""
     gaps = []
     for seed in SEEDS:
         common = dict(alpha=0.1, num_rounds=1, seed=seed, co_distillation=False)
