@@ -107,12 +107,12 @@ def wrong_row_breakdown(replies: dict[str, np.ndarray]) -> dict[str, float]:
     labels = replies["labels"]
     supports = in_support(replies["support"])  # (clients, public)
     owns = replies["counts"][:, labels] > 0  # (clients, public): holds the row's true class
-    non_owner = (supports & ~owns).any(axis=0)
+    non_owner = np.asarray((supports & ~owns).any(axis=0), dtype=bool)
     out: dict[str, float] = {}
     for rule in ("selective", "selective_class"):
         teacher = aggregate(rule, replies["probs"], ctx)
-        wrong = teacher.argmax(axis=1) != labels
-        passes = normalised_certainty(teacher) >= GATE
+        wrong = np.asarray(teacher.argmax(axis=1) != labels, dtype=bool)
+        passes = np.asarray(normalised_certainty(teacher) >= GATE, dtype=bool)
         out[f"{rule}_gate"] = float(passes[wrong].mean()) if wrong.any() else 0.0
         if rule == "selective":
             out["with_non_owner"] = float(non_owner[wrong].mean()) if wrong.any() else 0.0

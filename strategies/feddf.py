@@ -172,8 +172,8 @@ class FedDF(CountingFedAvg):
             if members:
                 model.load_state_dict(average_states(members))
             diag.kept_epoch[name] = self.distil_group(model, teacher)
-        metrics = {"num-examples": float(sum(r.num_examples for r in accepted))}
-        return ArrayRecord(self.student.state_dict()), MetricRecord(metrics)
+        examples = float(sum(r.num_examples for r in accepted))
+        return ArrayRecord(self.student.state_dict()), MetricRecord({"num-examples": examples})
 
     # ------------------------------------------------------------------ steps
     def accept(self, reply: Message, diag: RoundDiagnostics) -> GroupReply | None:

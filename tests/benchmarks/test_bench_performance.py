@@ -184,7 +184,7 @@ def test_run_all_runs_the_selection_and_records_it(tmp_path) -> None:
 
 # ----------------------------------------------------------------------------- engine
 def test_run_simulation_deprecation_is_dropped_and_nothing_else() -> None:
-    from simulations.engine import _without_run_simulation_deprecation
+    from simulations.noise import flower_logs_once
 
     seen: list[str] = []
 
@@ -197,7 +197,7 @@ def test_run_simulation_deprecation_is_dropped_and_nothing_else() -> None:
     flwr_logger.setLevel(logging.WARNING)
     flwr_logger.addHandler(collect)
     try:
-        with _without_run_simulation_deprecation():
+        with flower_logs_once():
             flwr_logger.warning(
                 "DEPRECATED FEATURE: %s", "The `run_simulation` function is deprecated"
             )

@@ -52,9 +52,19 @@ def hydra_logging(tmp_path: Path) -> Iterator[Terminal]:
     flower = [h for h in logging.getLogger("flwr").handlers if isinstance(h, ConsoleHandler)]
     assert flower, "Flower no longer attaches its own console handler: revisit simulations.noise"
     streams = [h.stream for h in flower]
+    # Other tests (benchmarks) quieten Flower; start from Flower's own defaults here.
+    flwr_logger = logging.getLogger("flwr")
+    saved = (flwr_logger.level, [h.level for h in flower], logging.root.manager.disable)
+    flwr_logger.setLevel(logging.DEBUG)
+    logging.disable(logging.NOTSET)
     for handler in flower:
         handler.stream = console
+        handler.setLevel(logging.INFO)
     yield Terminal(console, tmp_path / "run.log")
+    flwr_logger.setLevel(saved[0])
+    for handler, handler_level in zip(flower, saved[1], strict=True):
+        handler.setLevel(handler_level)
+    logging.disable(saved[2])
     for handler in handlers:
         root.removeHandler(handler)
         handler.close()
