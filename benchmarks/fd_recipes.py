@@ -56,11 +56,13 @@ RECIPES = (
     "dsfl",
     "fedaux",
     "selective_fd",
-    "selective_class",
+    "selective_class_sent_back",
+    "fedkd",
 )
-"""``fedavg`` is ``strategy=fedavg``; ``selective_class`` is fedkd's default with
-``aggregation=selective_class`` (an experiment: measured, not the default); the others are
-``conf/recipe/<name>.yaml``."""
+"""``fedavg`` is ``strategy=fedavg``; ``fedkd`` is ``fedkd-sim``'s defaults (no recipe);
+``selective_class_sent_back`` is a recorded experiment (``selective_class`` with its own rows
+sent back to clients, before :data:`strategies.aggregation.STUDENT_ONLY_RULES`), rendered from
+its committed results only; the others are ``conf/recipe/<name>.yaml``."""
 
 LABELS = {
     "fedavg": "FedAvg (weights)",
@@ -70,8 +72,9 @@ LABELS = {
     "fedmd_pretrained": "FedMD + pretraining on the labelled public set (another setting)",
     "dsfl": "DS-FL (ERA T=0.1 over the support-aware mean)",
     "fedaux": "FedAUX-style certainty weights",
-    "selective_fd": "Selective-FD (fedkd default)",
-    "selective_class": "Selective-FD × class share (aggregation=selective_class, not default)",
+    "selective_fd": "Selective-FD",
+    "selective_class_sent_back": "Selective-FD × class share, sent back to clients (rejected)",
+    "fedkd": "fedkd default (student: Selective-FD × class share; clients: Selective-FD)",
 }
 TARGET = 0.85
 COLLAPSED = 1.5 / 10
@@ -81,10 +84,9 @@ COLLAPSED = 1.5 / 10
 # ----------------------------------------------------------------------------- configs
 def recipe_overrides(recipe: str, alpha: float, seed: int, rounds: int) -> list[str]:
     """Hydra overrides for one run: the recipe's preset plus the grid point."""
-    chosen = {
-        "fedavg": ["strategy=fedavg"],
-        "selective_class": ["aggregation=selective_class"],
-    }.get(recipe, [f"recipe={recipe}"])
+    if recipe == "selective_class_sent_back":
+        raise ValueError(f"{recipe} is a recorded experiment: render it with --from-json")
+    chosen = {"fedavg": ["strategy=fedavg"], "fedkd": []}.get(recipe, [f"recipe={recipe}"])
     return [
         *chosen,
         f"partition.alpha={alpha}",

@@ -130,9 +130,10 @@ class FDConfig:
         "Softmax temperature of the uploaded soft labels and of KD", default=2.0
     )
     aggregation: str = _doc(
-        "Teacher aggregation rule (strategies.aggregation); 'selective' keeps each client's "
-        "vote to the public samples its data supports (Selective-FD)",
-        default="selective",
+        "Teacher aggregation rule (strategies.aggregation); 'selective_class': the student "
+        "distils Selective-FD's support-masked votes weighted by each client's share of the "
+        "class, co-distilling clients get the plain Selective-FD rows",
+        default="selective_class",
     )
     era_temperature: float = _doc(
         "Temperature of era (softmax(mean/T): sharpens only below ~1/(2·classes)) and of "

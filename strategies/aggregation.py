@@ -416,6 +416,15 @@ supporters that disagree, so its own certainty lets most of its wrong rows throu
 teacher decayed over the rounds (docs/recipes.md)."""
 
 
+STUDENT_ONLY_RULES: frozenset[str] = frozenset({"selective_class"})
+"""Rules whose teacher only the server's student distils; co-distilling clients get the base
+rule's teacher (:data:`SHARPENED_BASE`), values and gate alike. Measured for ``selective_class``
+(5 seeds, docs/recipes.md): sent back to clients, its class-reweighted rows taught them labels
+the disagreeing supporters had been right to doubt, and the teacher decayed over the rounds;
+with the selective rows sent back instead, the clients follow Selective-FD's course and the
+student distils the better teacher."""
+
+
 def evidence(name: str, probs: np.ndarray, ctx: AggregationContext) -> np.ndarray:
     """The teacher of rule ``name`` before any sharpening: what the clients' replies support."""
     return aggregate(SHARPENED_BASE.get(name, name), probs, ctx)

@@ -35,6 +35,7 @@ from fedkd.config import FDConfig
 from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
 from strategies.aggregation import (
     SHARPENED_BASE,
+    STUDENT_ONLY_RULES,
     STREAMABLE_RULES,
     SUPPORT_RULES,
     AggregationContext,
@@ -382,7 +383,8 @@ class FedDistill(Strategy):
             elif rows.any():  # Selective-FD: rows nobody supports teach nothing
                 self.distil_student(teacher[rows], public_rows)
             certain = fold.evidence() if fold is not None else self.teacher_evidence(valid, teacher)
-            self.teacher = self.teacher_for_clients(teacher[rows], public_rows, certain[rows])
+            sent = certain if self.cfg.aggregation in STUDENT_ONLY_RULES else teacher
+            self.teacher = self.teacher_for_clients(sent[rows], public_rows, certain[rows])
         result = self.evaluate_student(self.test)
         record.student_accuracy, record.student_loss = result.accuracy, result.loss
         if self.val is not None:
