@@ -35,8 +35,8 @@ from fedkd.config import FDConfig
 from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
 from strategies.aggregation import (
     SHARPENED_BASE,
-    STUDENT_ONLY_RULES,
     STREAMABLE_RULES,
+    STUDENT_ONLY_RULES,
     SUPPORT_RULES,
     AggregationContext,
     StreamingAggregator,
