@@ -47,7 +47,7 @@ import numpy as np
 
 from benchmarks.common import DEFAULT_OUT_DIR, markdown_table, update_docs, write_json
 
-RECIPES = (
+ORDER = (
     "fedavg",
     "feddf",
     "fd_mean",
@@ -59,10 +59,15 @@ RECIPES = (
     "selective_class_sent_back",
     "fedkd",
 )
-"""``fedavg`` is ``strategy=fedavg``; ``fedkd`` is ``fedkd-sim``'s defaults (no recipe);
-``selective_class_sent_back`` is a recorded experiment (``selective_class`` with its own rows
-sent back to clients, before :data:`strategies.aggregation.STUDENT_ONLY_RULES`), rendered from
-its committed results only; the others are ``conf/recipe/<name>.yaml``."""
+"""Rows of the table and plots, in order. ``fedavg`` is ``strategy=fedavg``; ``fedkd`` is
+``fedkd-sim``'s defaults (no recipe); the others are ``conf/recipe/<name>.yaml``, except the
+:data:`RECORDED` ones."""
+RECORDED = ("selective_class_sent_back",)
+"""Experiments kept as committed results only (rendered with ``--from-json``, not runnable):
+``selective_class`` with its own rows sent back to clients, measured before
+:data:`strategies.aggregation.STUDENT_ONLY_RULES`."""
+RECIPES = tuple(r for r in ORDER if r not in RECORDED)
+"""What ``--recipes`` can run (all by default)."""
 
 LABELS = {
     "fedavg": "FedAvg (weights)",
@@ -84,7 +89,7 @@ COLLAPSED = 1.5 / 10
 # ----------------------------------------------------------------------------- configs
 def recipe_overrides(recipe: str, alpha: float, seed: int, rounds: int) -> list[str]:
     """Hydra overrides for one run: the recipe's preset plus the grid point."""
-    if recipe == "selective_class_sent_back":
+    if recipe in RECORDED:
         raise ValueError(f"{recipe} is a recorded experiment: render it with --from-json")
     chosen = {"fedavg": ["strategy=fedavg"], "fedkd": []}.get(recipe, [f"recipe={recipe}"])
     return [
@@ -233,7 +238,7 @@ def summarize(results: dict[str, Any], target: float = TARGET) -> list[dict[str,
     rows = []
     runs = results["runs"]
     for alpha in sorted({r["alpha"] for r in runs}):
-        for recipe in [r for r in RECIPES if any(x["recipe"] == r for x in runs)]:
+        for recipe in [r for r in ORDER if any(x["recipe"] == r for x in runs)]:
             group = [r for r in runs if r["recipe"] == recipe and r["alpha"] == alpha]
             recs = [g["records"] for g in group]
             hit = [_to_target(r, target) for r in recs]
@@ -336,10 +341,10 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     alphas = sorted({r["alpha"] for r in results["runs"]})
     fig, axes = plt.subplots(3, len(alphas), figsize=(6.5 * len(alphas), 13), squeeze=False)
     refs = reference_rows(results)
-    colours = dict(zip(RECIPES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    colours = dict(zip(ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for col, alpha in enumerate(alphas):
         by_round, by_bytes, clients = axes[0][col], axes[1][col], axes[2][col]
-        for recipe in RECIPES:
+        for recipe in ORDER:
             group = [
                 r["records"]
                 for r in results["runs"]

@@ -295,6 +295,21 @@ def _check_pair(student_logits: Tensor, teacher: Tensor) -> None:
         raise ValueError(f"empty batch: student_logits has shape {tuple(student_logits.shape)}")
 
 
+def _prepare_pair(student_logits: Tensor, teacher: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
+    """Check ``reduction`` and the pair's shapes; return both in (at least) float32 on the
+    student's device, the teacher detached. Half-precision students are scored in float32:
+    log_softmax and the row-sum check need it."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not student_logits.dtype.is_floating_point:
+        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    student_logits = student_logits.to(dtype)
+    teacher = teacher.detach().to(device=student_logits.device, dtype=dtype)
+    _check_pair(student_logits, teacher)
+    return student_logits, teacher
+
+
 def distillation_loss(
     student_logits: Tensor,
     teacher: Tensor,
@@ -355,15 +370,7 @@ def distillation_loss(
         On shape mismatch, empty or non-finite inputs, a teacher that is not a distribution,
         non-positive temperature, a bad ``class_mask``, or an unknown reduction.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not student_logits.dtype.is_floating_point:
-        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
-    # Half-precision students are scored in float32: log_softmax and the row-sum check need it.
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    student_logits = student_logits.to(dtype)
-    teacher = teacher.detach().to(device=student_logits.device, dtype=dtype)
-    _check_pair(student_logits, teacher)
+    student_logits, teacher = _prepare_pair(student_logits, teacher, reduction)
     t_teacher = spec.temperature if teacher_temperature is None else teacher_temperature
     _check_temperature(t_teacher, "teacher_temperature")
     if validate:
@@ -569,14 +576,7 @@ def hinge_distillation_loss(
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
     if aggregate not in ("sum", "max"):
         raise ValueError(f"aggregate must be 'sum' or 'max', got {aggregate!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not student_logits.dtype.is_floating_point:
-        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    z = student_logits.to(dtype)
-    teacher = teacher.detach().to(device=z.device, dtype=dtype)
-    _check_pair(z, teacher)
+    z, teacher = _prepare_pair(student_logits, teacher, reduction)
     _check_finite(z, "student_logits")
     if teacher_is_probs:
         validate_distribution(teacher, name="teacher")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -62,7 +63,6 @@ class RoundDiagnostics:
     rejected: list[int] = field(default_factory=list)  # node ids
     reasons: dict[str, int] = field(default_factory=dict)
     teacher_accuracy: float | None = None  # the ensemble's argmax on the public set (oracle)
-    kept_epoch: dict[str, int] = field(default_factory=dict)  # group → best val epoch (0: avg)
 
 
 class FedDF(CountingFedAvg):
@@ -167,11 +167,15 @@ class FedDF(CountingFedAvg):
         oracle = self.public.oracle_labels
         if oracle is not None:
             diag.teacher_accuracy = float((teacher.argmax(1) == oracle).float().mean())
+        kept = {}
         for name, model in self.groups.items():
             members = [r for r in accepted if r.model_name == name]
             if members:
                 model.load_state_dict(average_states(members))
-            diag.kept_epoch[name] = self.distil_group(model, teacher)
+            kept[name] = self.distil_group(model, teacher)
+        log.info(
+            "round %d: FedDF kept distillation epoch %s (0: the plain average)", server_round, kept
+        )
         examples = float(sum(r.num_examples for r in accepted))
         return ArrayRecord(self.student.state_dict()), MetricRecord({"num-examples": examples})
 
@@ -179,23 +183,15 @@ class FedDF(CountingFedAvg):
     def accept(self, reply: Message, diag: RoundDiagnostics) -> GroupReply | None:
         """The reply decoded, or ``None`` (reason logged and counted) when it cannot be used."""
         node = int(reply.metadata.src_node_id)
-        reason = _rejection_reason(reply, self.groups)
-        if reason is not None:
-            log.warning("FedDF: rejected the reply of node %d: %s", node, reason)
+        decoded = _decode(reply, self.groups)
+        if isinstance(decoded, str):
+            log.warning("FedDF: rejected the reply of node %d: %s", node, decoded)
             diag.rejected.append(node)
-            key = reason.split(":")[0]
+            key = decoded.split(":")[0]
             diag.reasons[key] = diag.reasons.get(key, 0) + 1
             return None
-        content = reply.content
-        name = str(content.config_records[P.META][P.MODEL_NAME])
-        self.node_models[node] = name
-        metrics = content.metric_records[P.METRICS]
-        return GroupReply(
-            node_id=node,
-            model_name=name,
-            state=content.array_records[P.ARRAYS].to_torch_state_dict(),
-            num_examples=float(metrics.get(P.NUM_EXAMPLES, 1.0)),  # type: ignore[arg-type]
-        )
+        self.node_models[node] = decoded.model_name
+        return decoded
 
     def ensemble_logits(self, accepted: list[GroupReply]) -> torch.Tensor:
         """AVGLOGITS: the mean of every client model's logits on the public inputs."""
@@ -252,9 +248,9 @@ def average_states(replies: list[GroupReply]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _rejection_reason(reply: Message, groups: dict[str, torch.nn.Module]) -> str | None:
-    """Why a FedDF reply cannot be averaged (``None`` when it can); the text before the first
-    colon is the reason's category in the round's counts."""
+def _decode(reply: Message, groups: dict[str, torch.nn.Module]) -> GroupReply | str:
+    """The reply as a :class:`GroupReply`, or why it cannot be averaged; the text before the
+    first colon is the reason's category in the round's counts."""
     if reply.has_error():
         return f"error: {reply.error.reason}"
     content = reply.content
@@ -264,6 +260,9 @@ def _rejection_reason(reply: Message, groups: dict[str, torch.nn.Module]) -> str
     name = None if meta is None else meta.get(P.MODEL_NAME)
     if name not in groups:
         return f"unknown-model: {name!r} is not one of {sorted(groups)}"
+    examples = content.metric_records[P.METRICS].get(P.NUM_EXAMPLES)
+    if not isinstance(examples, int | float) or not math.isfinite(examples) or examples <= 0:
+        return f"malformed: {P.NUM_EXAMPLES} must be a finite number > 0, got {examples!r}"
     expected = groups[str(name)].state_dict()
     try:
         state = content.array_records[P.ARRAYS].to_torch_state_dict()
@@ -277,7 +276,7 @@ def _rejection_reason(reply: Message, groups: dict[str, torch.nn.Module]) -> str
             return f"shape-mismatch: {key} is {tuple(value.shape)}, expected {want}"
         if value.is_floating_point() and not torch.isfinite(value).all():
             return f"non-finite: {key}"
-    return None
+    return GroupReply(int(reply.metadata.src_node_id), str(name), state, float(examples))
 
 
 def build_groups(

@@ -99,14 +99,28 @@ def _wrong_shape(arrays: ArrayRecord) -> None:
     arrays[key] = Array(np.zeros((3, 3), dtype=np.float32))
 
 
+def _negative_examples(partition: int) -> Transform:
+    def transform(reply: Message, context: Context) -> Message:
+        if int(context.node_config["partition-id"]) == partition and not reply.has_error():
+            reply.content.metric_records[P.METRICS][P.NUM_EXAMPLES] = -5
+        return reply
+
+    return transform
+
+
 @pytest.mark.parametrize(
-    ("change", "reason"), [(_nan_first, "non-finite"), (_wrong_shape, "shape-mismatch")]
+    ("transform", "reason"),
+    [
+        (_corrupt_partition(1, _nan_first), "non-finite"),
+        (_corrupt_partition(1, _wrong_shape), "shape-mismatch"),
+        (_negative_examples(1), "malformed"),
+    ],
 )
 def test_a_bad_weight_reply_is_rejected_and_the_round_goes_on(
-    change: Callable[[ArrayRecord], None], reason: str
+    transform: Transform, reason: str
 ) -> None:
     cfg = _cfg(num_rounds=1, client_models="mlp", student_model="mlp")
-    (record,) = run_fd_local(cfg, _wrap(cfg, _corrupt_partition(1, change)))
+    (record,) = run_fd_local(cfg, _wrap(cfg, transform))
     assert record.status == "ok" and record.valid_replies == 3
     assert record.rejected == 1 and record.rejected_reasons == {reason: 1}
     assert np.isfinite(record.student_accuracy)
