@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import io
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from fedkd import kd
@@ -34,9 +38,9 @@ from fedkd.compression import encode_probs, payload_nbytes
 from fedkd.continual.base import Learner, fit
 from fedkd.continual.finetune import FineTune
 from fedkd.continual.joint import Joint, JointConfig
-from fedkd.continual.lwf import LwF, LwFConfig
-from fedkd.continual.network import MultiHeadNet, module_device
-from fedkd.continual.tasks import _EMBEDDED, SequenceConfig, TaskSequence, split_sequence
+from fedkd.continual.lwf import LwF, LwFConfig, distill_targets
+from fedkd.continual.network import MultiHeadNet, build_net, evaluate_tasks, module_device
+from fedkd.continual.tasks import _EMBEDDED, SequenceConfig, TaskSequence, sequence_from_splits
 from fedkd.continual.training_data import Batch, TrainingData
 from fedkd.data import load_splits, partition_indices
 from fedkd.models import model_nbytes
@@ -44,11 +48,14 @@ from fedkd.training import TrainConfig, make_optimizer, predict_probs
 
 __all__ = [
     "CLIENT_LEARNERS",
+    "ClientUpload",
     "FCLClient",
+    "FCLClientSpec",
     "FederatedTasks",
     "StudentDistiller",
     "average_state_dicts",
     "build_client_learner",
+    "client_order",
     "federated_split",
     "prediction_nbytes",
     "weights_nbytes",
@@ -96,23 +103,23 @@ def federated_split(
     min_rows: int = 8,
     public_fraction: float = 0.3,
 ) -> FederatedTasks:
-    """Build a split sequence (task- or class-IL) and share every task across clients.
+    """Build a task sequence and share every task's training rows across clients.
 
     Inside each task the training rows are partitioned with :func:`fedkd.data.partition_indices`
     (``dirichlet``: label skew ~ Dir(alpha) over the task's classes; ``iid``), seeded by
     ``seed`` and the task, with at least ``min_rows`` rows per client and task. The dataset's
-    public pool is grouped by task: task ``t``'s public inputs are those of its classes. (The
-    grouping reads the simulator-only oracle labels; in a deployment the unlabelled public
-    inputs of a task arrive with the task. They are never used as labels.)
+    public pool gives each task its public inputs: for a split sequence (task- or class-IL)
+    the public inputs of the task's classes (grouped with the simulator-only oracle labels; in
+    a deployment the unlabelled public inputs of a task arrive with the task; they are never
+    used as labels), for a permuted or rotated sequence (domain-IL) the whole pool as the task
+    transforms it.
 
     Raises
     ------
     ValueError
-        For a sequence that is not ``split``, fewer than one client, or a partition that
-        cannot give every client ``min_rows`` rows of every task.
+        For fewer than one client, or a partition that cannot give every client ``min_rows``
+        rows of every task.
     """
-    if cfg.kind != "split":
-        raise ValueError(f"federated sequences are 'split' (task-IL or class-IL), got {cfg.kind!r}")
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     s = seed if cfg.seed is None else cfg.seed
@@ -120,19 +127,15 @@ def federated_split(
     if cfg.dataset in _EMBEDDED:
         options.setdefault("test_fraction", cfg.test_fraction)
     splits = load_splits(cfg.dataset, seed=s, **options)
-    sequence = split_sequence(
-        splits,
-        num_tasks=cfg.num_tasks,
-        scenario=cfg.scenario,  # type: ignore[arg-type]
-        classes_per_task=cfg.classes_per_task,
-        class_order=cfg.class_order,
-        seed=s,
-        max_train_per_task=cfg.max_train_per_task,
-    )
-    oracle = splits.oracle_public_labels()
-    public = tuple(
-        splits.public_x[torch.isin(oracle, torch.tensor(task.classes))] for task in sequence.tasks
-    )
+    sequence = sequence_from_splits(cfg, splits, s)
+    if cfg.kind == "split":
+        oracle = splits.oracle_public_labels()
+        public = tuple(
+            splits.public_x[torch.isin(oracle, torch.tensor(task.classes))]
+            for task in sequence.tasks
+        )
+    else:
+        public = tuple(task.inputs(splits.public_x) for task in sequence.tasks)
     shares: list[list[Tensor]] = [[] for _ in range(num_clients)]  # client -> task -> rows
     for t, task in enumerate(sequence.tasks):
         try:
@@ -167,6 +170,19 @@ def federated_split(
         for rows in shares
     )
     return FederatedTasks(sequence, clients, public)
+
+
+def client_order(client: int, num_tasks: int, shift: int = 0) -> tuple[int, ...]:
+    """The order in which ``client`` meets the tasks: the sequence rotated by ``client x
+    shift`` positions (``shift = 0``: every client meets task ``t`` at stage ``t``).
+
+    With ``shift = 1`` and as many clients as tasks, every task is somebody's first task,
+    as when devices join a stream at different times (a shifted schedule).
+    """
+    if num_tasks < 1 or shift < 0:
+        raise ValueError(f"need num_tasks >= 1 and shift >= 0, got {num_tasks}, {shift}")
+    start = (client * shift) % num_tasks
+    return tuple((start + s) % num_tasks for s in range(num_tasks))
 
 
 # --------------------------------------------------------------------------- clients
@@ -215,39 +231,221 @@ class _HeadOf(nn.Module):
         return self.net(x, self.head)
 
 
+@dataclass(frozen=True)
+class ClientUpload:
+    """What an FD client sends after a stage: soft predictions per task, and the counts the
+    aggregation rules weigh them with (rows and class counts of the client's own data)."""
+
+    probs: Mapping[int, Tensor]
+    """Task id ``j`` -> ``(P_j, head_size)`` float32 ``softmax(logits / T)`` on task ``j``'s
+    public inputs, from the head task ``j`` is scored on."""
+    rows: Mapping[int, int]
+    """Task id -> the client's training rows of that task."""
+    class_counts: Mapping[int, NDArray[np.int64]]
+    """Task id -> ``(head_size,)`` counts of the client's targets of that task."""
+
+
 class FCLClient:
     """One client: its task sequence, its network, its local continual learner.
 
     Parameters
     ----------
     sequence : TaskSequence
-        The client's sequence (its rows of every task).
+        The client's sequence (its rows of every task), in the federation's task order.
     net : MultiHeadNet
         Its model (FedAvg loads the global weights into it every round).
     learner : Learner
         From :func:`build_client_learner`.
     seed : int
         Seeds the client's shuffling generator.
+    order : sequence of int, optional
+        The order in which this client meets the tasks (:func:`client_order`); default the
+        sequence's own. At stage ``s`` the client learns task ``order[s]``.
+    public : tuple of Tensor
+        Public inputs per task (:attr:`FederatedTasks.public`), for FD uploads.
     """
 
-    def __init__(self, sequence: TaskSequence, net: MultiHeadNet, learner: Learner, seed: int):
-        self.sequence, self.net, self.learner = sequence, net, learner
+    def __init__(
+        self,
+        sequence: TaskSequence,
+        net: MultiHeadNet,
+        learner: Learner,
+        seed: int,
+        *,
+        order: Sequence[int] | None = None,
+        public: Sequence[Tensor] = (),
+    ) -> None:
+        self.order = tuple(range(sequence.num_tasks)) if order is None else tuple(order)
+        self.sequence = sequence.reordered(self.order)  # position s = the task of stage s
+        self._position = {task: s for s, task in enumerate(self.order)}
+        self.net, self.learner, self.public = net, learner, tuple(public)
         self.generator = torch.Generator().manual_seed(seed)
+        self.anchor: MultiHeadNet | None = None  # FedAvg + LwF: the model at the task's start
 
-    def rows(self, t: int) -> int:
-        """Training rows the client has of task ``t``."""
-        return len(self.sequence.tasks[t].train_y)
+    def task_at(self, stage: int) -> int:
+        """The id of the task this client learns at ``stage``."""
+        return self.order[stage]
 
-    def train_task(self, t: int, anchor: MultiHeadNet | None = None) -> float:
-        """One call of the local learner on task ``t``; ``anchor`` is LwF's teacher (FedAvg)."""
+    def rows(self, task: int) -> int:
+        """Training rows the client has of task ``task`` (an id)."""
+        return len(self.sequence.tasks[self._position[task]].train_y)
+
+    def head_of(self, task: int) -> int:
+        """The head task ``task`` (an id) is trained and scored on."""
+        return self.sequence.head_of(self._position[task])
+
+    def train_task(self, stage: int, anchor: MultiHeadNet | None = None) -> float:
+        """One call of the local learner on the task of ``stage``; ``anchor`` is LwF's teacher
+        (FedAvg: the federation's model at the start of the task)."""
         if isinstance(self.learner, _AnchoredLwF):
             self.learner.anchor = anchor
-        return self.learner.train_task(self.net, self.sequence, t, self.generator)
+        return self.learner.train_task(self.net, self.sequence, stage, self.generator)
+
+    def fedavg_round(
+        self, weights: Mapping[str, Tensor], stage: int, task_start: bool
+    ) -> dict[str, Tensor]:
+        """FedAvg's client step: start from the global ``weights``, train the task of
+        ``stage``, return the new weights. At the task's first round the global model becomes
+        the client's LwF anchor for the rest of the task (FedLwF)."""
+        self.net.load_state_dict(weights)
+        if task_start or self.anchor is None:
+            self.anchor = copy.deepcopy(self.net).requires_grad_(False)
+        self.train_task(stage, anchor=self.anchor)
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def fd_stage(self, stage: int, queries: Sequence[int], temperature: float) -> ClientUpload:
+        """FD's client step: learn the task of ``stage`` locally, then predict on the public
+        inputs of the tasks in ``queries`` (ids the client has met)."""
+        unmet = [j for j in queries if self._position.get(j, self.sequence.num_tasks) > stage]
+        if unmet:
+            raise ValueError(f"asked for tasks {unmet} this client has not met by stage {stage}")
+        self.train_task(stage)
+        probs, rows, counts = {}, {}, {}
+        for j in queries:
+            probs[j] = self.soft_predictions(self.public[j], self.head_of(j), temperature)
+            rows[j] = self.rows(j)
+            targets = self.sequence.tasks[self._position[j]].train_y.numpy()
+            counts[j] = np.bincount(targets, minlength=probs[j].shape[1]).astype(np.int64)
+        return ClientUpload(probs, rows, counts)
 
     def soft_predictions(self, inputs: Tensor, head: int, temperature: float) -> Tensor:
         """``softmax(logits / T)`` of ``head`` on ``inputs``: ``(n, head_size)`` CPU float32 —
         what an FD client uploads."""
         return predict_probs(_HeadOf(self.net, head), inputs, temperature=temperature)
+
+    def evaluate(self, sequence: TaskSequence) -> list[float]:
+        """Test accuracy on every task of the federation's ``sequence`` (one matrix row)."""
+        return [float(a) for a in evaluate_tasks(self.net, sequence)]
+
+    def state_bytes(self) -> bytes:
+        """Everything that carries over between messages: weights, the shuffling generator
+        and the FedAvg anchor (a deployed client keeps it; a simulated one is rebuilt)."""
+        state = {
+            "net": self.net.state_dict(),
+            "generator": self.generator.get_state(),
+            "anchor": None if self.anchor is None else self.anchor.state_dict(),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    def load_state_bytes(self, blob: bytes) -> None:
+        """Restore what :meth:`state_bytes` saved."""
+        state = torch.load(io.BytesIO(blob), map_location=module_device(self.net))
+        self.net.load_state_dict(state["net"])
+        self.generator.set_state(state["generator"])
+        if state["anchor"] is None:
+            self.anchor = None
+        else:
+            self.anchor = copy.deepcopy(self.net).requires_grad_(False)
+            self.anchor.load_state_dict(state["anchor"])
+
+
+# --------------------------------------------------------------------------- client spec
+
+
+@dataclass(frozen=True)
+class FCLClientSpec:
+    """All a process needs to build any client of a federated continual run, so the same
+    client can live in the driver (in-process engine), a Ray worker or a SuperNode.
+
+    Travels as JSON (:meth:`to_json`) in the messages of the Flower engine: the server is the
+    one source of the run's configuration, as in a deployment.
+    """
+
+    sequence: SequenceConfig
+    num_clients: int
+    seed: int
+    learner: str = "lwf"
+    learner_options: Mapping[str, Any] = field(default_factory=dict)
+    local: TrainConfig = field(default_factory=TrainConfig)
+    """The local training of one call of the learner (FD: a whole stage; FedAvg: a round)."""
+    partition: Partition = "dirichlet"
+    alpha: float = 0.5
+    min_rows: int = 8
+    public_fraction: float = 0.3
+    schedule_shift: int = 0
+    """Client ``c`` meets the tasks in :func:`client_order` ``(c, T, schedule_shift)``."""
+    model: str = "mlp"
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def to_json(self) -> str:
+        """The spec as one JSON string (sorted keys: equal specs give equal strings)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FCLClientSpec:
+        """Inverse of :meth:`to_json`; raises ``ValueError`` (or ``TypeError``) on bad input."""
+        values = json.loads(text)
+        sequence = dict(values.pop("sequence"))
+        for key in ("class_order", "angles"):
+            if sequence.get(key) is not None:
+                sequence[key] = tuple(sequence[key])
+        return cls(
+            sequence=SequenceConfig(**sequence),
+            local=TrainConfig(**values.pop("local")),
+            **values,
+        )
+
+    def tasks(self) -> FederatedTasks:
+        """The run's data: built once per process and spec."""
+        return _federated_tasks(self.to_json())
+
+    def order(self, client: int) -> tuple[int, ...]:
+        """The order in which ``client`` meets the tasks."""
+        return client_order(client, self.sequence.task_count, self.schedule_shift)
+
+    def build_client(self, client: int) -> FCLClient:
+        """Client ``client`` as it starts: seeded network, learner, generator."""
+        if not 0 <= client < self.num_clients:
+            raise ValueError(f"client must be in [0, {self.num_clients}), got {client}")
+        tasks = self.tasks()
+        seq = tasks.clients[client]
+        scenario = tasks.sequence.scenario
+        net = build_net(self.model, seq, seed=self.seed, **dict(self.model_options))
+        return FCLClient(
+            seq,
+            net.to(self.device),
+            build_client_learner(self.learner, scenario, self.local, self.learner_options),
+            seed=self.seed * 1000 + client,
+            order=self.order(client),
+            public=tasks.public,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _federated_tasks(spec_json: str) -> FederatedTasks:
+    spec = FCLClientSpec.from_json(spec_json)
+    return federated_split(
+        spec.sequence,
+        num_clients=spec.num_clients,
+        seed=spec.seed,
+        partition=spec.partition,
+        alpha=spec.alpha,
+        min_rows=spec.min_rows,
+        public_fraction=spec.public_fraction,
+    )
 
 
 # --------------------------------------------------------------------------- the student
@@ -273,6 +471,7 @@ class StudentDistiller(LwF):
         super().__init__(scenario, train, config)  # type: ignore[arg-type]
         self.teacher_spec = teacher_spec
         self._probs: Tensor | None = None
+        self._old: Sequence[int] | None = None
 
     def distil(
         self,
@@ -282,12 +481,17 @@ class StudentDistiller(LwF):
         data: TrainingData,
         probs: Tensor,
         generator: torch.Generator | None = None,
+        old_tasks: Sequence[int] | None = None,
     ) -> float:
         """Train ``net`` at stage ``t`` on public ``data`` (``data.y`` = row of ``probs``,
-        ``data.heads`` = the head each row is scored on) against ``probs`` ``(n, k)``."""
+        ``data.heads`` = the head each row is scored on) against ``probs`` ``(n, k)``.
+
+        ``old_tasks``: the tasks the retention term keeps (those the federation met at earlier
+        stages); default ``range(t)``, every client on the same schedule."""
         if probs.shape[0] != len(data):
             raise ValueError(f"probs has {probs.shape[0]} rows but data has {len(data)}")
         self._probs = probs.to(module_device(net))
+        self._old = old_tasks
         self.before_task(net, sequence, t, data, generator)
         try:
             optimizer = make_optimizer(net, self.train)
@@ -302,6 +506,12 @@ class StudentDistiller(LwF):
         finally:
             self.after_task(net, sequence, t)
             self._probs = None
+
+    def targets_for(
+        self, sequence: TaskSequence, t: int
+    ) -> list[tuple[int, tuple[int, ...] | None]]:
+        """Retention targets: the tasks met before this stage (``old_tasks`` of ``distil``)."""
+        return distill_targets(sequence, t, self.config.distill, old=self._old)
 
     def batch_loss(self, net: MultiHeadNet, batch: Batch, sequence: TaskSequence, t: int) -> Tensor:
         """``KD(student, aggregated teacher) + λ_t · LwF retention``."""

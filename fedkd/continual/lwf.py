@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -140,7 +141,7 @@ def _non_negative(v: object) -> bool:
 
 
 def distill_targets(
-    sequence: TaskSequence, t: int, units: DistillUnits
+    sequence: TaskSequence, t: int, units: DistillUnits, old: Sequence[int] | None = None
 ) -> list[tuple[int, tuple[int, ...] | None]]:
     """Which outputs LwF distils while training task ``t``: ``[(head, columns or None)]``.
 
@@ -148,16 +149,20 @@ def distill_targets(
     Avalanche do; FACIL instead concatenates old heads under one softmax); class-IL distils the
     old classes' columns of the shared head, renormalised over them; ``None`` means every
     column of that head. Empty for task 0 (no teacher yet).
+
+    ``old`` lists the positions of the tasks already learnt when that is not ``range(t)`` (a
+    federation's student on shifted schedules meets several tasks per stage).
     """
-    if t == 0:
+    old = list(range(t)) if old is None else sorted(old)
+    if not old:
         return []
     if units == "all":
         return [(h, None) for h in range(len(sequence.head_sizes))]
     if sequence.scenario == "task_il":
-        return [(h, None) for h in range(t)]
+        return [(sequence.head_of(j), None) for j in old]
     if sequence.scenario == "class_il":
-        old = tuple(u for task in sequence.tasks[:t] for u in task.units)
-        return [(0, old)]
+        columns = tuple(u for j in old for u in sequence.tasks[j].units)
+        return [(0, columns)]
     return [(0, None)]  # domain-IL: every class is an old class
 
 
@@ -212,7 +217,7 @@ class LwF(FineTune):
         device = module_device(net)
         self._targets = [  # column indices live on the model's device, built once per task
             (head, None if columns is None else torch.tensor(columns, device=device))
-            for head, columns in distill_targets(sequence, t, self.config.distill)
+            for head, columns in self.targets_for(sequence, t)
         ]
         if t > 0 and self.config.lam_for(t) == 0:
             self._targets = []
@@ -225,6 +230,14 @@ class LwF(FineTune):
             self._cache = self._teacher_logits_full(data.x)
             if self._stackable(net):  # one (heads, n, k) tensor: no per-batch torch.cat
                 self._stacked = torch.stack([self._cache[h] for h, _ in self._targets])
+
+    def targets_for(
+        self, sequence: TaskSequence, t: int
+    ) -> list[tuple[int, tuple[int, ...] | None]]:
+        """The outputs the retention term keeps while training task ``t``
+        (:func:`distill_targets`). The federation's student overrides it: on shifted schedules
+        the tasks it must keep are those seen at earlier stages, not positions ``< t``."""
+        return distill_targets(sequence, t, self.config.distill)
 
     def teacher_copy(self, net: MultiHeadNet) -> MultiHeadNet:
         """The frozen teacher of the task about to start: a copy of ``net`` as it is now.

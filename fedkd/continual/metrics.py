@@ -75,15 +75,28 @@ def accuracy(acc_matrix: ArrayLike) -> float:
     return float(r[-1].mean())
 
 
-def backward_transfer(acc_matrix: ArrayLike) -> float:
+def backward_transfer(acc_matrix: ArrayLike, learned_at: Sequence[int] | None = None) -> float:
     """BWT (Lopez-Paz & Ranzato, 2017): ``mean_{j<T-1} (R[T-1][j] - R[j][j])``.
 
     Negative values are forgetting measured from the accuracy *right after* learning each
     task. Needs T >= 2.
+
+    ``learned_at[j]`` is the row after which task ``j`` was first learnt, when that is not
+    ``j`` — a federation whose clients meet the tasks on shifted schedules learns several
+    tasks in one stage. BWT then averages ``R[T-1][j] - R[learned_at[j]][j]`` over the tasks
+    first learnt before the last row; ``None`` is the usual ``learned_at[j] = j``.
     """
     r = _matrix(acc_matrix, min_tasks=2)
     t = r.shape[0]
-    return float(np.mean(r[t - 1, : t - 1] - np.diag(r)[: t - 1]))
+    if learned_at is None:
+        return float(np.mean(r[t - 1, : t - 1] - np.diag(r)[: t - 1]))
+    rows = np.asarray(learned_at, dtype=np.int64)
+    if rows.shape != (t,) or rows.min() < 0 or rows.max() >= t:
+        raise ValueError(f"learned_at needs one row in [0, {t}) per task, got {list(learned_at)}")
+    early = np.flatnonzero(rows < t - 1)
+    if early.size == 0:
+        raise ValueError("BWT needs a task learnt before the last row")
+    return float(np.mean(r[t - 1, early] - r[rows[early], early]))
 
 
 def forward_transfer(acc_matrix: ArrayLike, random_init_acc: ArrayLike) -> float:

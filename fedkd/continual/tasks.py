@@ -23,8 +23,10 @@ torch, numpy and :mod:`fedkd.data`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -47,6 +49,7 @@ __all__ = [
     "permuted_sequence",
     "rotate_images",
     "rotated_sequence",
+    "sequence_from_splits",
     "split_sequence",
 ]
 
@@ -63,7 +66,8 @@ class Task:
     Attributes
     ----------
     index : int
-        Position in the sequence (tasks are numbered from 0).
+        The task's id: its position in the sequence as built (tasks are numbered from 0). A
+        reordered sequence (:meth:`TaskSequence.reordered`) keeps each task's id.
     train_x, test_x : Tensor
         ``(n, *input_shape)`` float32 inputs (transformed for permuted/rotated tasks).
     train_y, test_y : Tensor
@@ -76,6 +80,10 @@ class Task:
         columns LwF treats as "this task's classes".
     description : str
         Human-readable summary (``"classes 3,7"``, ``"rotation 45°"``).
+    transform : callable, optional
+        Permuted/rotated tasks: the task's input transform, ``(n, *input_shape) -> (n,
+        *input_shape)``, so other inputs of the dataset (a federation's public pool) can be
+        seen as this task sees them. ``None``: inputs are used as they are (split tasks).
     """
 
     index: int
@@ -86,6 +94,11 @@ class Task:
     classes: tuple[int, ...]
     units: tuple[int, ...]
     description: str
+    transform: Callable[[Tensor], Tensor] | None = None
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """``x`` as this task presents inputs (its transform applied, if it has one)."""
+        return x if self.transform is None else self.transform(x)
 
     def __repr__(self) -> str:
         return (
@@ -110,6 +123,10 @@ class TaskSequence:
         One sample's shape (what :func:`fedkd.models.build_model` takes).
     head_sizes : tuple of int
         Output width of each head: one per task in task-IL, a single shared head otherwise.
+    task_heads : tuple of int, optional
+        Task-IL only: the head of the task at each position. ``None`` (a sequence as built):
+        task ``t`` uses head ``t``. A reordered sequence keeps every task on its own head, so
+        networks trained on different orders (clients on shifted schedules) stay aligned.
     """
 
     name: str
@@ -117,6 +134,7 @@ class TaskSequence:
     tasks: tuple[Task, ...]
     input_shape: tuple[int, ...]
     head_sizes: tuple[int, ...]
+    task_heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -126,6 +144,13 @@ class TaskSequence:
         expected = len(self.tasks) if self.multi_head else 1
         if len(self.head_sizes) != expected:
             raise ValueError(f"{self.scenario} needs {expected} head(s), got {self.head_sizes}")
+        if self.task_heads is not None and (
+            not self.multi_head or sorted(self.task_heads) != list(range(len(self.tasks)))
+        ):
+            raise ValueError(
+                f"task_heads must be a permutation of the {len(self.tasks)} heads of a task-IL "
+                f"sequence, got {self.task_heads} for {self.scenario}"
+            )
 
     @property
     def num_tasks(self) -> int:
@@ -141,7 +166,24 @@ class TaskSequence:
         """Index of the head that task ``task`` trains and is evaluated on."""
         if not 0 <= task < self.num_tasks:
             raise IndexError(f"task {task} out of range [0, {self.num_tasks})")
-        return task if self.multi_head else 0
+        if not self.multi_head:
+            return 0
+        return task if self.task_heads is None else self.task_heads[task]
+
+    def reordered(self, order: Sequence[int]) -> TaskSequence:
+        """The same tasks met in another ``order`` (positions of this sequence), each task
+        keeping its head, its id (:attr:`Task.index`) and its targets.
+
+        A client on a shifted schedule learns ``reordered(order)``; its network's head ``h``
+        still belongs to the same task as everyone else's, so predictions and weights can be
+        combined across clients.
+        """
+        order = [int(t) for t in order]
+        if sorted(order) != list(range(self.num_tasks)):
+            raise ValueError(f"order must be a permutation of range({self.num_tasks}), got {order}")
+        heads = tuple(self.head_of(t) for t in order) if self.multi_head else None
+        tasks = tuple(self.tasks[t] for t in order)
+        return dataclasses.replace(self, tasks=tasks, task_heads=heads)
 
     def describe(self) -> list[str]:
         """One description per task, in order."""
@@ -290,10 +332,16 @@ def _domain_sequence(
                 classes=classes,
                 units=classes,
                 description=description,
+                transform=functools.partial(_apply, apply, param),
             )
         )
     heads = (splits.num_classes,) * (len(tasks) if scenario == "task_il" else 1)
     return TaskSequence(f"{name}-{splits.name}", scenario, tuple(tasks), splits.input_shape, heads)
+
+
+def _apply(apply: Callable[[Tensor, Any], Tensor], param: Any, x: Tensor) -> Tensor:
+    """``apply(x, param)``: a domain task's transform as a picklable one-argument callable."""
+    return apply(x, param)
 
 
 def _permute(x: Tensor, perm: Tensor) -> Tensor:
@@ -491,7 +539,13 @@ def build_sequence(cfg: SequenceConfig, seed: int = 0) -> TaskSequence:
         If a hub dataset can be neither downloaded nor found in the cache.
     """
     s = seed if cfg.seed is None else cfg.seed
-    splits = _load(cfg, s)
+    return sequence_from_splits(cfg, _load(cfg, s), s)
+
+
+def sequence_from_splits(cfg: SequenceConfig, splits: DataSplits, seed: int) -> TaskSequence:
+    """The sequence ``cfg`` describes, cut from already loaded ``splits`` (their train and
+    test pools; a federation keeps their public pool aside). ``seed`` seeds the class order,
+    permutations and subsampling."""
     if cfg.kind == "split":
         return split_sequence(
             splits,
@@ -499,7 +553,7 @@ def build_sequence(cfg: SequenceConfig, seed: int = 0) -> TaskSequence:
             scenario=cfg.scenario,  # type: ignore[arg-type]
             classes_per_task=cfg.classes_per_task,
             class_order=cfg.class_order,
-            seed=s,
+            seed=seed,
             max_train_per_task=cfg.max_train_per_task,
         )
     if cfg.kind == "permuted":
@@ -508,7 +562,7 @@ def build_sequence(cfg: SequenceConfig, seed: int = 0) -> TaskSequence:
             num_tasks=cfg.num_tasks,
             scenario=cfg.scenario,  # type: ignore[arg-type]
             identity_first=cfg.identity_first,
-            seed=s,
+            seed=seed,
             max_train_per_task=cfg.max_train_per_task,
         )
     return rotated_sequence(
@@ -518,6 +572,6 @@ def build_sequence(cfg: SequenceConfig, seed: int = 0) -> TaskSequence:
         angles=cfg.angles,
         max_angle=cfg.max_angle,
         shuffle=cfg.shuffle,
-        seed=s,
+        seed=seed,
         max_train_per_task=cfg.max_train_per_task,
     )

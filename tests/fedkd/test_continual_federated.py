@@ -70,11 +70,22 @@ def test_public_inputs_are_grouped_by_task_and_unlabelled(tasks) -> None:
         assert torch.equal(public, splits.public_x[rows])  # exactly that task's public inputs
 
 
+def test_domain_il_public_inputs_are_the_pool_as_each_task_transforms_it() -> None:
+    cfg = SequenceConfig(kind="rotated", scenario="domain_il", angles=(0.0, 90.0))
+    tasks = federated_split(cfg, num_clients=2, seed=0, min_rows=5)
+    pool = load_splits("digits", seed=0, public_fraction=0.3, test_fraction=0.2).public_x
+    assert tasks.public[0].shape == pool.shape
+    torch.testing.assert_close(tasks.public[0], pool, atol=1e-5, rtol=0)  # 0° changes nothing
+    torch.testing.assert_close(tasks.public[1], tasks.sequence.tasks[1].inputs(pool))
+    assert not torch.allclose(tasks.public[1], pool, atol=1e-3)
+    # every class in every domain task, each client holding its own rows of both
+    for c in tasks.clients:
+        assert all(len(t.train_y) >= 5 for t in c.tasks)
+
+
 def test_federated_split_rejects_what_it_cannot_do() -> None:
-    with pytest.raises(ValueError, match="split"):
-        federated_split(
-            SequenceConfig(kind="permuted", scenario="domain_il"), num_clients=2, seed=0
-        )
+    with pytest.raises(ValueError, match="num_clients"):
+        federated_split(SEQ, num_clients=0, seed=0)
     with pytest.raises(ValueError, match=r"task 0.*min_rows=10000"):
         federated_split(SEQ, num_clients=3, seed=0, min_rows=10_000)
 
