@@ -28,7 +28,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from fedkd import faults
+from fedkd import client_fcl, faults
 from fedkd import protocol as P
 from fedkd.client import ClientData, FDClient, load_client_data, train_from_global
 from fedkd.client_state import LiveClients, StateFiles
@@ -69,6 +69,10 @@ def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         client = _restore(context, config_of(context))
         return Message(RecordDict({P.METRICS: MetricRecord(client.evaluate())}), reply_to=msg)
+
+    # federated continual learning (fedkd.client_fcl): the run's spec travels in the message
+    app.train("fcl")(client_fcl.train)
+    app.evaluate("fcl")(client_fcl.evaluate)
 
     return app
 

@@ -285,3 +285,39 @@ def wire_nbytes(obj: object) -> int:
     for child in (obj.children or {}).values():  # type: ignore[attr-defined]
         total += wire_nbytes(child)
     return total
+
+
+# ---------------------------------------------------------------- federated continual learning
+# One stage of a federated continual run (strategies.fcl_app <-> fedkd.client_fcl):
+#   server --train.fcl-->  client  config "fcl": job (FCLClientSpec JSON), stage, step,
+#                                  [task-start, arrays] (fedavg) | [query, temperature] (fd)
+#   server <--reply------  client  fedavg: arrays + metrics {num-examples, partition-id}
+#                                  fd: "fcl-probs" {task-<j>: (P_j, k) float32} + metrics
+#                                      {partition-id, rows-<j>, class-counts-<j>}
+#   server --evaluate.fcl-> client config "fcl": job
+#          <--reply------         metrics {partition-id, accuracy: [T floats]}
+FCL_TRAIN = "train.fcl"
+FCL_EVALUATE = "evaluate.fcl"
+FCL_CONFIG = "fcl"  # ConfigRecord
+FCL_JOB = "job"  # str: the FCLClientSpec as JSON
+FCL_STAGE = "stage"  # int
+FCL_STEP = "step"  # str: "fedavg" | "fd"
+FCL_TASK_START = "task-start"  # bool: the stage's first FedAvg round (the LwF anchor)
+FCL_QUERY = "query"  # str: "seen" | "current" (fedkd.continual.federated.stage_queries)
+FCL_PROBS = "fcl-probs"  # ArrayRecord
+FCL_ACCURACY = "accuracy"  # list[float]: one test accuracy per task
+
+
+def fcl_task_key(task: int) -> str:
+    """Array name of task ``task``'s predictions in :data:`FCL_PROBS`."""
+    return f"task-{task}"
+
+
+def fcl_rows_key(task: int) -> str:
+    """Metric name of the client's training rows of task ``task``."""
+    return f"rows-{task}"
+
+
+def fcl_counts_key(task: int) -> str:
+    """Metric name of the client's class counts of task ``task`` (list[int])."""
+    return f"class-counts-{task}"

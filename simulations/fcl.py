@@ -23,14 +23,11 @@ table), ``heatmap_<variant>_student.png``, ``heatmap_<variant>_clients.png`` and
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import hydra
 import numpy as np
@@ -38,300 +35,111 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedkd import kd
 from fedkd.config import ConfigError
-from fedkd.continual import (
-    LwFConfig,
-    SequenceConfig,
-    accuracy,
-    backward_transfer,
-    build_net,
-    evaluate_tasks,
-    forgetting,
-    mean_std,
-    plot_accuracy_matrix,
-)
-from fedkd.continual.federated import (
-    CLIENT_LEARNERS,
-    FCLClient,
-    FederatedTasks,
-    StudentDistiller,
-    average_state_dicts,
-    build_client_learner,
-    federated_split,
-    prediction_nbytes,
-    weights_nbytes,
-)
-from fedkd.continual.training_data import TrainingData
-from fedkd.models import available_models
+from fedkd.continual import SequenceConfig, mean_std, plot_accuracy_matrix
+from fedkd.continual.federated import build_client_learner
 from fedkd.training import TrainConfig
 from simulations.continual_study import ConfigKeyError, _build, _plain
 from simulations.hydra_config import exit_on_config_error
 from simulations.paths import CONTINUAL_CONF_DIR
-from strategies.aggregation import AggregationContext, aggregate, available_rules
+from strategies.fcl import (
+    FCLConfig,
+    VariantSpec,
+    client_spec,
+    in_process,
+    run_scores,
+    run_variant,
+)
 
 __all__ = ["FCLConfig", "VariantSpec", "main", "run", "run_fcl", "summary_table", "to_fcl_config"]
 
-Federation = Literal["fedavg", "fd"]
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """One compared method: how the federation shares, and what each client learns with."""
-
-    label: str
-    """Key in metrics.json and plot names (e.g. ``fd_lwf``)."""
-    federation: Federation = "fd"
-    """``fedavg``: clients train from the global weights each round, the server averages
-    them. ``fd``: clients keep their own models and upload soft predictions on public inputs;
-    the server distils a student from their aggregate."""
-    learner: str = "lwf"
-    """Each client's local continual learner: ``finetune``, ``lwf`` or ``joint``."""
-    learner_options: Mapping[str, Any] = field(default_factory=dict)
-    """``LwFConfig`` fields for ``lwf`` (e.g. ``lam``)."""
-    server_lam: float = 0.0
-    """FD only: λ of the student's LwF retention of its own earlier outputs; 0 = none."""
-
-    def __post_init__(self) -> None:
-        if self.federation not in ("fedavg", "fd"):
-            raise ValueError(f"federation must be 'fedavg' or 'fd', got {self.federation!r}")
-        if self.learner not in CLIENT_LEARNERS:
-            raise ValueError(f"learner must be one of {CLIENT_LEARNERS}, got {self.learner!r}")
-        if not self.server_lam >= 0:
-            raise ValueError(f"server_lam must be >= 0, got {self.server_lam!r}")
-        if self.federation == "fedavg" and self.server_lam != 0:
-            raise ValueError("server_lam applies to FD's student only; FedAvg has none")
-
-
-@dataclass(frozen=True)
-class FCLConfig:
-    """A federated continual-learning comparison. ``__post_init__`` raises ``ValueError``."""
-
-    sequence: SequenceConfig = field(default_factory=SequenceConfig)
-    """The task sequence (``split``: task-IL or class-IL)."""
-    variants: tuple[VariantSpec, ...] = (VariantSpec("fd_lwf", "fd", "lwf", server_lam=1.0),)
-    """Methods to compare, in report order."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """One run per seed: data split, partition, initial weights, shuffling."""
-    num_clients: int = 5
-    """Clients; every client takes part in every round."""
-    partition: Literal["dirichlet", "iid"] = "dirichlet"
-    """How each task's rows are shared out: label skew ~ Dir(alpha) inside a task, or IID."""
-    alpha: float = 0.5
-    """Dirichlet concentration inside a task."""
-    min_rows: int = 8
-    """Every client gets at least this many rows of every task."""
-    public_fraction: float = 0.3
-    """Share of the dataset held out as public, unlabelled inputs (grouped by task)."""
-    rounds_per_task: int = 3
-    """FedAvg rounds per task; FD clients train for the same number of local epochs."""
-    local: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2))
-    """Client optimisation per round (``epochs`` = local epochs per round)."""
-    server: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
-    """FD student distillation per task."""
-    temperature: float = 2.0
-    """FD: clients soften their predictions at T; the student is softened at T too."""
-    aggregation: str = "mean"
-    """FD aggregation rule (:func:`strategies.aggregation.available_rules`)."""
-    query: Literal["seen", "current"] = "seen"
-    """FD: clients predict on the public inputs of every task seen so far, or of the current
-    task only (fewer bytes; the student then relies on its retention term for old tasks)."""
-    model: str = "mlp"
-    """Registered fedkd model, the same for clients and student."""
-    model_options: Mapping[str, Any] = field(default_factory=dict)
-    """Architecture options (e.g. ``hidden_sizes``)."""
-    device: str = "cpu"
-    """Torch device of every model."""
-
-    def __post_init__(self) -> None:
-        labels = [v.label for v in self.variants]
-        if not labels or len(set(labels)) != len(labels):
-            raise ValueError(f"FCLConfig.variants: need unique labels, got {labels}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"FCLConfig.seeds must be distinct and non-empty, got {self.seeds}")
-        if self.sequence.kind != "split":
-            raise ValueError(f"FCLConfig.sequence.kind must be 'split', got {self.sequence.kind!r}")
-        if self.sequence.task_count < 2:
-            raise ValueError("FCLConfig.sequence.num_tasks must be >= 2 (forgetting needs two)")
-        checks = [
-            ("num_clients", self.num_clients >= 1),
-            ("rounds_per_task", self.rounds_per_task >= 1),
-            ("min_rows", self.min_rows >= 1),
-            ("alpha", self.alpha > 0),
-            ("public_fraction", 0 < self.public_fraction < 1),
-            ("temperature", self.temperature > 0),
-            ("aggregation", self.aggregation in available_rules()),
-            ("query", self.query in ("seen", "current")),
-            ("partition", self.partition in ("dirichlet", "iid")),
-            ("model", self.model in available_models()),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"FCLConfig.{name} is invalid: {getattr(self, name)!r}")
-
-
-# --------------------------------------------------------------------------- one run
-
-
-def _clients(
-    spec: VariantSpec, tasks: FederatedTasks, cfg: FCLConfig, seed: int, local: TrainConfig
-) -> list[FCLClient]:
-    scenario = tasks.sequence.scenario
-    return [
-        FCLClient(
-            seq,
-            build_net(cfg.model, seq, seed=seed, **dict(cfg.model_options)).to(cfg.device),
-            build_client_learner(spec.learner, scenario, local, spec.learner_options),
-            seed=seed * 1000 + c,
-        )
-        for c, seq in enumerate(tasks.clients)
-    ]
-
-
-def _fedavg_task(student: torch.nn.Module, clients: list[FCLClient], t: int, cfg: FCLConfig) -> int:
-    """``rounds_per_task`` FedAvg rounds on task ``t``; returns the bytes moved."""
-    anchor = copy.deepcopy(student).requires_grad_(False)  # the federation before task t
-    nbytes = 0
-    for _ in range(cfg.rounds_per_task):
-        states, weights = [], []
-        for client in clients:
-            client.net.load_state_dict(student.state_dict())
-            client.train_task(t, anchor=anchor)  # type: ignore[arg-type]
-            states.append(client.net.state_dict())
-            weights.append(client.rows(t))
-            nbytes += 2 * weights_nbytes(student)  # global model down, client model up
-        student.load_state_dict(average_state_dicts(states, weights))
-    return nbytes
-
-
-def _fd_task(
-    student: torch.nn.Module,
-    clients: list[FCLClient],
-    tasks: FederatedTasks,
-    t: int,
-    cfg: FCLConfig,
-    distiller: StudentDistiller,
-    generator: torch.Generator,
-) -> int:
-    """Clients learn task ``t`` locally, upload predictions, the student distils; bytes up."""
-    seq = tasks.sequence
-    for client in clients:
-        client.train_task(t)
-    queried = list(range(t + 1)) if cfg.query == "seen" else [t]
-    inputs, teachers, heads, nbytes = [], [], [], 0
-    for j in queried:
-        head = seq.head_of(j)
-        probs = [c.soft_predictions(tasks.public[j], head, cfg.temperature) for c in clients]
-        nbytes += sum(prediction_nbytes(p) for p in probs)
-        width = probs[0].shape[1]
-        ctx = AggregationContext(
-            num_examples=np.array([c.rows(j) for c in clients]),
-            class_counts=np.stack(
-                [np.bincount(c.sequence.tasks[j].train_y.numpy(), minlength=width) for c in clients]
-            ),
-        )
-        teacher = aggregate(cfg.aggregation, torch.stack(probs).numpy(), ctx)  # (P_j, width)
-        inputs.append(tasks.public[j])
-        teachers.append(torch.as_tensor(teacher))
-        heads.append(torch.full((len(teacher),), head, dtype=torch.long))
-    x = torch.cat(inputs)
-    data = TrainingData(x, torch.arange(len(x)), torch.cat(heads))  # y: row ids of the teacher
-    distiller.distil(student, seq, t, data, torch.cat(teachers), generator)  # type: ignore[arg-type]
-    return nbytes
-
-
-def run_variant(spec: VariantSpec, tasks: FederatedTasks, cfg: FCLConfig, seed: int) -> dict:
-    """One variant through the whole sequence for one seed: accuracy matrices and bytes."""
-    seq = tasks.sequence
-    student = build_net(cfg.model, seq, seed=seed, **dict(cfg.model_options)).to(cfg.device)
-    fd_local = dataclasses.replace(cfg.local, epochs=cfg.local.epochs * cfg.rounds_per_task)
-    local = cfg.local if spec.federation == "fedavg" else fd_local  # same epochs per task
-    clients = _clients(spec, tasks, cfg, seed, local)
-    lwf = LwFConfig(temperature=cfg.temperature, lam=spec.server_lam, t2_scaling=True)
-    teacher_spec = kd.KDSpec(temperature=cfg.temperature, t2_scaling=True)
-    distiller = StudentDistiller(seq.scenario, cfg.server, lwf, teacher_spec)
-    generator = torch.Generator().manual_seed(seed)
-    student_rows: list[list[float]] = []
-    client_rows: list[list[list[float]]] = [[] for _ in clients]
-    nbytes: list[int] = []
-    start = time.perf_counter()
-    for t in range(seq.num_tasks):
-        if spec.federation == "fedavg":
-            nbytes.append(_fedavg_task(student, clients, t, cfg))
-        else:
-            nbytes.append(_fd_task(student, clients, tasks, t, cfg, distiller, generator))
-        student_rows.append(evaluate_tasks(student, seq).tolist())  # type: ignore[arg-type]
-        for c, client in enumerate(clients):
-            client_rows[c].append(evaluate_tasks(client.net, seq).tolist())
-    return {
-        "student": student_rows,  # (T, T)
-        "clients": client_rows,  # (clients, T, T)
-        "bytes_per_task": nbytes,
-        "seconds": time.perf_counter() - start,
-    }
-
-
-def _scores(matrix: Any) -> dict[str, float]:
-    return {
-        "acc": accuracy(matrix),
-        "bwt": backward_transfer(matrix),
-        "forgetting": forgetting(matrix),
-    }
+ENGINES = ("inprocess", "local", "ray")
 
 
 def run_fcl(
-    cfg: FCLConfig, *, on_run: Callable[[str, int, dict], None] | None = None
+    cfg: FCLConfig,
+    *,
+    on_run: Callable[[str, int, dict], None] | None = None,
+    engine: str = "inprocess",
 ) -> dict[str, Any]:
     """Every variant for every seed; JSON-ready results.
+
+    ``engine``: ``inprocess`` calls client objects directly; ``local`` and ``ray`` run the
+    fedkd ServerApp/ClientApp pair (one Flower run for every variant and seed) on the
+    in-process grid or on Flower's Ray simulation engine. All three give the same numbers.
 
     Returns
     -------
     dict
         ``runs[label]``: one dict per seed (``student`` T×T, ``clients`` clients×T×T,
-        ``bytes_per_task``, ``seconds``, ``student_scores``, ``client_scores`` per client);
-        ``summary[label]``: mean ± std over seeds of the student's ACC/BWT/forgetting, of the
-        clients' (their mean per seed), and of the bytes per task.
+        ``bytes_per_task``, ``orders``, ``learned_at``, ``seconds``, ``student_scores``,
+        ``client_scores`` per client); ``summary[label]``: mean ± std over seeds of the
+        student's ACC/BWT/forgetting, of the clients' (their mean per seed), and of the bytes
+        per task.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     runs: dict[str, list[dict]] = {v.label: [] for v in cfg.variants}
-    descriptions = []
-    for seed in cfg.seeds:
-        tasks = federated_split(
-            cfg.sequence,
-            num_clients=cfg.num_clients,
-            seed=seed,
-            partition=cfg.partition,
-            alpha=cfg.alpha,
-            min_rows=cfg.min_rows,
-            public_fraction=cfg.public_fraction,
-        )
-        descriptions.append(tasks.sequence.describe())
-        for spec in cfg.variants:
-            run = run_variant(spec, tasks, cfg, seed)
-            run["student_scores"] = _scores(run["student"])
-            run["client_scores"] = [_scores(m) for m in run["clients"]]
-            runs[spec.label].append(run)
-            if on_run is not None:
-                on_run(spec.label, seed, run)
-    summary = {}
-    for label, per_seed in runs.items():
-        entry: dict[str, Any] = {}
-        for metric in ("acc", "bwt", "forgetting"):
-            entry[f"student_{metric}"] = mean_std([r["student_scores"][metric] for r in per_seed])
-            entry[f"clients_{metric}"] = mean_std(
-                [np.mean([s[metric] for s in r["client_scores"]]) for r in per_seed]
-            )
-        entry["bytes_per_task"] = mean_std([np.mean(r["bytes_per_task"]) for r in per_seed])
-        summary[label] = entry
+
+    def record(label: str, seed: int, run: dict[str, Any]) -> None:
+        run["student_scores"], run["client_scores"] = run_scores(run)
+        runs[label].append(run)
+        if on_run is not None:
+            on_run(label, seed, run)
+
+    if engine == "inprocess":
+        for seed in cfg.seeds:
+            for spec in cfg.variants:
+                tasks, federation = in_process(spec, cfg, seed)
+                record(spec.label, seed, run_variant(spec, tasks, cfg, seed, federation))
+    else:
+        run_on_flower(cfg, record, backend=engine)
+    missing = [
+        (v.label, len(runs[v.label])) for v in cfg.variants if len(runs[v.label]) != len(cfg.seeds)
+    ]
+    if missing:
+        raise RuntimeError(f"the {engine} run did not finish every seed of {missing}")
+    descriptions = [
+        client_spec(cfg.variants[0], cfg, seed).tasks().sequence.describe() for seed in cfg.seeds
+    ]
     return {
         "variants": [v.label for v in cfg.variants],
         "seeds": list(cfg.seeds),
         "scenario": cfg.sequence.scenario,
         "num_tasks": cfg.sequence.task_count,
+        "schedule_shift": cfg.schedule_shift,
+        "engine": engine,
         "task_descriptions": descriptions,
         "runs": runs,
-        "summary": summary,
+        "summary": {label: _summary(per_seed) for label, per_seed in runs.items()},
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
     }
+
+
+def run_on_flower(
+    cfg: FCLConfig, record: Callable[[str, int, dict[str, Any]], None], *, backend: str
+) -> None:
+    """Every variant and seed in one Flower run: the fedkd ServerApp for FCL
+    (:func:`strategies.fcl_app.make_fcl_server_app`) against the fedkd ClientApp, one
+    SuperNode per client, on the in-process grid (``local``) or Ray (``ray``)."""
+    from fedkd.client_app import make_client_app
+    from simulations.engine import SimulationConfig, run_apps
+    from strategies.fcl_app import make_fcl_server_app
+
+    server_app = make_fcl_server_app(cfg, record)
+    run_apps(server_app, make_client_app({}), cfg.num_clients, SimulationConfig(backend=backend))
+
+
+def _summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds; the clients' entry of a seed is their mean (reporting ones)."""
+    entry: dict[str, Any] = {}
+    for metric in ("acc", "bwt", "forgetting"):
+        entry[f"student_{metric}"] = mean_std([r["student_scores"][metric] for r in per_seed])
+        entry[f"clients_{metric}"] = mean_std(
+            [np.mean([s[metric] for s in r["client_scores"] if s is not None]) for r in per_seed]
+        )
+    entry["bytes_per_task"] = mean_std([np.mean(r["bytes_per_task"]) for r in per_seed])
+    return entry
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
@@ -430,6 +238,7 @@ _TOP_KEYS = {
     "device",
     "threads",
     "plots",
+    "engine",
 }
 
 
@@ -466,6 +275,7 @@ def to_fcl_config(cfg: DictConfig) -> tuple[FCLConfig, dict[str, Any]]:
             "alpha": clients.get("alpha", 0.5),
             "min_rows": clients.get("min_rows", 8),
             "public_fraction": clients.get("public_fraction", 0.3),
+            "schedule_shift": clients.get("schedule_shift", 0),
             "rounds_per_task": int(cfg.rounds_per_task),
             "local": _build(TrainConfig, _plain(cfg.local, "local"), "local"),
             "server": _build(TrainConfig, _plain(cfg.server, "server"), "server"),
@@ -481,7 +291,10 @@ def to_fcl_config(cfg: DictConfig) -> tuple[FCLConfig, dict[str, Any]]:
     threads = cfg.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigKeyError(f"invalid config key 'threads': {threads!r}; an int >= 1 or null")
-    return fcl, {"threads": threads, "plots": bool(cfg.get("plots", True))}
+    engine = cfg.get("engine", "inprocess")
+    if engine not in ENGINES:
+        raise ConfigKeyError(f"invalid config key 'engine': {engine!r}; allowed: {list(ENGINES)}")
+    return fcl, {"threads": threads, "plots": bool(cfg.get("plots", True)), "engine": engine}
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -501,7 +314,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             flush=True,
         )
 
-    results = run_fcl(fcl, on_run=progress)
+    results = run_fcl(fcl, on_run=progress, engine=tool["engine"])
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     table = summary_table(results)
     (run_dir / "summary.md").write_text(table + "\n")

@@ -58,6 +58,7 @@ __all__ = [
     "client_order",
     "federated_split",
     "prediction_nbytes",
+    "stage_queries",
     "weights_nbytes",
 ]
 
@@ -170,6 +171,17 @@ def federated_split(
         for rows in shares
     )
     return FederatedTasks(sequence, clients, public)
+
+
+Query = Literal["seen", "current"]
+
+
+def stage_queries(order: Sequence[int], stage: int, query: Query) -> list[int]:
+    """The tasks an FD client predicts on at ``stage``: every task it has met (``seen``) or
+    only the one it just learnt (``current``)."""
+    if query not in ("seen", "current"):
+        raise ValueError(f"query must be 'seen' or 'current', got {query!r}")
+    return list(order[: stage + 1]) if query == "seen" else [order[stage]]
 
 
 def client_order(client: int, num_tasks: int, shift: int = 0) -> tuple[int, ...]:
@@ -313,12 +325,10 @@ class FCLClient:
         self.train_task(stage, anchor=self.anchor)
         return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
-    def fd_stage(self, stage: int, queries: Sequence[int], temperature: float) -> ClientUpload:
+    def fd_stage(self, stage: int, query: Query, temperature: float) -> ClientUpload:
         """FD's client step: learn the task of ``stage`` locally, then predict on the public
-        inputs of the tasks in ``queries`` (ids the client has met)."""
-        unmet = [j for j in queries if self._position.get(j, self.sequence.num_tasks) > stage]
-        if unmet:
-            raise ValueError(f"asked for tasks {unmet} this client has not met by stage {stage}")
+        inputs of the tasks :func:`stage_queries` names."""
+        queries = stage_queries(self.order, stage, query)
         self.train_task(stage)
         probs, rows, counts = {}, {}, {}
         for j in queries:
@@ -398,19 +408,17 @@ class FCLClientSpec:
     def from_json(cls, text: str) -> FCLClientSpec:
         """Inverse of :meth:`to_json`; raises ``ValueError`` (or ``TypeError``) on bad input."""
         values = json.loads(text)
-        sequence = dict(values.pop("sequence"))
-        for key in ("class_order", "angles"):
-            if sequence.get(key) is not None:
-                sequence[key] = tuple(sequence[key])
         return cls(
-            sequence=SequenceConfig(**sequence),
+            sequence=_sequence_config(values.pop("sequence")),
             local=TrainConfig(**values.pop("local")),
             **values,
         )
 
     def tasks(self) -> FederatedTasks:
-        """The run's data: built once per process and spec."""
-        return _federated_tasks(self.to_json())
+        """The run's data: built once per process for every spec that shares it (the
+        variants of one seed)."""
+        data = {k: v for k, v in json.loads(self.to_json()).items() if k in _DATA_FIELDS}
+        return _federated_tasks(json.dumps(data, sort_keys=True))
 
     def order(self, client: int) -> tuple[int, ...]:
         """The order in which ``client`` meets the tasks."""
@@ -434,18 +442,30 @@ class FCLClientSpec:
         )
 
 
+_DATA_FIELDS = (
+    "sequence",
+    "num_clients",
+    "seed",
+    "partition",
+    "alpha",
+    "min_rows",
+    "public_fraction",
+)
+
+
 @functools.lru_cache(maxsize=4)
-def _federated_tasks(spec_json: str) -> FederatedTasks:
-    spec = FCLClientSpec.from_json(spec_json)
-    return federated_split(
-        spec.sequence,
-        num_clients=spec.num_clients,
-        seed=spec.seed,
-        partition=spec.partition,
-        alpha=spec.alpha,
-        min_rows=spec.min_rows,
-        public_fraction=spec.public_fraction,
-    )
+def _federated_tasks(data_json: str) -> FederatedTasks:
+    data = json.loads(data_json)
+    return federated_split(_sequence_config(data.pop("sequence")), **data)
+
+
+def _sequence_config(values: Mapping[str, Any]) -> SequenceConfig:
+    """A :class:`SequenceConfig` from its JSON form (lists back to tuples)."""
+    values = dict(values)
+    for key in ("class_order", "angles"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    return SequenceConfig(**values)
 
 
 # --------------------------------------------------------------------------- the student
