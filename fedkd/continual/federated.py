@@ -483,7 +483,7 @@ class StudentDistiller(LwF):
     as in fedkd's FD server.
     """
 
-    compatibility = ("task_il", "class_il")
+    compatibility = ("task_il", "class_il", "domain_il")
 
     def __init__(
         self, scenario: str, train: TrainConfig, config: LwFConfig, teacher_spec: kd.KDSpec

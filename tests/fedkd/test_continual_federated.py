@@ -13,11 +13,14 @@ from fedkd import kd
 from fedkd.continual import FineTune, Joint, LwF, LwFConfig, SequenceConfig, build_net, task_data
 from fedkd.continual.federated import (
     FCLClient,
+    FCLClientSpec,
     StudentDistiller,
     average_state_dicts,
     build_client_learner,
+    client_order,
     federated_split,
     prediction_nbytes,
+    stage_queries,
     weights_nbytes,
 )
 from fedkd.continual.training_data import TrainingData
@@ -207,3 +210,84 @@ def test_byte_counts() -> None:
     net = torch.nn.Linear(4, 2)
     assert weights_nbytes(net) == (4 * 2 + 2) * 4
     assert np.isclose(weights_nbytes(net), sum(p.numel() * 4 for p in net.parameters()))
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_client_orders_rotate_the_sequence() -> None:
+    assert client_order(0, 4, 1) == (0, 1, 2, 3)
+    assert client_order(1, 4, 1) == (1, 2, 3, 0)
+    assert client_order(3, 4, 2) == (2, 3, 0, 1)
+    assert client_order(5, 4, 0) == (0, 1, 2, 3)  # shift 0: everyone on the same schedule
+    assert stage_queries((2, 0, 1), 1, "seen") == [2, 0]
+    assert stage_queries((2, 0, 1), 1, "current") == [0]
+    with pytest.raises(ValueError, match="shift"):
+        client_order(0, 3, -1)
+
+
+def test_a_reordered_sequence_keeps_each_tasks_head_and_id(tasks) -> None:
+    seq = tasks.sequence.reordered([2, 0, 1])
+    assert [t.index for t in seq.tasks] == [2, 0, 1]
+    assert [seq.head_of(p) for p in range(3)] == [2, 0, 1]
+    assert seq.tasks[0] is tasks.sequence.tasks[2]
+    # LwF keeps the heads of the tasks met earlier in *this* order
+    from fedkd.continual.lwf import distill_targets
+
+    assert distill_targets(seq, 2, "old") == [(2, None), (0, None)]
+    with pytest.raises(ValueError, match="permutation"):
+        tasks.sequence.reordered([0, 0, 1])
+
+
+def test_a_shifted_client_learns_its_own_first_task_on_that_tasks_head(tasks) -> None:
+    seq = tasks.clients[1]
+    net = build_net("mlp", seq, seed=0, hidden_sizes=(16,))
+    learner = build_client_learner("finetune", "task_il", FAST)
+    client = FCLClient(seq, net, learner, seed=0, order=(2, 0, 1), public=tasks.public)
+    before = [h.weight.detach().clone() for h in net.heads]
+    upload = client.fd_stage(0, "seen", temperature=2.0)
+    moved = [not torch.equal(b, h.weight) for b, h in zip(before, net.heads, strict=True)]
+    assert moved == [False, False, True]  # stage 0 = task 2, on head 2 only
+    assert set(upload.probs) == {2} and upload.rows[2] == client.rows(2) == len(
+        seq.tasks[2].train_y
+    )
+    assert upload.probs[2].shape == (len(tasks.public[2]), 2)
+    assert upload.class_counts[2].sum() == upload.rows[2]
+
+
+def test_client_state_bytes_resume_the_client_exactly(tasks) -> None:
+    spec = FCLClientSpec(
+        sequence=SEQ, num_clients=3, seed=0, min_rows=5, local=FAST, schedule_shift=1
+    )
+    assert FCLClientSpec.from_json(spec.to_json()) == spec
+    straight = spec.build_client(1)
+    straight.fd_stage(0, "seen", 2.0)
+    resumed = spec.build_client(1)
+    resumed.fd_stage(0, "seen", 2.0)
+    blob = resumed.state_bytes()
+    resumed = spec.build_client(1)  # a fresh process: built from the spec, then its state
+    resumed.load_state_bytes(blob)
+    a = straight.fd_stage(1, "seen", 2.0)
+    b = resumed.fd_stage(1, "seen", 2.0)
+    assert set(a.probs) == set(b.probs) == {1, 2}  # client 1 meets tasks 1, 2, 0
+    for j in a.probs:
+        assert torch.equal(a.probs[j], b.probs[j])  # same weights and same shuffling
+
+
+def test_student_retention_keeps_exactly_the_tasks_met_before(tasks) -> None:
+    seq = tasks.sequence
+    data, probs = _public_data(tasks, 1)
+    student = StudentDistiller("task_il", FAST, LwFConfig(lam=1.0), kd.KDSpec(temperature=2.0))
+    net = build_net("mlp", seq, seed=0, hidden_sizes=(16,))
+    seen: list = []
+    original = student.before_task
+
+    def spy(*args, **kwargs):
+        original(*args, **kwargs)
+        seen.append([h for h, _ in student._targets])
+
+    student.before_task = spy  # type: ignore[method-assign]
+    student.distil(net, seq, 1, data, probs, old_tasks=[2])
+    student.distil(net, seq, 1, data, probs)  # default: range(t)
+    student.distil(net, seq, 0, data, probs, old_tasks=[])
+    assert seen == [[2], [0], []]

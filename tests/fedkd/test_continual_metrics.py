@@ -176,3 +176,14 @@ def test_heatmap_spread_annotates_mean_and_std(monkeypatch, tmp_path) -> None:
     plots.plot_accuracy_matrix(runs, tmp_path / "b.png")
     with_spread, plain = ([t.get_text() for t in f.axes[0].texts] for f in figures)
     assert with_spread[0] == "0.70\n±0.10" and plain[0] == "0.70"
+
+
+def test_bwt_from_the_row_each_task_was_learnt() -> None:
+    r = np.array([[0.9, 0.8, 0.1], [0.7, 0.9, 0.2], [0.6, 0.5, 0.95]])
+    assert backward_transfer(r, [0, 1, 2]) == pytest.approx(backward_transfer(r))
+    # tasks 0 and 1 both first learnt at row 0 (a shifted federation's first stage)
+    assert backward_transfer(r, [0, 0, 2]) == pytest.approx(((0.6 - 0.9) + (0.5 - 0.8)) / 2)
+    with pytest.raises(ValueError, match="learned_at"):
+        backward_transfer(r, [0, 1])
+    with pytest.raises(ValueError, match="before the last row"):
+        backward_transfer(r, [2, 2, 2])

@@ -82,6 +82,8 @@ def test_every_variant_config_converts(variant: str) -> None:
         ("aggregation_rule=nope", "fcl"),
         ("rounds_per_task=0", "fcl"),
         ("local.lr=-1", "local"),
+        ("clients.schedule_shift=-1", "schedule_shift"),
+        ("engine=spark", "engine"),
     ],
 )
 def test_bad_values_fail_before_any_work_and_name_their_path(override: str, path: str) -> None:
@@ -124,6 +126,36 @@ def test_tiny_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert max(expected_fd) < 2 * 3 * 2 * model
     out = capsys.readouterr().out
     assert "| fd_lwf |" in out and f"run directory: {tmp_path.resolve()}" in out
+
+
+def test_domain_il_on_shifted_schedules_through_the_flower_apps(tmp_path: Path) -> None:
+    """Rotated digits (one shared head), clients starting at different angles, run by the
+    fedkd ServerApp/ClientApp on the in-process grid from the command's own config."""
+    cfg = _compose(
+        *[o for o in TINY if not o.startswith("sequence.")],
+        "continual/sequence=rotated_digits",
+        "sequence.angles=[0,90,180]",
+        "sequence.max_train_per_task=150",
+        "clients.schedule_shift=1",
+        "engine=local",
+        "plots=false",
+        "~fcl/variant@variants.fedavg_lwf",
+        "~fcl/variant@variants.fd_finetune",
+    )
+    results = run(cfg, tmp_path)
+    assert results["engine"] == "local" and results["scenario"] == "domain_il"
+    for label in ("fedavg_finetune", "fd_lwf"):
+        (run_,) = results["runs"][label]
+        assert run_["orders"] == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+        assert run_["learned_at"] == [0, 0, 0] and run_["rejected_replies"] == 0
+        assert np.asarray(run_["clients"]).shape == (3, 3, 3)
+        # each client's scores read its matrix in its own order
+        for c, scores_ in enumerate(run_["client_scores"]):
+            own = np.asarray(run_["clients"][c])[:, run_["orders"][c]]
+            assert scores_["forgetting"] == pytest.approx(forgetting(own))
+    # FD uploads the whole public pool per task met (one 10-way head): 3 clients x (c+1) tasks
+    fd_bytes = results["runs"]["fd_lwf"][0]["bytes_per_task"]
+    assert fd_bytes[1] == 2 * fd_bytes[0] and fd_bytes[2] == 3 * fd_bytes[0]
 
 
 def test_query_current_uploads_only_the_new_task(tmp_path: Path) -> None:
