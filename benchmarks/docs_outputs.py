@@ -90,7 +90,22 @@ PROGRAMS = {
         "conf_continual",
         "continual",
     ),
+    "fcl": ("fedkd-fcl", "simulations.fcl", "conf_continual", "fcl"),
 }
+
+
+def _fcl_table(lines: list[str]) -> list[str]:
+    """fedkd-fcl's summary table: from its title line (scenario, tasks, seeds) to its end."""
+    start = next(i for i, line in enumerate(lines) if re.match(r"^\w+_il, \d+ tasks", line))
+    end = next(i for i in range(start + 3, len(lines)) if not lines[i].startswith("|"))
+    return lines[start:end]
+
+
+# the FCL comparisons of docs/continual.md §7 (2-5 minutes each on 2 cores)
+_WITH_JOINT = (
+    "+fcl/variant@variants.fedavg_joint=fedavg_joint",
+    "+fcl/variant@variants.fd_joint=fd_joint",
+)
 
 
 ENTRIES: dict[str, Entry] = {
@@ -99,6 +114,41 @@ ENTRIES: dict[str, Entry] = {
     "continual_default": Entry(argv=(), doc="docs/continual.md", kind="continual"),
     "deploy_loopback": Entry(
         argv=("num-rounds=3", "num-clients=2"), doc="docs/deploy.md", kind="deploy"
+    ),
+    "fcl_task_il": Entry(
+        argv=("continual/sequence=split_digits_task_il", *_WITH_JOINT, "threads=1"),
+        doc="docs/continual.md",
+        excerpt=_fcl_table,
+        kind="fcl",
+    ),
+    "fcl_class_il": Entry(
+        argv=("continual/sequence=split_digits_class_il", *_WITH_JOINT, "threads=1"),
+        doc="docs/continual.md",
+        excerpt=_fcl_table,
+        kind="fcl",
+    ),
+    "fcl_shifted": Entry(
+        argv=("clients.schedule_shift=1", "threads=1"),
+        doc="docs/continual.md",
+        excerpt=_fcl_table,
+        kind="fcl",
+    ),
+    "fcl_domain_il": Entry(
+        argv=("continual/sequence=rotated_digits", "threads=1"),
+        doc="docs/continual.md",
+        excerpt=_fcl_table,
+        kind="fcl",
+    ),
+    "fcl_domain_il_shifted": Entry(
+        argv=("continual/sequence=rotated_digits", "clients.schedule_shift=1", "threads=1"),
+        doc="docs/continual.md",
+        excerpt=_fcl_table,
+        kind="fcl",
+    ),
+    "fcl_ray": Entry(
+        argv=("engine=ray", "seeds=[0]", "clients.schedule_shift=1", "plots=false"),
+        doc="docs/continual.md",
+        kind="fcl",
     ),
 }
 
