@@ -139,6 +139,12 @@ ENTRIES: dict[str, Entry] = {
         excerpt=_fcl_table,
         kind="fcl",
     ),
+    "fcl_domain_il_current": Entry(
+        argv=("continual/sequence=rotated_digits", "query=current", "threads=1"),
+        doc="docs/continual.md",
+        excerpt=_fcl_table,
+        kind="fcl",
+    ),
     "fcl_domain_il_shifted": Entry(
         argv=("continual/sequence=rotated_digits", "clients.schedule_shift=1", "threads=1"),
         doc="docs/continual.md",
