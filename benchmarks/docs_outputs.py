@@ -106,6 +106,17 @@ _WITH_JOINT = (
     "+fcl/variant@variants.fedavg_joint=fedavg_joint",
     "+fcl/variant@variants.fd_joint=fd_joint",
 )
+# which LwF keeps what: the FD variants with the student's retention switched on and off
+_RETENTION = (
+    "~fcl/variant@variants.fedavg_finetune",
+    "~fcl/variant@variants.fedavg_lwf",
+    "+fcl/variant@variants.fd_finetune_student_lwf=fd_finetune",
+    "variants.fd_finetune_student_lwf.server_lam=1.0",
+    "+fcl/variant@variants.fd_lwf_student_plain=fd_lwf",
+    "variants.fd_lwf_student_plain.server_lam=0.0",
+    "threads=1",
+    "plots=false",
+)
 
 
 ENTRIES: dict[str, Entry] = {
@@ -117,6 +128,21 @@ ENTRIES: dict[str, Entry] = {
     ),
     "fcl_task_il": Entry(
         argv=("continual/sequence=split_digits_task_il", *_WITH_JOINT, "threads=1"),
+        doc="docs/continual.md",
+        excerpt=_fcl_table,
+        kind="fcl",
+    ),
+    "fcl_task_il_retention": Entry(
+        argv=_RETENTION, doc="docs/continual.md", excerpt=_fcl_table, kind="fcl"
+    ),
+    "fcl_task_il_retention_current": Entry(
+        argv=("query=current", *_RETENTION),
+        doc="docs/continual.md",
+        excerpt=_fcl_table,
+        kind="fcl",
+    ),
+    "fcl_domain_il_retention": Entry(
+        argv=("continual/sequence=rotated_digits", *_RETENTION),
         doc="docs/continual.md",
         excerpt=_fcl_table,
         kind="fcl",
