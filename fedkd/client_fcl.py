@@ -15,10 +15,12 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedkd import protocol as P
 from fedkd.continual.federated import FCLClient, FCLClientSpec
+from fedkd.training import resolve_threads
 
 log = logging.getLogger(__name__)
 STATE_PREFIX = "fedkd-fcl-"  # Context.state ConfigRecord key prefix, one per run spec
@@ -42,6 +44,9 @@ def _client_id(context: Context) -> int:
 def _restore(context: Context, job: str) -> tuple[FCLClient, FCLClientSpec]:
     """This node's client of run ``job``: built from the spec, then its saved state."""
     spec = FCLClientSpec.from_json(job)
+    # Ray sets OMP_NUM_THREADS to the worker's CPUs; torch's default (every core) in each of
+    # several workers is many times slower for small models (fedkd.training.resolve_threads)
+    torch.set_num_threads(resolve_threads(0))
     client = spec.build_client(_client_id(context))
     record = context.state.config_records.get(_state_key(job))
     if record is not None:
