@@ -4,7 +4,8 @@
     python -m benchmarks.cil_plasticity_probe --docs docs/continual.md
 
 Fine-tunes the continual module's MLP through class-IL split digits (5 tasks of 2 classes,
-5 epochs per task, SGD with momentum 0.9, the study's settings) and after each task measures,
+5 epochs per task, SGD with momentum 0.9: fedkd-fcl's client settings) and after each task
+measures,
 on every task's test inputs together, the share of hidden ReLU units that are zero for *every*
 input (dead: they pass no gradient and no signal, so the network cannot use them again) and
 the accuracy on the task just learnt. A model that merely forgot would still learn each new
