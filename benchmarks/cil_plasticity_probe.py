@@ -3,15 +3,13 @@
     python -m benchmarks.cil_plasticity_probe                       # seeds 0-2, ~2 minutes
     python -m benchmarks.cil_plasticity_probe --docs docs/continual.md
 
-Fine-tunes the continual module's MLP through class-IL split digits (5 tasks of 2 classes,
-5 epochs per task, SGD with momentum 0.9: fedkd-fcl's client settings) and after each task
-measures,
-on every task's test inputs together, the share of hidden ReLU units that are zero for *every*
-input (dead: they pass no gradient and no signal, so the network cannot use them again) and
-the accuracy on the task just learnt. A model that merely forgot would still learn each new
-task; one whose hidden layer has died cannot, and predicts one class: ACC 0.1, below the 0.2
-of a model that keeps only the last task (docs/continual.md §5 and §7).
-"""
+Fine-tunes the continual module's MLP through class-IL split digits (5 tasks of 2 classes, 5
+epochs per task, SGD with momentum 0.9: fedkd-fcl's client settings) and after each task
+measures, on every task's test inputs together, the share of hidden ReLU units that are zero
+for *every* input (dead: they pass no gradient and no signal, so the network cannot use them
+again) and the accuracy on the task just learnt. A model that merely forgot would still learn
+each new task; one whose hidden layer has died cannot, and predicts one class: ACC 0.1, below
+the 0.2 of a model that keeps only the last task (docs/continual.md §5 and §7). """
 
 from __future__ import annotations
 
