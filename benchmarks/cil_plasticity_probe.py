@@ -9,7 +9,8 @@ measures, on every task's test inputs together, the share of hidden ReLU units t
 for *every* input (dead: they pass no gradient and no signal, so the network cannot use them
 again) and the accuracy on the task just learnt. A model that merely forgot would still learn
 each new task; one whose hidden layer has died cannot, and predicts one class: ACC 0.1, below
-the 0.2 of a model that keeps only the last task (docs/continual.md §5 and §7). """
+the 0.2 of a model that keeps only the last task (docs/continual.md §5 and §7).
+"""
 
 from __future__ import annotations
 
