@@ -168,7 +168,7 @@ def _run_flower(cfg: Any, variant: str, callback: Any) -> None:
     run_apps(
         make_server_app(run_config, [callback]),
         make_client_app(run_config),
-        cfg.num_clients,
+        cfg.num_nodes,
         SimulationConfig(backend=backend),
     )
 
