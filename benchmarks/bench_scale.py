@@ -48,11 +48,22 @@ from benchmarks.proctree import (
     tree_cpu_seconds,
 )
 
-VARIANTS = ("plain", "flower-local", "flower-ray")
+VARIANTS = ("plain", "flower-local", "flower-ray", "flower-ray-k10", "flower-ray-k50")
 DOCS = Path("docs/benchmarks.md")
 
 
-def scale_config(clients: int, rounds: int, population: int = 0, samples: int = 0) -> Any:
+def split_variant(variant: str) -> tuple[str, int]:
+    """``"flower-ray-k10"`` → ``("flower-ray", 10)``: the backend variant and the virtual
+    clients per message (``clients-per-message``; 1 when the name has no ``-k<K>``)."""
+    base, sep, k = variant.rpartition("-k")
+    if sep and k.isdigit() and base in VARIANTS:
+        return base, int(k)
+    return variant, 1
+
+
+def scale_config(
+    clients: int, rounds: int, population: int = 0, samples: int = 0, per_message: int = 1
+) -> Any:
     """Tiny FD: synthetic data, MLP everywhere, 1 local and 1 server epoch, mean rule."""
     from fedkd.config import FDConfig
 
@@ -61,6 +72,8 @@ def scale_config(clients: int, rounds: int, population: int = 0, samples: int = 
         "synthetic_train": samples or _pool_for(population),
         "client_state": "disk",  # what the CLI does on one machine (conf/config.yaml)
     }
+    if per_message > 1:
+        sized["clients_per_message"] = per_message
     if "synthetic_train" not in FDConfig.__dataclass_fields__:  # measuring an older fedkd
         sized = {}
     return FDConfig(
@@ -98,7 +111,8 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
     import fedkd.client_app  # noqa: F401  (imports first: not part of round 1)
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    cfg = scale_config(clients, rounds)
+    backend, per_message = split_variant(variant)
+    cfg = scale_config(clients, rounds, per_message=per_message)
     marks: list[tuple[float, float]] = [(time.perf_counter(), tree_cpu_seconds())]
     walls: list[float] = []
 
@@ -121,7 +135,7 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
 
                 run_plain_fd(cfg, on_round=lambda r: on_round(r.seconds))
             else:
-                _run_flower(cfg, variant, lambda r: on_round(r.wall_seconds))
+                _run_flower(cfg, backend, lambda r: on_round(r.wall_seconds))
         finally:
             if sampler:
                 sampler.__exit__()
@@ -129,6 +143,7 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
     return {
         "variant": variant,
         "clients": clients,
+        "clients_per_message": per_message,
         "round_seconds": walls,
         "round_cpu_seconds": cpu,
         # from before the backend starts to the end of round 1 (Ray start, worker imports)
@@ -168,7 +183,7 @@ def _run_flower(cfg: Any, variant: str, callback: Any) -> None:
     run_apps(
         make_server_app(run_config, [callback]),
         make_client_app(run_config),
-        cfg.num_nodes,
+        getattr(cfg, "num_nodes", cfg.num_clients),  # an older fedkd has no cohorts
         SimulationConfig(backend=backend),
     )
 
