@@ -4,6 +4,13 @@
     python -m benchmarks.bench_scale --clients 100,300 --repeats 2 --variants plain,flower-ray
     python -m benchmarks.bench_scale --parts population       # 1,000 vs 100,000 nodes
     python -m benchmarks.bench_scale --profile --clients 300 --variants flower-ray
+    python -m benchmarks.bench_scale --clients 1000 --variants plain,plain-p2,flower-ray-k50
+
+Variants: ``plain`` (:mod:`benchmarks.plain_loop`, one process), ``plain-p2`` (the same loop
+with its clients in two worker processes: the plain loop given Ray's two cores here),
+``flower-local`` (the real apps through the in-process grid) and ``flower-ray`` (Flower's Ray
+simulation engine); a suffix ``-k<K>`` runs it with ``clients-per-message=K`` (cohorts: K
+virtual clients per node and message, ``strategies.cohorts``).
 
 Tiny clients on purpose (synthetic 32-d Gaussian mixture, the MLP, one local epoch), so the
 framework's cost per message dominates what is measured. Every run is a fresh process;
@@ -13,7 +20,8 @@ repeats of the ratio within a repeat (paired). Reported per run:
 * wall seconds of the warm round (median of rounds 2..R) and of round 1 (start-up included);
 * CPU-seconds of the whole process tree (driver, GCS, raylet, workers) over the same rounds:
   the plain loop uses one core, Ray as many as it has, so CPU-seconds are the like-for-like
-  figure; the wall ratio is reported next to it with the cores each side had;
+  figure; wall ratios are reported against the one-process loop and against ``plain-p2``
+  (the same cores as Ray);
 * peak RSS of the process tree (sampled every 0.5 s).
 
 ``population``: 100 clients sampled per round from a 1,000-node and from a 100,000-node
@@ -48,7 +56,14 @@ from benchmarks.proctree import (
     tree_cpu_seconds,
 )
 
-VARIANTS = ("plain", "flower-local", "flower-ray", "flower-ray-k10", "flower-ray-k50")
+VARIANTS = (
+    "plain",
+    "plain-p2",
+    "flower-local",
+    "flower-ray",
+    "flower-ray-k10",
+    "flower-ray-k50",
+)
 DOCS = Path("docs/benchmarks.md")
 
 
@@ -130,10 +145,11 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
         if sampler:
             sampler.__enter__()
         try:
-            if variant == "plain":
+            if backend.startswith("plain"):
                 from benchmarks.plain_loop import run_plain_fd
 
-                run_plain_fd(cfg, on_round=lambda r: on_round(r.seconds))
+                processes = 2 if backend == "plain-p2" else 1
+                run_plain_fd(cfg, on_round=lambda r: on_round(r.seconds), processes=processes)
             else:
                 _run_flower(cfg, backend, lambda r: on_round(r.wall_seconds))
         finally:
@@ -196,10 +212,10 @@ def _warm(values: list[float]) -> float:
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Medians over repeats, and paired ratios against the plain loop."""
 
-    def paired(variant: str, key: str) -> float | None:
-        if variant not in runs or "plain" not in runs:
+    def paired(variant: str, key: str, base: str = "plain") -> float | None:
+        if variant not in runs or base not in runs:
             return None
-        pairs = zip(runs[variant], runs["plain"], strict=False)
+        pairs = zip(runs[variant], runs[base], strict=False)
         return median([_warm(a[key]) / _warm(b[key]) for a, b in pairs if _warm(b[key]) > 0])
 
     out: dict[str, Any] = {}
@@ -212,6 +228,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "peak_tree_rss_mib": median([r["peak_tree_rss_mib"] for r in rs]),
             "wall_over_plain": paired(v, "round_seconds"),
             "cpu_over_plain": paired(v, "round_cpu_seconds"),
+            "wall_over_plain_p2": paired(v, "round_seconds", "plain-p2"),
         }
     return out
 
@@ -236,6 +253,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
                     f"{s['first_wall']:.2f}",
                     fmt_ratio(s["first_wall"], s["warm_wall"], 1),
                     "—" if v == "plain" else _times(s["wall_over_plain"]),
+                    "—" if v.startswith("plain") else _times(s.get("wall_over_plain_p2")),
                     "—" if v == "plain" else _times(s["cpu_over_plain"]),
                     f"{s['peak_tree_rss_mib']:.0f}",
                 ]
@@ -250,6 +268,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             "round 1 s",
             "round 1/warm",
             "wall ÷ plain",
+            "wall ÷ plain-p2",
             "CPU ÷ plain",
             "peak tree RSS MiB",
         ],
