@@ -52,3 +52,45 @@ def test_blobs_from_torch_save_still_load_and_bfloat16_falls_back() -> None:
     blob = state_blob.dumps(odd)
     assert not blob.startswith(state_blob.MAGIC)
     assert _same(odd, state_blob.loads(blob))
+
+
+def test_loading_a_state_into_an_older_object_equals_a_fresh_build() -> None:
+    """What ``client_app._restore`` relies on when it reuses this process's stale client."""
+    from fedkd import protocol as P
+    from fedkd.client import FDClient, load_client_data
+    from fedkd.config import FDConfig
+
+    cfg = FDConfig(
+        dataset="synthetic",
+        synthetic_samples=600,
+        num_clients=4,
+        partition="iid",
+        client_models="mlp",
+        local_epochs=1,
+    )
+
+    def client() -> FDClient:
+        return FDClient(cfg, load_client_data(cfg, 1, 4), "mlp", 1)
+
+    def request(server_round: int) -> P.RoundRequest:
+        data = load_client_data(cfg, 1, 4)
+        return P.RoundRequest(
+            server_round, 1, 0.1, 2.0, "none", 3, None, len(data.public_x),
+            data.public_digest, True, 0, None, None,
+        )  # fmt: skip
+
+    saved, stale = client(), client()
+    saved.run_round(request(1), train=True)
+    stale.run_round(request(1), train=True)
+    stale.run_round(request(2), train=True)  # an older object that has moved on
+    blob = saved.state_bytes()
+    fresh = client()
+    fresh.load_state_bytes(blob)
+    stale.load_state_bytes(blob)
+    a = fresh.run_round(request(2), train=True)
+    b = stale.run_round(request(2), train=True)
+    assert a.metrics == b.metrics
+    assert all(
+        torch.equal(torch.as_tensor(a.payload[k]), torch.as_tensor(b.payload[k])) for k in a.payload
+    )  # type: ignore[index,union-attr]
+    assert fresh.state_bytes() == stale.state_bytes()
