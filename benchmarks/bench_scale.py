@@ -276,6 +276,51 @@ def markdown(results: list[dict[str, Any]]) -> str:
     )
 
 
+GOALS = {100: 1.2, 1000: 1.5}  # issue 17: a Ray round ≤ this × the plain loop
+
+
+def goals_markdown(results: list[dict[str, Any]]) -> str:
+    """Each Flower + Ray variant against the issue's goal at its client count: CPU ÷ plain
+    (same work, any cores) and wall ÷ plain-p2 (the plain loop on the same cores)."""
+    rows = []
+    for res in results:
+        target = GOALS.get(res["clients"])
+        if target is None:
+            continue
+        for v, s in res["summary"].items():
+            if not v.startswith("flower-ray"):
+                continue
+            cpu, wall = s["cpu_over_plain"], s.get("wall_over_plain_p2")
+            met = [r is not None and r <= target for r in (cpu, wall)]
+            rows.append(
+                [
+                    res.get("label", ""),
+                    res["clients"],
+                    v,
+                    split_variant(v)[1],
+                    f"≤ {target}×",
+                    _times(cpu),
+                    _times(wall),
+                    "yes"
+                    if all(met)
+                    else ("CPU only" if met[0] else ("wall only" if met[1] else "no")),
+                ]
+            )
+    return markdown_table(
+        [
+            "fedkd",
+            "clients/round",
+            "variant",
+            "clients/message",
+            "goal",
+            "CPU ÷ plain",
+            "wall ÷ plain-p2",
+            "met?",
+        ],
+        rows,
+    )
+
+
 # ----------------------------------------------------------------------------- population
 def run_cli_population(population: int, sampled: int, rounds: int) -> dict[str, Any]:
     """``python -m simulations.run`` with ``population`` nodes, ``sampled`` per round."""
@@ -365,7 +410,9 @@ def population_markdown(runs: list[dict[str, Any]]) -> str:
     )
 
 
-def render_saved(paths: list[Path], *, docs: bool) -> dict[str, Any]:
+def render_saved(
+    paths: list[Path], *, docs: bool, table: str = "bench_scale_rounds"
+) -> dict[str, Any]:
     """Tables from saved JSON files (rows in file order); docs regenerated with ``docs``."""
     import json
 
@@ -379,14 +426,18 @@ def render_saved(paths: list[Path], *, docs: bool) -> dict[str, Any]:
         population += payload.get("population", [])
     tables = []
     if rounds:
-        tables.append(("bench_scale_rounds", markdown(rounds)))
+        tables.append((table, markdown(rounds)))
+        if table != "bench_scale_rounds":  # a new measurement: its goals table too
+            tables.append((f"{table}_goals", goals_markdown(rounds)))
     if population:
         tables.append(("bench_scale_population", population_markdown(population)))
     command = "python -m benchmarks.bench_scale --from-json " + " ".join(map(str, paths))
-    for name, table in tables:
-        print("\n" + table)
+    if table != "bench_scale_rounds":
+        command += f" --table {table}"
+    for name, text in tables:
+        print("\n" + text)
         if docs:
-            update_docs(DOCS, name, table, command)
+            update_docs(DOCS, name, text, command)
     return {"rounds": rounds, "population": population}
 
 
@@ -405,6 +456,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--docs", action="store_true", help="regenerate docs/benchmarks.md")
     parser.add_argument("--label", default="this", help="names this fedkd version in tables")
     parser.add_argument(
+        "--table",
+        default="bench_scale_rounds",
+        help="docs marker of the rounds table (another name also writes <name>_goals)",
+    )
+    parser.add_argument(
         "--from-json",
         nargs="+",
         type=Path,
@@ -419,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the parts, print the tables, write JSON (and the docs table with ``--docs``)."""
     args = parse_args(argv)
     if args.from_json:
-        return render_saved(args.from_json, docs=args.docs)
+        return render_saved(args.from_json, docs=args.docs, table=args.table)
     if args.quick:
         args.clients, args.rounds, args.repeats, args.populations = "30", 2, 1, "200,2000"
     variants = [v for v in args.variants.split(",") if v]
@@ -449,7 +505,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 {"label": args.label, "clients": clients, "runs": runs, "summary": summary}
             )
         payload["rounds"] = results
-        tables.append(("bench_scale_rounds", markdown(results)))
+        tables.append((args.table, markdown(results)))
+        if args.table != "bench_scale_rounds":  # a new measurement: its goals table too
+            tables.append((f"{args.table}_goals", goals_markdown(results)))
     if "population" in args.parts:
         pops = [
             run_cli_population(int(p), args.sampled, args.rounds)
