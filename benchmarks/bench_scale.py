@@ -321,6 +321,51 @@ def goals_markdown(results: list[dict[str, Any]]) -> str:
     )
 
 
+def _cpu_split(variant: str, by_process: dict[str, float]) -> tuple[float, float, float]:
+    """(driver, client workers, the rest) CPU-seconds of one round's process tree: the driver
+    is the measured process (``python:<pid>``), workers Ray's ClientApp actors or the plain
+    loop's client processes, the rest Ray's daemons (raylet, GCS, log monitor, ...)."""
+    driver = sum(v for k, v in by_process.items() if k.startswith("python:"))
+    worker = "python" if variant.startswith("plain") else "ray::ClientAppA"
+    workers = by_process.get(worker, 0.0)
+    return driver, workers, sum(by_process.values()) - driver - workers
+
+
+def cpu_split_markdown(results: list[dict[str, Any]]) -> str:
+    """Where the last round's CPU went, per variant (median over repeats), per client."""
+    rows = []
+    for res in results:
+        c = res["clients"]
+        for v, rs in res["runs"].items():
+            splits = [_cpu_split(v, r["last_round_cpu_by_process"]) for r in rs]
+            driver, workers, rest = (median([x[i] for x in splits]) for i in range(3))
+            rows.append(
+                [
+                    res.get("label", ""),
+                    c,
+                    v,
+                    f"{driver:.2f}",
+                    f"{workers:.2f}",
+                    f"{rest:.2f}",
+                    f"{1000 * driver / c:.1f}",
+                    f"{1000 * workers / c:.1f}",
+                ]
+            )
+    return markdown_table(
+        [
+            "fedkd",
+            "clients/round",
+            "variant",
+            "driver CPU s",
+            "client workers CPU s",
+            "Ray daemons CPU s",
+            "driver ms/client",
+            "workers ms/client",
+        ],
+        rows,
+    )
+
+
 # ----------------------------------------------------------------------------- population
 def run_cli_population(population: int, sampled: int, rounds: int) -> dict[str, Any]:
     """``python -m simulations.run`` with ``population`` nodes, ``sampled`` per round."""
@@ -427,8 +472,9 @@ def render_saved(
     tables = []
     if rounds:
         tables.append((table, markdown(rounds)))
-        if table != "bench_scale_rounds":  # a new measurement: its goals table too
+        if table != "bench_scale_rounds":  # a new measurement: its goals and CPU split too
             tables.append((f"{table}_goals", goals_markdown(rounds)))
+            tables.append((f"{table}_cpu", cpu_split_markdown(rounds)))
     if population:
         tables.append(("bench_scale_population", population_markdown(population)))
     command = "python -m benchmarks.bench_scale --from-json " + " ".join(map(str, paths))
@@ -506,8 +552,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         payload["rounds"] = results
         tables.append((args.table, markdown(results)))
-        if args.table != "bench_scale_rounds":  # a new measurement: its goals table too
+        if args.table != "bench_scale_rounds":  # a new measurement: its goals and CPU split too
             tables.append((f"{args.table}_goals", goals_markdown(results)))
+            tables.append((f"{args.table}_cpu", cpu_split_markdown(results)))
     if "population" in args.parts:
         pops = [
             run_cli_population(int(p), args.sampled, args.rounds)
