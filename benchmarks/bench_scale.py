@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.from_json:
         return render_saved(args.from_json, docs=args.docs, table=args.table)
     if args.quick:
-        args.clients, args.rounds, args.repeats, args.populations = "30", 2, 1, "200,2000"
+        args.clients, args.rounds, args.repeats, args.populations = "50", 2, 1, "200,2000"
     variants = [v for v in args.variants.split(",") if v]
     payload: dict[str, Any] = {"setting": vars(args), "cpus": os.cpu_count()}
     tables = []
