@@ -6,7 +6,11 @@ and demo clients, ``data-path`` for a device's own data (:mod:`fedkd.device_data
 ``model`` to pick the architecture); how the run is configured comes from ``Context.run_config``
 (see :mod:`fedkd.config`). Model and optimizer state persist in ``Context.state`` (or, with
 ``client-state=disk``, in a file named by a token kept there: :mod:`fedkd.client_state`)
-because simulation workers are not pinned to clients.
+because simulation workers are not pinned to clients. With ``clients-per-message`` K > 1 a
+simulated node is a cohort of K virtual clients (:class:`Member`): one FD message names the
+slots to serve, each is served in turn with its own state, and the reply holds each one's
+records (:func:`fedkd.protocol.cohort_reply_content`; the server splits it,
+:mod:`strategies.cohorts`).
 """
 
 from __future__ import annotations
