@@ -112,7 +112,7 @@ def run_one(cfg: FDConfig) -> RunResult:
     run_apps(
         make_server_app(run_config, [records.append]),
         make_client_app(run_config),
-        cfg.num_clients,
+        cfg.num_nodes,
         SimulationConfig(backend="local"),
     )
     return RunResult(cfg.strategy, cfg.alpha, records, time.perf_counter() - started)

@@ -115,7 +115,7 @@ def _run_flower(cfg: Any, backend: str) -> list[tuple[float, float]]:
     run_apps(
         make_server_app(run_config, [records.append]),
         make_client_app(run_config),
-        cfg.num_clients,
+        cfg.num_nodes,
         SimulationConfig(backend=backend),
     )
     return [(r.wall_seconds, r.student_accuracy) for r in records]

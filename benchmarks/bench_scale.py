@@ -4,6 +4,13 @@
     python -m benchmarks.bench_scale --clients 100,300 --repeats 2 --variants plain,flower-ray
     python -m benchmarks.bench_scale --parts population       # 1,000 vs 100,000 nodes
     python -m benchmarks.bench_scale --profile --clients 300 --variants flower-ray
+    python -m benchmarks.bench_scale --clients 1000 --variants plain,plain-p2,flower-ray-k50
+
+Variants: ``plain`` (:mod:`benchmarks.plain_loop`, one process), ``plain-p2`` (the same loop
+with its clients in two worker processes: the plain loop given Ray's two cores here),
+``flower-local`` (the real apps through the in-process grid) and ``flower-ray`` (Flower's Ray
+simulation engine); a suffix ``-k<K>`` runs it with ``clients-per-message=K`` (cohorts: K
+virtual clients per node and message, ``strategies.cohorts``).
 
 Tiny clients on purpose (synthetic 32-d Gaussian mixture, the MLP, one local epoch), so the
 framework's cost per message dominates what is measured. Every run is a fresh process;
@@ -13,7 +20,8 @@ repeats of the ratio within a repeat (paired). Reported per run:
 * wall seconds of the warm round (median of rounds 2..R) and of round 1 (start-up included);
 * CPU-seconds of the whole process tree (driver, GCS, raylet, workers) over the same rounds:
   the plain loop uses one core, Ray as many as it has, so CPU-seconds are the like-for-like
-  figure; the wall ratio is reported next to it with the cores each side had;
+  figure; wall ratios are reported against the one-process loop and against ``plain-p2``
+  (the same cores as Ray);
 * peak RSS of the process tree (sampled every 0.5 s).
 
 ``population``: 100 clients sampled per round from a 1,000-node and from a 100,000-node
@@ -48,11 +56,29 @@ from benchmarks.proctree import (
     tree_cpu_seconds,
 )
 
-VARIANTS = ("plain", "flower-local", "flower-ray")
+VARIANTS = (
+    "plain",
+    "plain-p2",
+    "flower-local",
+    "flower-ray",
+    "flower-ray-k10",
+    "flower-ray-k50",
+)
 DOCS = Path("docs/benchmarks.md")
 
 
-def scale_config(clients: int, rounds: int, population: int = 0, samples: int = 0) -> Any:
+def split_variant(variant: str) -> tuple[str, int]:
+    """``"flower-ray-k10"`` → ``("flower-ray", 10)``: the backend variant and the virtual
+    clients per message (``clients-per-message``; 1 when the name has no ``-k<K>``)."""
+    base, sep, k = variant.rpartition("-k")
+    if sep and k.isdigit() and base in VARIANTS:
+        return base, int(k)
+    return variant, 1
+
+
+def scale_config(
+    clients: int, rounds: int, population: int = 0, samples: int = 0, per_message: int = 1
+) -> Any:
     """Tiny FD: synthetic data, MLP everywhere, 1 local and 1 server epoch, mean rule."""
     from fedkd.config import FDConfig
 
@@ -61,6 +87,8 @@ def scale_config(clients: int, rounds: int, population: int = 0, samples: int = 
         "synthetic_train": samples or _pool_for(population),
         "client_state": "disk",  # what the CLI does on one machine (conf/config.yaml)
     }
+    if per_message > 1:
+        sized["clients_per_message"] = per_message
     if "synthetic_train" not in FDConfig.__dataclass_fields__:  # measuring an older fedkd
         sized = {}
     return FDConfig(
@@ -98,7 +126,8 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
     import fedkd.client_app  # noqa: F401  (imports first: not part of round 1)
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    cfg = scale_config(clients, rounds)
+    backend, per_message = split_variant(variant)
+    cfg = scale_config(clients, rounds, per_message=per_message)
     marks: list[tuple[float, float]] = [(time.perf_counter(), tree_cpu_seconds())]
     walls: list[float] = []
 
@@ -116,12 +145,13 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
         if sampler:
             sampler.__enter__()
         try:
-            if variant == "plain":
+            if backend.startswith("plain"):
                 from benchmarks.plain_loop import run_plain_fd
 
-                run_plain_fd(cfg, on_round=lambda r: on_round(r.seconds))
+                processes = 2 if backend == "plain-p2" else 1
+                run_plain_fd(cfg, on_round=lambda r: on_round(r.seconds), processes=processes)
             else:
-                _run_flower(cfg, variant, lambda r: on_round(r.wall_seconds))
+                _run_flower(cfg, backend, lambda r: on_round(r.wall_seconds))
         finally:
             if sampler:
                 sampler.__exit__()
@@ -129,6 +159,7 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
     return {
         "variant": variant,
         "clients": clients,
+        "clients_per_message": per_message,
         "round_seconds": walls,
         "round_cpu_seconds": cpu,
         # from before the backend starts to the end of round 1 (Ray start, worker imports)
@@ -168,7 +199,7 @@ def _run_flower(cfg: Any, variant: str, callback: Any) -> None:
     run_apps(
         make_server_app(run_config, [callback]),
         make_client_app(run_config),
-        cfg.num_clients,
+        getattr(cfg, "num_nodes", cfg.num_clients),  # an older fedkd has no cohorts
         SimulationConfig(backend=backend),
     )
 
@@ -181,10 +212,10 @@ def _warm(values: list[float]) -> float:
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Medians over repeats, and paired ratios against the plain loop."""
 
-    def paired(variant: str, key: str) -> float | None:
-        if variant not in runs or "plain" not in runs:
+    def paired(variant: str, key: str, base: str = "plain") -> float | None:
+        if variant not in runs or base not in runs:
             return None
-        pairs = zip(runs[variant], runs["plain"], strict=False)
+        pairs = zip(runs[variant], runs[base], strict=False)
         return median([_warm(a[key]) / _warm(b[key]) for a, b in pairs if _warm(b[key]) > 0])
 
     out: dict[str, Any] = {}
@@ -197,6 +228,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "peak_tree_rss_mib": median([r["peak_tree_rss_mib"] for r in rs]),
             "wall_over_plain": paired(v, "round_seconds"),
             "cpu_over_plain": paired(v, "round_cpu_seconds"),
+            "wall_over_plain_p2": paired(v, "round_seconds", "plain-p2"),
         }
     return out
 
@@ -221,6 +253,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
                     f"{s['first_wall']:.2f}",
                     fmt_ratio(s["first_wall"], s["warm_wall"], 1),
                     "—" if v == "plain" else _times(s["wall_over_plain"]),
+                    "—" if v.startswith("plain") else _times(s.get("wall_over_plain_p2")),
                     "—" if v == "plain" else _times(s["cpu_over_plain"]),
                     f"{s['peak_tree_rss_mib']:.0f}",
                 ]
@@ -235,8 +268,99 @@ def markdown(results: list[dict[str, Any]]) -> str:
             "round 1 s",
             "round 1/warm",
             "wall ÷ plain",
+            "wall ÷ plain-p2",
             "CPU ÷ plain",
             "peak tree RSS MiB",
+        ],
+        rows,
+    )
+
+
+GOALS = {100: 1.2, 1000: 1.5}  # issue 17: a Ray round ≤ this × the plain loop
+
+
+def goals_markdown(results: list[dict[str, Any]]) -> str:
+    """Each Flower + Ray variant against the issue's goal at its client count: CPU ÷ plain
+    (same work, any cores) and wall ÷ plain-p2 (the plain loop on the same cores)."""
+    rows = []
+    for res in results:
+        target = GOALS.get(res["clients"])
+        if target is None:
+            continue
+        for v, s in res["summary"].items():
+            if not v.startswith("flower-ray"):
+                continue
+            cpu, wall = s["cpu_over_plain"], s.get("wall_over_plain_p2")
+            met = [r is not None and r <= target for r in (cpu, wall)]
+            rows.append(
+                [
+                    res.get("label", ""),
+                    res["clients"],
+                    v,
+                    split_variant(v)[1],
+                    f"≤ {target}×",
+                    _times(cpu),
+                    _times(wall),
+                    "yes"
+                    if all(met)
+                    else ("CPU only" if met[0] else ("wall only" if met[1] else "no")),
+                ]
+            )
+    return markdown_table(
+        [
+            "fedkd",
+            "clients/round",
+            "variant",
+            "clients/message",
+            "goal",
+            "CPU ÷ plain",
+            "wall ÷ plain-p2",
+            "met?",
+        ],
+        rows,
+    )
+
+
+def _cpu_split(variant: str, by_process: dict[str, float]) -> tuple[float, float, float]:
+    """(driver, client workers, the rest) CPU-seconds of one round's process tree: the driver
+    is the measured process (``python:<pid>``), workers Ray's ClientApp actors or the plain
+    loop's client processes, the rest Ray's daemons (raylet, GCS, log monitor, ...)."""
+    driver = sum(v for k, v in by_process.items() if k.startswith("python:"))
+    worker = "python" if variant.startswith("plain") else "ray::ClientAppA"
+    workers = by_process.get(worker, 0.0)
+    return driver, workers, sum(by_process.values()) - driver - workers
+
+
+def cpu_split_markdown(results: list[dict[str, Any]]) -> str:
+    """Where the last round's CPU went, per variant (median over repeats), per client."""
+    rows = []
+    for res in results:
+        c = res["clients"]
+        for v, rs in res["runs"].items():
+            splits = [_cpu_split(v, r["last_round_cpu_by_process"]) for r in rs]
+            driver, workers, rest = (median([x[i] for x in splits]) for i in range(3))
+            rows.append(
+                [
+                    res.get("label", ""),
+                    c,
+                    v,
+                    f"{driver:.2f}",
+                    f"{workers:.2f}",
+                    f"{rest:.2f}",
+                    f"{1000 * driver / c:.1f}",
+                    f"{1000 * workers / c:.1f}",
+                ]
+            )
+    return markdown_table(
+        [
+            "fedkd",
+            "clients/round",
+            "variant",
+            "driver CPU s",
+            "client workers CPU s",
+            "Ray daemons CPU s",
+            "driver ms/client",
+            "workers ms/client",
         ],
         rows,
     )
@@ -331,7 +455,9 @@ def population_markdown(runs: list[dict[str, Any]]) -> str:
     )
 
 
-def render_saved(paths: list[Path], *, docs: bool) -> dict[str, Any]:
+def render_saved(
+    paths: list[Path], *, docs: bool, table: str = "bench_scale_rounds"
+) -> dict[str, Any]:
     """Tables from saved JSON files (rows in file order); docs regenerated with ``docs``."""
     import json
 
@@ -345,14 +471,19 @@ def render_saved(paths: list[Path], *, docs: bool) -> dict[str, Any]:
         population += payload.get("population", [])
     tables = []
     if rounds:
-        tables.append(("bench_scale_rounds", markdown(rounds)))
+        tables.append((table, markdown(rounds)))
+        if table != "bench_scale_rounds":  # a new measurement: its goals and CPU split too
+            tables.append((f"{table}_goals", goals_markdown(rounds)))
+            tables.append((f"{table}_cpu", cpu_split_markdown(rounds)))
     if population:
         tables.append(("bench_scale_population", population_markdown(population)))
     command = "python -m benchmarks.bench_scale --from-json " + " ".join(map(str, paths))
-    for name, table in tables:
-        print("\n" + table)
+    if table != "bench_scale_rounds":
+        command += f" --table {table}"
+    for name, text in tables:
+        print("\n" + text)
         if docs:
-            update_docs(DOCS, name, table, command)
+            update_docs(DOCS, name, text, command)
     return {"rounds": rounds, "population": population}
 
 
@@ -371,6 +502,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--docs", action="store_true", help="regenerate docs/benchmarks.md")
     parser.add_argument("--label", default="this", help="names this fedkd version in tables")
     parser.add_argument(
+        "--table",
+        default="bench_scale_rounds",
+        help="docs marker of the rounds table (another name also writes <name>_goals)",
+    )
+    parser.add_argument(
         "--from-json",
         nargs="+",
         type=Path,
@@ -385,9 +521,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the parts, print the tables, write JSON (and the docs table with ``--docs``)."""
     args = parse_args(argv)
     if args.from_json:
-        return render_saved(args.from_json, docs=args.docs)
+        return render_saved(args.from_json, docs=args.docs, table=args.table)
     if args.quick:
-        args.clients, args.rounds, args.repeats, args.populations = "30", 2, 1, "200,2000"
+        args.clients, args.rounds, args.repeats, args.populations = "50", 2, 1, "200,2000"
     variants = [v for v in args.variants.split(",") if v]
     payload: dict[str, Any] = {"setting": vars(args), "cpus": os.cpu_count()}
     tables = []
@@ -415,7 +551,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 {"label": args.label, "clients": clients, "runs": runs, "summary": summary}
             )
         payload["rounds"] = results
-        tables.append(("bench_scale_rounds", markdown(results)))
+        tables.append((args.table, markdown(results)))
+        if args.table != "bench_scale_rounds":  # a new measurement: its goals and CPU split too
+            tables.append((f"{args.table}_goals", goals_markdown(results)))
+            tables.append((f"{args.table}_cpu", cpu_split_markdown(results)))
     if "population" in args.parts:
         pops = [
             run_cli_population(int(p), args.sampled, args.rounds)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedkd import protocol as P
-from fedkd.client import FDClient, load_client_data, load_splits_for
+from fedkd.client import FDClient, RoundOutcome, load_client_data, load_splits_for
 from fedkd.compression import decode_probs
 from fedkd.config import FDConfig
 from fedkd.models import build_model
@@ -127,14 +128,70 @@ def _teacher(cfg: FDConfig, outcomes: list, num_classes: int) -> np.ndarray:
     return aggregate(cfg.aggregation, probs, ctx)  # (clients, samples, classes) -> (samples, cl.)
 
 
+class _ClientProcesses:
+    """The plain loop's clients spread over ``processes`` worker processes (client ``i`` lives
+    in worker ``i % processes`` for the whole run): the plain loop given as many cores as a
+    Ray simulation, so wall times compare like for like. Spawned, not forked (torch's thread
+    pools do not survive a fork); each worker builds its own clients once."""
+
+    def __init__(self, cfg: FDConfig, processes: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        self.processes = processes
+        self.pools = [
+            ProcessPoolExecutor(1, ctx, initializer=_init_worker, initargs=(cfg, rank, processes))
+            for rank in range(processes)
+        ]
+        for pool in self.pools:  # start-up (imports, client builds) before round 1
+            pool.submit(_ready).result()
+
+    def run(self, picked: list[int], request: P.RoundRequest) -> list[RoundOutcome]:
+        """Every picked client's outcome, in ``picked`` order (the aggregation order)."""
+        futures = [
+            pool.submit(_work, [i for i in picked if i % self.processes == rank], request)
+            for rank, pool in enumerate(self.pools)
+        ]
+        done: dict[int, RoundOutcome] = {}
+        for future in futures:
+            done.update(future.result())
+        return [done[i] for i in picked]
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.shutdown()
+
+
+_WORKER_CLIENTS: dict[int, FDClient] = {}
+
+
+def _init_worker(cfg: FDConfig, rank: int, processes: int) -> None:
+    torch.set_num_threads(resolve_threads(cfg.torch_threads))
+    n = cfg.num_clients
+    for i in range(rank, n, processes):
+        _WORKER_CLIENTS[i] = FDClient(
+            cfg, load_client_data(cfg, i, n), cfg.model_for_partition(i), i
+        )
+
+
+def _ready() -> int:
+    return len(_WORKER_CLIENTS)
+
+
+def _work(ids: list[int], request: P.RoundRequest) -> dict[int, RoundOutcome]:
+    return {i: _WORKER_CLIENTS[i].run_round(request, train=True) for i in ids}
+
+
 def run_plain_fd(
-    cfg: FDConfig, on_round: Callable[[PlainRound], None] | None = None
+    cfg: FDConfig, on_round: Callable[[PlainRound], None] | None = None, processes: int = 1
 ) -> list[PlainRound]:
     """Run ``cfg.num_rounds`` FD rounds in this process; time each round like FedDistill does.
 
     ``on_round`` is called with each round as it ends (e.g. to sample CPU time). Supports
     plain FD with or without a public subset; not co-distillation or a separate query
-    phase (``ValueError``).
+    phase (``ValueError``). ``processes`` > 1 runs the clients in that many worker processes
+    (:class:`_ClientProcesses`); the numbers are the same, only the cores differ.
     """
     if (
         cfg.co_distillation
@@ -149,9 +206,30 @@ def run_plain_fd(
     torch.set_num_threads(resolve_threads(cfg.torch_threads))
     splits = load_splits_for(cfg)
     n = cfg.num_clients
-    clients = [
-        FDClient(cfg, load_client_data(cfg, i, n), cfg.model_for_partition(i), i) for i in range(n)
-    ]
+    workers = _ClientProcesses(cfg, processes) if processes > 1 else None
+    clients = (
+        []
+        if workers is not None
+        else [
+            FDClient(cfg, load_client_data(cfg, i, n), cfg.model_for_partition(i), i)
+            for i in range(n)
+        ]
+    )
+    try:
+        return _rounds(cfg, splits, clients, workers, on_round)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _rounds(
+    cfg: FDConfig,
+    splits: Any,
+    clients: list[FDClient],
+    workers: _ClientProcesses | None,
+    on_round: Callable[[PlainRound], None] | None,
+) -> list[PlainRound]:
+    n = cfg.num_clients
     server = _make_server(cfg, splits.input_shape, splits.num_classes)
     digest = P.public_hash(splits.public_x.numpy())
     rounds: list[PlainRound] = []
@@ -160,7 +238,10 @@ def run_plain_fd(
         picked = _sample(server, n)
         indices = _public_indices(server, len(splits.public_x))
         request = _request(cfg, server_round, indices, len(splits.public_x), digest)
-        outcomes = [clients[i].run_round(request, train=True) for i in picked]
+        if workers is not None:
+            outcomes = workers.run(picked, request)
+        else:
+            outcomes = [clients[i].run_round(request, train=True) for i in picked]
         teacher = _teacher(cfg, outcomes, splits.num_classes)
         generator = torch.Generator().manual_seed(int(server.rng.integers(2**31)))
         inputs = splits.public_x if indices is None else splits.public_x[torch.as_tensor(indices)]

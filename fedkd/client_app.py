@@ -6,7 +6,11 @@ and demo clients, ``data-path`` for a device's own data (:mod:`fedkd.device_data
 ``model`` to pick the architecture); how the run is configured comes from ``Context.run_config``
 (see :mod:`fedkd.config`). Model and optimizer state persist in ``Context.state`` (or, with
 ``client-state=disk``, in a file named by a token kept there: :mod:`fedkd.client_state`)
-because simulation workers are not pinned to clients.
+because simulation workers are not pinned to clients. With ``clients-per-message`` K > 1 a
+simulated node is a cohort of K virtual clients (:class:`Member`): one FD message names the
+slots to serve, each is served in turn with its own state, and the reply holds each one's
+records (:func:`fedkd.protocol.cohort_reply_content`; the server splits it,
+:mod:`strategies.cohorts`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import (
@@ -67,7 +72,11 @@ def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        client = _restore(context, config_of(context))
+        cfg = config_of(context)
+        if cfg.clients_per_message > 1:  # FD evaluates centrally; a cohort has no one model
+            reason = "evaluate serves one client per node (clients-per-message > 1)"
+            return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+        client = _restore(context, cfg)
         return Message(RecordDict({P.METRICS: MetricRecord(client.evaluate())}), reply_to=msg)
 
     # federated continual learning (fedkd.client_fcl): the run's spec travels in the message
@@ -109,68 +118,170 @@ def _data(context: Context, cfg: FDConfig, partition_id: int, num_partitions: in
 LIVE_CLIENTS: LiveClients[FDClient] = LiveClients()
 
 
-def _key(context: Context) -> tuple[int, int]:
-    return int(context.run_id), int(context.node_id)
+@dataclass(frozen=True)
+class Member:
+    """Who one client served by this node is, and where its state lives.
+
+    A node serves one client (its ``Context.state[STATE_KEY]``, keyed by node id), or, with
+    ``clients-per-message`` K > 1, a cohort: slot ``s`` is virtual client ``node·K + s`` of
+    partition ``partition·K + s`` out of ``num-partitions·K``, with its own state record
+    ``STATE_KEY.<s>`` and its own state file and live-client entry keyed by that virtual id.
+    """
+
+    run_id: int
+    client_id: int  # node id, or the virtual client id node·K + slot
+    state_key: str
+    partition_id: int
+    num_partitions: int
+    model: str
+    device_data: bool = True  # a node's own data (node config data-path) may stand in
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.run_id, self.client_id
 
 
-def _restore(context: Context, cfg: FDConfig) -> FDClient:
-    """This node's client: the live one if it is the latest state, else rebuilt from it."""
+def _node_member(context: Context, cfg: FDConfig) -> Member:
+    partition_id, num_partitions, model = _identity(context, cfg)
+    run_id, node_id = int(context.run_id), int(context.node_id)
+    return Member(run_id, node_id, STATE_KEY, partition_id, num_partitions, model)
+
+
+def _cohort_member(context: Context, cfg: FDConfig, slot: int) -> Member:
+    """Slot ``slot`` of this node's cohort (see :class:`Member`)."""
+    k = cfg.clients_per_message
+    if not 0 <= slot < k:
+        raise ValueError(f"cohort slot {slot} outside [0, clients-per-message={k})")
+    if "data-path" in context.node_config:
+        raise ValueError("a node with its own data (data-path) serves one client, not a cohort")
+    node = context.node_config
+    node_partition = int(node.get("partition-id", 0))
+    num_nodes = int(node.get("num-partitions", cfg.num_nodes))
+    partition_id = node_partition * k + slot
+    run_id, node_id = int(context.run_id), int(context.node_id)
+    return Member(
+        run_id,
+        node_id * k + slot,
+        f"{STATE_KEY}.{slot}",
+        partition_id,
+        num_nodes * k,
+        cfg.model_for_partition(partition_id),
+        device_data=False,
+    )
+
+
+def _restore(context: Context, cfg: FDConfig, member: Member | None = None) -> FDClient:
+    """This client's live object if it is the latest state, else rebuilt from that state.
+
+    Rebuilding reuses this process's older object of the same client when there is one (it
+    was served here before, then by another worker): loading the saved state into it gives
+    the same model, optimizer and ledger as a new build (same data, same architecture) for
+    a sixth of the cost, which is what a cohort landing on another worker pays per member.
+    """
+    member = member or _node_member(context, cfg)
     LIVE_CLIENTS.resize(cfg.live_client_mib * 2**20)
-    record = context.state.config_records.get(STATE_KEY)
+    record = _state_record(context, member)
     if record is not None and "token" in record:
-        live = LIVE_CLIENTS.get(_key(context), str(record["token"]), cfg)
+        live = LIVE_CLIENTS.get(member.key, str(record["token"]), cfg)
         if live is not None:
             return live
-    partition_id, num_partitions, model = _identity(context, cfg)
-    data = _data(context, cfg, partition_id, num_partitions)
-    client = FDClient(cfg, data, model, partition_id)
+    blob: bytes | None = None
     if record is not None and "blob" in record:
-        client.load_state_bytes(record["blob"])  # type: ignore[arg-type]
+        blob = record["blob"]  # type: ignore[assignment]
     elif record is not None:  # client-state=disk: only the token travelled
-        run_id, node_id = _key(context)
-        blob = StateFiles(cfg.client_state_dir).read(run_id, node_id, str(record["token"]))
+        blob = StateFiles(cfg.client_state_dir).read(*member.key, str(record["token"]))
+    client = LIVE_CLIENTS.stale(member.key, cfg) if blob is not None else None
+    if client is None:
+        if member.device_data:
+            data = _data(context, cfg, member.partition_id, member.num_partitions)
+        else:
+            data = load_client_data(cfg, member.partition_id, member.num_partitions)
+        client = FDClient(cfg, data, member.model, member.partition_id)
+    if blob is not None:
         client.load_state_bytes(blob)
     return client
 
 
-def _save(context: Context, client: FDClient) -> None:
+def _state_record(context: Context, member: Member) -> ConfigRecord | None:
+    """The member's state record, read directly: ``RecordDict.config_records`` copies every
+    config record of the node on each call (0.2 ms with a cohort's K records)."""
+    record = context.state.get(member.state_key)
+    return record if isinstance(record, ConfigRecord) else None
+
+
+def _save(context: Context, client: FDClient, member: Member) -> None:
     """Name the client's new state with a fresh token; keep it where the config says."""
     token = uuid.uuid4().hex
     # the client checkpoint written at the end of training holds the same bytes
     blob = client.fresh_blob or client.state_bytes()
     client.fresh_blob = None
     if client.cfg.client_state == "disk":
-        run_id, node_id = _key(context)
-        old = context.state.config_records.get(STATE_KEY)
+        old = _state_record(context, member)
         previous = str(old["token"]) if old is not None and "token" in old else None
-        StateFiles(client.cfg.client_state_dir).write(run_id, node_id, token, blob, previous)
-        context.state[STATE_KEY] = ConfigRecord({"token": token})
+        StateFiles(client.cfg.client_state_dir).write(*member.key, token, blob, previous)
+        context.state[member.state_key] = ConfigRecord({"token": token})
     else:
-        context.state[STATE_KEY] = ConfigRecord({"blob": blob, "token": token})
+        context.state[member.state_key] = ConfigRecord({"blob": blob, "token": token})
     client.restored = True  # its state is current: no need to reload a disk checkpoint
     size = len(blob) + client.data.train_x.nbytes + client.data.train_y.nbytes
-    LIVE_CLIENTS.put(_key(context), token, client, size, client.cfg)
+    LIVE_CLIENTS.put(member.key, token, client, size, client.cfg)
 
 
 def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> Message:
+    """One FD round for this node's client, or for each member of its cohort in turn."""
     req = P.parse_request(msg.content)
-    client = _restore(context, cfg)
+    slots = P.cohort_slots(msg.content)
+    if slots is None:
+        part = _serve(msg, context, cfg, req, _node_member(context, cfg), train=train)
+        if isinstance(part, tuple):
+            return Message(Error(code=part[0], reason=part[1]), reply_to=msg)
+        return Message(part, reply_to=msg)
+    parts: dict[int, RecordDict | tuple[int, str]] = {}
+    for slot in slots:
+        try:
+            member = _cohort_member(context, cfg, slot)
+            parts[slot] = _serve(msg, context, cfg, req, member, train=train, contain=True)
+        except Exception as exc:  # a bad slot: that member's error, not the cohort's
+            parts[slot] = (CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
+    return Message(P.cohort_reply_content(parts), reply_to=msg)
+
+
+def _serve(
+    msg: Message,
+    context: Context,
+    cfg: FDConfig,
+    req: P.RoundRequest,
+    member: Member,
+    *,
+    train: bool,
+    contain: bool = False,
+) -> RecordDict | tuple[int, str]:
+    """One client's round: its reply records, or ``(code, reason)`` when it failed.
+
+    An injected fault is always a one-line error. Any other exception propagates (Flower
+    reports the crash) unless ``contain``: in a cohort one member's crash is that member's
+    error, logged with its traceback, and the other members' replies go out.
+    """
+    client = _restore(context, cfg, member)
     faults.straggle(
         cfg, client.partition_id, req.server_round, msg.metadata.message_type, msg.metadata
     )
     try:
         outcome = client.run_round(req, train=train)
     except faults.InjectedFault as fault:  # one log line, not the stack trace of a real crash
-        LIVE_CLIENTS.drop(_key(context))  # it may have trained without saving: not the state
+        LIVE_CLIENTS.drop(member.key)  # it may have trained without saving: not the state
         log.warning("%s", fault)
-        return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=str(fault)), reply_to=msg)
-    except Exception:
-        LIVE_CLIENTS.drop(_key(context))
-        raise
+        return CLIENT_APP_RAISED_EXCEPTION, str(fault)
+    except Exception as exc:
+        LIVE_CLIENTS.drop(member.key)
+        if not contain:
+            raise
+        log.exception("client %d (partition %d) failed", member.client_id, member.partition_id)
+        return CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"
     if train:
-        _save(context, client)
+        _save(context, client, member)
     echo = P.Echo(req.server_round, msg.metadata.message_type, req.public_hash)
-    content = P.reply_content(
+    return P.reply_content(
         outcome.payload,
         outcome.metrics,
         model_name=client.model_name,
@@ -178,7 +289,6 @@ def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> 
         support=outcome.support,
         echo=echo,
     )
-    return Message(content, reply_to=msg)
 
 
 def _weights_train(msg: Message, context: Context, cfg: FDConfig) -> Message:

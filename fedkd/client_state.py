@@ -104,6 +104,15 @@ class LiveClients(Generic[T]):
         self._items.move_to_end(key)
         return item[1]
 
+    def stale(self, key: tuple[int, int], owner: object) -> T | None:
+        """The live client of ``key`` under ``owner`` whatever state it holds: the object to
+        load a newer saved state into instead of building the client again (its data and
+        architecture are those of ``key`` under ``owner``; its state is about to be replaced)."""
+        item = self._items.get(key)
+        if item is None or item[3] != owner:
+            return None
+        return item[1]
+
     def put(self, key: tuple[int, int], token: str, client: T, size: int, owner: object) -> None:
         """Keep ``client`` (about ``size`` bytes) as the state named ``token``."""
         self.drop(key)

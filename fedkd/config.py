@@ -279,6 +279,14 @@ class FDConfig:
         "(least recently used dropped first; 0 = rebuild every client from its state)",
         default=512,
     )
+    clients_per_message: int = _doc(
+        "Simulation only, strategy=fd: virtual clients (partitions) one Flower node serves per "
+        "message (a cohort). The federation has num-clients / clients-per-message nodes; the "
+        "server still samples virtual clients and validates, aggregates and counts each one's "
+        "reply on its own; fewer, fatter messages cut the per-message cost of the runtime "
+        "(docs/simulation.md). 1 = one client per node",
+        default=1,
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -289,6 +297,12 @@ class FDConfig:
         if self.strategy == "fedavg":
             return (self.student_model,)
         return tuple(name.strip() for name in self.client_models.split(",") if name.strip())
+
+    @property
+    def num_nodes(self) -> int:
+        """Flower nodes (SuperNodes) of a simulated federation: one per cohort of
+        ``clients_per_message`` virtual clients (``num_clients`` when it is 1)."""
+        return self.num_clients // self.clients_per_message
 
     def model_for_partition(self, partition_id: int) -> str:
         """Round-robin architecture assignment: heterogeneous federations by config alone."""
@@ -441,6 +455,7 @@ def _validate(cfg: FDConfig) -> None:
     )
     _require(cfg.synthetic_train >= 0, "synthetic-train", "must be >= 0 (0 = default)")
     _check_population(cfg)
+    _check_cohorts(cfg)
     _require(
         cfg.min_replies <= cfg.num_clients,
         "min-replies",
@@ -465,6 +480,23 @@ def _check_population(cfg: FDConfig) -> None:
         f"{cfg.num_clients} clients but the synthetic private pool holds {pool} samples "
         f"(after the validation share); raise synthetic-train "
         f"(e.g. synthetic-train={_train_for(cfg)})",
+    )
+
+
+def _check_cohorts(cfg: FDConfig) -> None:
+    """``clients-per-message``: a whole number of virtual clients per node, FD only."""
+    k = cfg.clients_per_message
+    _require(k >= 1, "clients-per-message", f"must be >= 1, got {k}")
+    _require(
+        cfg.num_clients % k == 0,
+        "clients-per-message",
+        f"{k} does not divide num-clients={cfg.num_clients}: every node serves the same number "
+        "of virtual clients",
+    )
+    _require(
+        k == 1 or cfg.strategy == "fd",
+        "clients-per-message",
+        f"{k} > 1 needs strategy=fd ({cfg.strategy} runs Flower's own per-node weight exchange)",
     )
 
 

@@ -158,7 +158,7 @@ def maybe_attack(
     cfg: FDConfig, partition_id: int, server_round: int, probs: np.ndarray
 ) -> np.ndarray:
     """``probs`` unchanged for honest clients, the configured attack for attackers."""
-    if partition_id not in attackers(cfg):
+    if cfg.byzantine_fraction <= 0 or partition_id not in attackers(cfg):  # 0: no permutation
         return probs
     rng = _rng(cfg, partition_id, server_round, 0xA77)
     return attack(probs, cfg.byzantine_attack, rng=rng, target=cfg.byzantine_target)

@@ -12,6 +12,11 @@ One round (see ``docs/algorithm.md``)::
     server --query-->  client   only when ``separate-query``: predictions without training
 
 FedAvg baseline messages use Flower's own keys (``arrays``/``config``/``metrics``).
+
+Cohorts (``clients-per-message`` = K > 1, simulation only): node ``n`` serves the virtual
+clients ``n·K + s`` for slots ``s < K``. A request adds a ``cohort`` record naming the slots
+sampled this round; the reply holds each slot's records under ``<key>@<slot>`` (or an
+``error@<slot>``), which :func:`split_cohort_reply` turns back into one plain reply per slot.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ METRICS = "metrics"  # MetricRecord
 META = "meta"  # ConfigRecord: non-numeric reply metadata
 ARRAYS = "arrays"  # FedAvg: model weights (Flower's default key); FedDF: a client's reply
 GROUP_ARRAYS_PREFIX = "arrays."  # FedDF: "arrays.<model>", one architecture group's weights
+# Cohorts (``clients-per-message`` > 1): one message serves several virtual clients of a node.
+COHORT = "cohort"  # ConfigRecord in a request: {COHORT_SLOTS: list[int]} the slots to serve
+COHORT_SLOTS = "slots"
+MEMBER_SEPARATOR = "@"  # reply record "<key>@<slot>": that member's record (e.g. "meta@3")
+MEMBER_ERROR = "error"  # ConfigRecord "error@<slot>": {ERROR_CODE, ERROR_REASON}: it failed
+ERROR_CODE = "code"
+ERROR_REASON = "reason"
 
 # ---------------------------------------------------------------- config entries
 ROUND = "server-round"
@@ -285,6 +297,74 @@ def wire_nbytes(obj: object) -> int:
     for child in (obj.children or {}).values():  # type: ignore[attr-defined]
         total += wire_nbytes(child)
     return total
+
+
+# ---------------------------------------------------------------- cohorts
+def cohort_request(base: RecordDict, slots: list[int]) -> RecordDict:
+    """``base`` (a request's records, shared, not copied) plus the cohort's ``slots``."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    content = RecordDict(dict(base.items()))
+    content[COHORT] = ConfigRecord({COHORT_SLOTS: [int(s) for s in slots]})
+    return content
+
+
+def cohort_slots(content: RecordDict) -> list[int] | None:
+    """The slots a request asks this node to serve, or ``None`` (a one-client message)."""
+    record = content.config_records.get(COHORT)
+    if record is None:
+        return None
+    slots = record[COHORT_SLOTS]
+    if not isinstance(slots, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in slots
+    ):
+        raise ValueError(f"request key {COHORT!r}: slots must be non-negative ints, got {slots!r}")
+    return [int(s) for s in slots]
+
+
+def member_key(key: str, slot: int) -> str:
+    """The record key of one member's ``key`` record in a cohort reply (``"meta@3"``)."""
+    return f"{key}{MEMBER_SEPARATOR}{slot}"
+
+
+def cohort_reply_content(parts: Mapping[int, RecordDict | tuple[int, str]]) -> RecordDict:
+    """One reply for a cohort: each slot's reply records renamed ``<key>@<slot>`` (order kept),
+    or, for a member that failed, ``error@<slot>`` holding its error code and reason."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    content = RecordDict()
+    for slot, part in parts.items():
+        if isinstance(part, tuple):
+            code, reason = part
+            content[member_key(MEMBER_ERROR, slot)] = ConfigRecord(
+                {ERROR_CODE: int(code), ERROR_REASON: str(reason)}
+            )
+            continue
+        for key, record in part.items():
+            content[member_key(key, slot)] = record
+    return content
+
+
+def split_cohort_reply(content: RecordDict) -> dict[int, RecordDict | tuple[int, str]]:
+    """Undo :func:`cohort_reply_content`: per slot, its plain reply records (keys as a
+    one-client reply has them, same order) or its ``(code, reason)`` error. Keys that do not
+    name a member are ignored; the caller decides what a missing slot means."""
+    from flwr.app import RecordDict
+
+    parts: dict[int, RecordDict | tuple[int, str]] = {}
+    for full_key, record in content.items():
+        key, sep, slot_text = full_key.rpartition(MEMBER_SEPARATOR)
+        if not sep or not slot_text.isdigit():
+            continue
+        slot = int(slot_text)
+        if key == MEMBER_ERROR:
+            code, reason = record.get(ERROR_CODE, 0), record.get(ERROR_REASON, "")
+            parts[slot] = (int(code) if isinstance(code, int) else 0, str(reason))
+            continue
+        part = parts.setdefault(slot, RecordDict())
+        if isinstance(part, RecordDict):  # an error for the slot wins over its records
+            part[key] = record
+    return parts
 
 
 # ---------------------------------------------------------------- federated continual learning

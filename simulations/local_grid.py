@@ -171,6 +171,6 @@ def run_fd_local(cfg: FDConfig, client_app: ClientApp | None = None) -> list[Rou
     run_local(
         make_server_app(run_config, [records.append]),
         client_app if client_app is not None else make_client_app(run_config),
-        cfg.num_clients,
+        cfg.num_nodes,
     )
     return records

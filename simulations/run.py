@@ -89,7 +89,7 @@ def run_experiment(
         run_apps(
             make_server_app(run_config, [on_round]),
             make_client_app(run_config),
-            cfg.num_clients,
+            cfg.num_nodes,
             spec.simulation,
         )
         summary = summarize(spec, full_history(run_dir, records), time.perf_counter() - started)

@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedkd import protocol as P
 from fedkd.config import FDConfig
 from fedkd.training import TrainConfig, distill, evaluate, make_optimizer
+from strategies import cohorts
 from strategies.aggregation import (
     SHARPENED_BASE,
     STREAMABLE_RULES,
@@ -215,7 +216,7 @@ class FedDistill(Strategy):
         self._pending_indices = self.choose_public_indices()
         self._expected_echo = P.Echo(server_round, P.TRAIN, self.public_hash)
         content = P.request_content(self.make_request(server_round, self._pending_indices))
-        return [Message(content=content, message_type=P.TRAIN, dst_node_id=n) for n in nodes]
+        return self.requests(content, P.TRAIN, nodes)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -228,7 +229,9 @@ class FedDistill(Strategy):
         """
         indices = self._pending_indices
         num_samples = self.public.size if indices is None else len(indices)
-        valid, rejected = self.validate(list(replies), num_samples)
+        k = self.cfg.clients_per_message
+        per_client = list(replies) if k == 1 else cohorts.expand(replies, k, None)
+        valid, rejected = self.validate(per_client, num_samples)
         if len(valid) < self.cfg.min_replies:
             return None, MetricRecord({"valid-replies": len(valid), "rejected": len(rejected)})
         teacher = self.aggregate_teacher(valid)
@@ -496,9 +499,11 @@ class FedDistill(Strategy):
         Waits (as Flower's strategies do) until ``min_train_nodes`` nodes are connected, but
         at most ``round_timeout`` seconds: then it returns no nodes, and the round is recorded
         as skipped (:data:`TOO_FEW_NODES`), after which :meth:`start` ends the run.
+        With cohorts the same draw runs over virtual clients (:meth:`clients_of`): sampling,
+        ``min-train-nodes`` and central DP's Poisson rate stay per client.
         """
         deadline = time.monotonic() + self.cfg.round_timeout
-        nodes = sorted(grid.get_node_ids())
+        nodes = self.clients_of(grid)
         while len(nodes) < self.cfg.min_train_nodes:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -513,7 +518,7 @@ class FedDistill(Strategy):
                 "waiting for nodes: %d connected, %d needed", len(nodes), self.cfg.min_train_nodes
             )
             time.sleep(min(1.0, left))
-            nodes = sorted(grid.get_node_ids())
+            nodes = self.clients_of(grid)
         self._num_connected = len(nodes)
         if self.privacy.poisson_sampling():  # central DP: amplification needs Poisson sampling
             keep = self.rng.random(len(nodes)) < self.privacy.sample_rate
@@ -524,6 +529,13 @@ class FedDistill(Strategy):
         # Sample positions, not ids: node ids are uint64 and would lose bits in a NumPy array.
         picked = self.rng.choice(len(nodes), size=size, replace=False)
         return [nodes[i] for i in sorted(picked)]
+
+    def clients_of(self, grid: Grid) -> list[int]:
+        """The connected clients, sorted: node ids, or with cohorts (``clients-per-message``
+        K > 1) the virtual clients ``node·K + slot`` (:mod:`strategies.cohorts`)."""
+        nodes = sorted(grid.get_node_ids())
+        k = self.cfg.clients_per_message
+        return nodes if k == 1 else cohorts.virtual_clients(nodes, k)
 
     def choose_public_indices(self) -> np.ndarray | None:
         """All public rows (None), or a fresh random subset per round (DS-FL)."""
@@ -584,12 +596,14 @@ class FedDistill(Strategy):
         if not nodes:
             return [], 0, 0
         content = P.request_content(req)
-        messages = [
-            Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes
-        ]
-        down = P.wire_nbytes(content) * len(messages)
+        messages = self.requests(content, message_type, nodes)
+        # bytes per client as each would send its own message (cohorts are a simulation device)
+        down = P.wire_nbytes(content) * len(nodes)
         received = list(grid.send_and_receive(messages, timeout=timeout))
         replies = _attribute(received, messages)
+        k = self.cfg.clients_per_message
+        if k > 1:  # one reply per virtual client from here on
+            replies = cohorts.expand(replies, k, cohorts.by_node(nodes, k))
         up = sum(P.wire_nbytes(r.content) for r in replies if not r.has_error())
         for r in replies:
             if r.has_error():
@@ -597,6 +611,15 @@ class FedDistill(Strategy):
                     "node %s replied with an error: %s", r.metadata.src_node_id, r.error.reason
                 )
         return replies, down, up
+
+    def requests(self, content: Any, message_type: str, clients: list[int]) -> list[Message]:
+        """The messages that ask ``clients``: one each, or one per node for its cohort."""
+        k = self.cfg.clients_per_message
+        if k == 1:
+            return [
+                Message(content=content, message_type=message_type, dst_node_id=n) for n in clients
+            ]
+        return cohorts.requests(content, message_type, cohorts.by_node(clients, k))
 
     def streaming_aggregator(self, num_samples: int) -> Fold | None:
         """Running sums for the configured rule when it is a mean-type rule, else ``None``

@@ -52,11 +52,12 @@ def check_federation_size(grid: Grid, cfg: FDConfig) -> str | None:
     while they connect; the warning says both.
     """
     connected = len(list(grid.get_node_ids()))
-    if connected == cfg.num_clients:
+    if connected == cfg.num_nodes:
         return None
+    cohorts = f" / clients-per-message={cfg.clients_per_message}" * (cfg.clients_per_message > 1)
     message = (
-        f"{connected} SuperNodes are connected but num-clients={cfg.num_clients}: in a "
-        f'simulation, run `flwr run . --federation-config "num-supernodes={cfg.num_clients}"` '
+        f"{connected} SuperNodes are connected but num-clients={cfg.num_clients}{cohorts}: in a "
+        f'simulation, run `flwr run . --federation-config "num-supernodes={cfg.num_nodes}"` '
         "(simulated clients split the data into one partition per SuperNode, so the run "
         "differs from fedkd-sim's); on devices, this is expected while they connect"
     )
