@@ -22,6 +22,7 @@ onnxruntime (or ``torch.compile``), see docs/compression.md.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from typing import Any
 
@@ -54,8 +55,12 @@ def x86_quantizer(*, is_qat: bool = False) -> Any:
         get_default_x86_inductor_quantization_config,
     )
 
+    config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    # 7-bit weights (reduce_range): x86 CPUs with AVX2 but no VNNI multiply u8 activations by
+    # s8 weights in int16 pairs, which saturate with full-range weights in onnxruntime
+    weight = dataclasses.replace(config.weight, quant_min=-64, quant_max=63)
     quantizer = X86InductorQuantizer()
-    quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    quantizer.set_global(dataclasses.replace(config, weight=weight))
     return quantizer
 
 
