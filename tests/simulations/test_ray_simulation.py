@@ -89,14 +89,15 @@ def test_ray_simulation_reports_every_round(tmp_path, capfd: pytest.CaptureFixtu
 def test_ray_simulation_survives_crashes_and_stragglers() -> None:
     # Seed 47 with these rates (fedkd.faults draws are deterministic): in round 1 partition 1
     # crashes when asked to train and partition 0 answers only after the timeout; round 2 has
-    # no fault, so both must be back. Four Ray workers for four clients, so the straggler holds
-    # only its own worker. (Both faults in round 1, which waits for the timeout anyway, spare
-    # a second round-timeout wait: round 2 is a normal round.)
+    # no fault, so both must be back. Both faults sit in round 1, which waits for the timeout
+    # anyway, so round 2 is a normal round rather than a second timeout wait. Two Ray workers
+    # (as in the run above): the straggler holds one, the other serves the rest; four workers
+    # starting at once on 2 busy cores did not answer within the timeout.
     pytest.importorskip("ray")
     cfg = FDConfig(
         num_rounds=2,
-        num_clients=4,
-        min_train_nodes=4,
+        num_clients=3,
+        min_train_nodes=3,
         local_epochs=1,
         server_epochs=1,
         client_models="mlp",
@@ -108,7 +109,7 @@ def test_ray_simulation_survives_crashes_and_stragglers() -> None:
     )
     run_config = to_run_config(cfg)
     records: list[RoundRecord] = []
-    sim = SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=4)
+    sim = SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=2)
     run_apps(
         make_server_app(run_config, [records.append]),
         make_client_app(run_config),
@@ -117,12 +118,12 @@ def test_ray_simulation_survives_crashes_and_stragglers() -> None:
     )
 
     first, second = records
-    assert (first.valid_replies, first.rejected, first.missing) == (2, 1, 1)
+    assert (first.valid_replies, first.rejected, first.missing) == (1, 1, 1)
     assert first.rejected_reasons == {"client-error": 1} and len(first.rejected_nodes) == 1
     assert len(first.missing_nodes) == 1 and first.missing_nodes != first.rejected_nodes
     assert first.wall_seconds >= cfg.round_timeout  # the server waited for the straggler
     # the crashed client and the straggler (its late round-1 reply not counted) answer again
-    assert (second.valid_replies, second.rejected, second.missing) == (4, 0, 0)
+    assert (second.valid_replies, second.rejected, second.missing) == (3, 0, 0)
     assert all(r.status == "ok" and math.isfinite(r.student_loss) for r in records)
 
 
