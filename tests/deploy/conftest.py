@@ -1,5 +1,4 @@
-"""Fixtures for the deployment tests: a :class:`Federation` that always cleans up, certs, and
-the real runs (tests/deploy/runs.py) the slow tests share."""
+"""Fixtures for the deployment tests: a :class:`Federation` that always cleans up, and certs."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from .harness import REPO, Certs, Federation
-from .runs import Run, start_and_wait
 
 
 @pytest.fixture
@@ -23,7 +21,7 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
         fed.close()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A CA and a 127.0.0.1 server certificate made by ``scripts/make_certs.sh``."""
     out = tmp_path_factory.mktemp("certs")
@@ -34,16 +32,3 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         timeout=120,
     )
     return Certs(ca=out / "ca.crt", cert=out / "server.pem", key=out / "server.key")
-
-
-@pytest.fixture(scope="package")
-def runs(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[dict[str, Run]]:
-    """Every real run in tests/deploy/runs.py, started at once on first use; each federation's
-    processes end when the package's tests are done, pass or fail."""
-    found: dict[str, Run] = {}
-    try:
-        start_and_wait(tmp_path_factory, certs, found)
-        yield found
-    finally:
-        for run in reversed(found.values()):
-            run.federation.close()

@@ -1,25 +1,64 @@
 """``flwr run .`` on Flower's local simulation federation, as docs/simulation.md writes it.
 
 The test starts the local SuperLink itself (the command ``flwr`` would start, on free ports
-inside ``FLWR_HOME`` under a tmp dir) so that it owns and ends it; ``flwr run`` finds it on
+inside ``FLWR_HOME`` under ``tmp_path``) so that it owns and ends it; ``flwr run`` finds it on
 the ports named by ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT``/``FLWR_LOCAL_CONTROL_API_PORT``.
 ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` keeps the pinned stack (no ``uv sync``).
-The run itself is ``local-simulation`` in tests/deploy/runs.py, started alongside the
-deployments by the package fixture ``runs``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from .runs import Run
+from .harness import REPO, Federation, free_port
 
 
 @pytest.mark.slow
-def test_flwr_run_local_simulation_on_the_pinned_stack(runs: dict[str, Run]) -> None:
-    run = runs["local-simulation"]
-    code, output = run.result()
-    assert code == 0, run.federation.tail()
+def test_flwr_run_local_simulation_on_the_pinned_stack(federation: Federation) -> None:
+    http_port, control_port = free_port(), free_port()
+    federation.env.update(
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
+        FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+    )
+    home: Path = federation.home
+    superlink = federation.start(
+        "local-superlink",
+        [
+            "flower-superlink",
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--control-api-address",
+            f"127.0.0.1:{control_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http_port),
+            "--database",
+            str(home / "state.db"),
+        ],
+    )
+    federation._wait_for_port(superlink, http_port)
+    code, output = federation.cli(
+        [
+            "flwr",
+            "run",
+            str(REPO),
+            "--stream",
+            "--run-config",
+            "num-rounds=1 num-clients=3 local-epochs=1 server-epochs=1 "
+            "client-models='mlp' student-model='mlp'",
+            "--federation-config",
+            "num-supernodes=3",
+        ],
+        timeout=300,
+        name="flwr-run",
+    )
+    assert code == 0, federation.tail()
     assert "Starting local SuperLink" not in output  # it used ours
     assert "(3 simulated SuperNodes)" in output
     assert "replies 3 ok" in output  # every simulated client took part in round 1
