@@ -153,21 +153,22 @@ class Federation:
 
     def cli(self, args: list[str], timeout: float, name: str) -> tuple[int, str]:
         """Run a ``flwr`` CLI command to completion (bounded); returns (exit code, output)."""
-        ((code, output),) = wait_all([(self, self.start(name, args))], timeout)
-        return code, output
-
-    def start_flwr_run(self, connection: str, run_config: str) -> Started:
-        """Start ``flwr run <repo> <connection> --stream --run-config ...`` (docs/deploy.md's
-        command) without waiting: several federations can run at once (see :func:`wait_all`)."""
-        args = ["flwr", "run", str(REPO), connection, "--stream", "--run-config", run_config]
-        return self.start("flwr-run", args)
+        proc = self.start(name, args)
+        deadline = time.monotonic() + timeout
+        while proc.popen.poll() is None and time.monotonic() < deadline:
+            self._remember_descendants()  # clientapp/serverapp processes come and go
+            time.sleep(1.0)
+        if proc.popen.poll() is None:
+            self._end(proc)
+            return -1, proc.log.read_text(errors="replace") + f"\n[timed out after {timeout}s]"
+        return proc.popen.returncode, proc.log.read_text(errors="replace")
 
     def flwr_run(
         self, connection: str, run_config: str, timeout: float = RUN_TIMEOUT
     ) -> tuple[int, str]:
         """``flwr run <repo> <connection> --stream --run-config ...``, as docs/deploy.md does."""
-        ((code, output),) = wait_all([(self, self.start_flwr_run(connection, run_config))], timeout)
-        return code, output
+        args = ["flwr", "run", str(REPO), connection, "--stream", "--run-config", run_config]
+        return self.cli(args, timeout, "flwr-run")
 
     def tail(self, lines: int = 40) -> str:
         """The end of every log, for assertion messages."""
@@ -230,28 +231,6 @@ class Federation:
             if _start_time(pid) == start:  # still the same process, not a reused pid
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-
-
-def wait_all(runs: list[tuple[Federation, Started]], timeout: float) -> list[tuple[int, str]]:
-    """Wait (bounded, together) for processes started by :meth:`Federation.start`.
-
-    Returns (exit code, output) per run, in order; a run still going at the deadline is ended
-    (its own process group only) and reported as exit code -1 with a "timed out" line.
-    """
-    deadline = time.monotonic() + timeout
-    while any(p.popen.poll() is None for _, p in runs) and time.monotonic() < deadline:
-        for fed, _ in runs:
-            fed._remember_descendants()  # clientapp/serverapp processes come and go
-        time.sleep(1.0)
-    results = []
-    for fed, proc in runs:
-        if proc.popen.poll() is None:
-            fed._end(proc)
-            log = proc.log.read_text(errors="replace")
-            results.append((-1, log + f"\n[timed out after {timeout}s]"))
-        else:
-            results.append((proc.popen.returncode, proc.log.read_text(errors="replace")))
-    return results
 
 
 def _process_table() -> dict[int, int]:

@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tomllib
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from packaging.utils import canonicalize_name
 from fedkd.config import FDConfig, to_run_config
 from fedkd.device_data import write_partitions, write_private_npz
 
-from .harness import REPO, RUN_TIMEOUT, Certs, Federation, Started, free_port, wait_all
+from .harness import REPO, Certs, Federation, free_port
 
 SMALL = "local-epochs=1 server-epochs=1 num-clients=2 min-train-nodes=2 client-models='mlp'"
 DEMO = FDConfig(num_clients=2)  # the config whose partitions the devices' .npz files hold
@@ -179,127 +177,39 @@ def test_fab_ships_only_the_apps_code() -> None:
 
 
 # --------------------------------------------------------------------------- deployments
-# The three deployments below (insecure, TLS, TLS + SuperNode authentication) are independent
-# federations on their own free ports, FLWR_HOMEs and run dirs. One module fixture starts all
-# three and waits for their `flwr run`s together: most of a run's wall time is SuperNodes
-# polling and ClientApp processes starting, so three at once take little longer than one.
-# Each test then asserts on its own deployment only, and a deployment that failed to start
-# fails (with its own error) only the test that owns it.
-@dataclass
-class Deployment:
-    """One federation, its `flwr run`'s result and what its test inspects afterwards."""
-
-    federation: Federation
-    run_dir: Path
-    code: int = -1
-    output: str = ""
-    error: BaseException | None = None
-    outsider: Started | None = None  # the auth deployment's unregistered SuperNode
-
-    def result(self) -> tuple[int, str]:
-        """(exit code, output) of the `flwr run`; re-raises the deployment's setup error."""
-        if self.error is not None:
-            raise self.error
-        return self.code, self.output
-
-
-Start = tuple[str, int, Started | None]  # connection name, FD rounds, the auth outsider
-
-
-def _start_insecure(fed: Federation, root: Path, certs: Certs) -> Start:
-    """Two SuperNodes (one reading its own .npz, one a demo partition); two FD rounds."""
-    data = write_partitions(DEMO, 2, root / "device-data")
-    port = free_port()
-    fed.superlink(port)
-    fed.supernode("supernode-0", port, f"data-path='{data[0]}' partition-id=0")
-    fed.supernode("supernode-1", port, "partition-id=1 num-partitions=2")
-    fed.connection("loopback", port)
-    return "loopback", 2, None
-
-
-def _start_tls(fed: Federation, root: Path, certs: Certs) -> Start:
-    """TLS everywhere; supernode-1's data file is malformed (label 42: no such class)."""
-    bad = root / "bad.npz"
-    write_private_npz(bad, np.zeros((4, 1, 8, 8)), np.array([0, 1, 2, 42]))
-    port = free_port()
-    fed.superlink(port, certs=certs)
-    fed.supernode("supernode-0", port, "partition-id=0 num-partitions=2", certs=certs)
-    fed.supernode("supernode-1", port, f"data-path='{bad}' partition-id=1", certs=certs)
-    fed.connection("loopback-tls", port, certs=certs)
-    return "loopback-tls", 1, None
-
-
-def _start_auth(fed: Federation, root: Path, certs: Certs) -> Start:
-    """TLS + SuperNode authentication: two registered keys join, a third never registered."""
-    keys = [_ssh_keypair(root, f"supernode-{i}") for i in range(3)]
-    port = free_port()
-    fed.superlink(port, certs=certs, auth=True)
-    fed.connection("loopback-auth", port, certs=certs)
-    for i, (_, public) in enumerate(keys[:2]):
-        code, out = fed.cli(
-            ["flwr", "supernode", "register", str(public), "loopback-auth"],
-            timeout=60,
-            name=f"register-{i}",
-        )
-        assert code == 0 and "registered successfully" in out, out
-    for i, (private, _) in enumerate(keys[:2]):
-        config = f"partition-id={i} num-partitions=2"
-        fed.supernode(f"supernode-{i}", port, config, certs=certs, auth_key=private)
-    outsider = fed.supernode(  # its key was never registered
-        "outsider", port, "partition-id=0 num-partitions=2", certs=certs, auth_key=keys[2][0]
-    )
-    return "loopback-auth", 1, outsider
-
-
-@pytest.fixture(scope="module")
-def deployments(
-    tmp_path_factory: pytest.TempPathFactory, certs: Certs
-) -> Iterator[dict[str, Deployment]]:
-    """The three deployments, run at once; every process they started ends afterwards."""
-    starts: dict[str, Callable[[Federation, Path, Certs], Start]] = {
-        "insecure": _start_insecure,
-        "tls": _start_tls,
-        "auth": _start_auth,
-    }
-    found: dict[str, Deployment] = {}
-    running: list[tuple[Deployment, Started]] = []
-    try:
-        for name, start in starts.items():
-            root = tmp_path_factory.mktemp(f"deploy-{name}")
-            found[name] = dep = Deployment(Federation(root), root / "run")
-            try:
-                connection, rounds, dep.outsider = start(dep.federation, root, certs)
-                config = _run_config(dep.run_dir, rounds)
-                running.append((dep, dep.federation.start_flwr_run(connection, config)))
-            except Exception as error:  # reported by this deployment's own test
-                dep.error = error
-        results = wait_all([(dep.federation, proc) for dep, proc in running], RUN_TIMEOUT)
-        for (dep, _), (code, output) in zip(running, results, strict=True):
-            dep.code, dep.output = code, output
-        yield found
-    finally:
-        for dep in reversed(found.values()):
-            dep.federation.close()
-
-
 @pytest.mark.slow
-def test_insecure_federation_runs_fd_to_completion(deployments: dict[str, Deployment]) -> None:
+def test_insecure_federation_runs_fd_to_completion(federation: Federation, tmp_path: Path) -> None:
     """Two SuperNodes (one reading its own .npz, one a demo partition), two FD rounds."""
-    dep = deployments["insecure"]
-    code, output = dep.result()
-    assert code == 0, f"{output}\n{dep.federation.tail()}"
-    _assert_student_metrics(_rounds(dep.run_dir), num_rounds=2, valid=2)
+    data = write_partitions(DEMO, 2, tmp_path / "device-data")
+    port = free_port()
+    federation.superlink(port)
+    federation.supernode("supernode-0", port, f"data-path='{data[0]}' partition-id=0")
+    federation.supernode("supernode-1", port, "partition-id=1 num-partitions=2")
+    federation.connection("loopback", port)
+    run_dir = tmp_path / "run"
+    code, output = federation.flwr_run("loopback", _run_config(run_dir, rounds=2))
+    assert code == 0, f"{output}\n{federation.tail()}"
+    _assert_student_metrics(_rounds(run_dir), num_rounds=2, valid=2)
     assert re.search(r"round\s+2/2", output)  # the ServerApp's progress reached the terminal
 
 
 @pytest.mark.slow
-def test_tls_federation_and_a_device_with_bad_data(deployments: dict[str, Deployment]) -> None:
+def test_tls_federation_and_a_device_with_bad_data(
+    federation: Federation, certs: Certs, tmp_path: Path
+) -> None:
     """TLS everywhere; one device's data file is malformed: its reply is rejected, the round
     goes on with the other, and the device's error (naming its file) reaches the server."""
-    dep = deployments["tls"]
-    code, output = dep.result()
-    assert code == 0, f"{output}\n{dep.federation.tail()}"
-    (record,) = _rounds(dep.run_dir)
+    bad = tmp_path / "bad.npz"
+    write_private_npz(bad, np.zeros((4, 1, 8, 8)), np.array([0, 1, 2, 42]))  # label 42: no class
+    port = free_port()
+    federation.superlink(port, certs=certs)
+    federation.supernode("supernode-0", port, "partition-id=0 num-partitions=2", certs=certs)
+    federation.supernode("supernode-1", port, f"data-path='{bad}' partition-id=1", certs=certs)
+    federation.connection("loopback-tls", port, certs=certs)
+    run_dir = tmp_path / "run"
+    code, output = federation.flwr_run("loopback-tls", _run_config(run_dir, rounds=1))
+    assert code == 0, f"{output}\n{federation.tail()}"
+    (record,) = _rounds(run_dir)
     _assert_student_metrics([record], num_rounds=1, valid=1)
     assert record["rejected_reasons"] == {"client-error": 1}, record
     assert "bad.npz" in output, output  # the server logs the device's own error message
@@ -326,14 +236,30 @@ def _ssh_keypair(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_authenticated_supernodes(deployments: dict[str, Deployment]) -> None:
+def test_authenticated_supernodes(federation: Federation, certs: Certs, tmp_path: Path) -> None:
     """SuperNode authentication: registered keys join, an unregistered one is kept out."""
-    dep = deployments["auth"]
-    code, output = dep.result()
-    assert code == 0, f"{output}\n{dep.federation.tail()}"
-    (record,) = _rounds(dep.run_dir)
+    keys = [_ssh_keypair(tmp_path, f"supernode-{i}") for i in range(3)]
+    port = free_port()
+    federation.superlink(port, certs=certs, auth=True)
+    federation.connection("loopback-auth", port, certs=certs)
+    for i, (_, public) in enumerate(keys[:2]):
+        code, out = federation.cli(
+            ["flwr", "supernode", "register", str(public), "loopback-auth"],
+            timeout=60,
+            name=f"register-{i}",
+        )
+        assert code == 0 and "registered successfully" in out, out
+    for i, (private, _) in enumerate(keys[:2]):
+        config = f"partition-id={i} num-partitions=2"
+        federation.supernode(f"supernode-{i}", port, config, certs=certs, auth_key=private)
+    outsider = federation.supernode(  # its key was never registered
+        "outsider", port, "partition-id=0 num-partitions=2", certs=certs, auth_key=keys[2][0]
+    )
+    run_dir = tmp_path / "run"
+    code, output = federation.flwr_run("loopback-auth", _run_config(run_dir, rounds=1))
+    assert code == 0, f"{output}\n{federation.tail()}"
+    (record,) = _rounds(run_dir)
     _assert_student_metrics([record], num_rounds=1, valid=2)
     assert record["missing"] == 0  # only the two registered nodes were ever connected
-    assert dep.outsider is not None
-    assert dep.outsider.popen.poll() not in (None, 0)  # the SuperLink refused it; it gave up
-    assert "Failed to activate SuperNode" in dep.outsider.log.read_text(errors="replace")
+    assert outsider.popen.poll() not in (None, 0)  # the SuperLink refused it; it gave up
+    assert "Failed to activate SuperNode" in outsider.log.read_text(errors="replace")
