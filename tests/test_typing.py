@@ -1,4 +1,10 @@
-"""The public API stays typed: mypy finds no errors in the packages (a regression guard)."""
+"""The public API stays typed: mypy finds no errors in the packages (a regression guard).
+
+mypy keeps its incremental cache in the checkout's ``.mypy_cache`` (git-ignored; where a plain
+``mypy`` run keeps it too): a clean clone checks everything (~45 s on 2 cores, most of it
+torch's and numpy's own types), a later run only what changed (a few seconds). mypy validates
+every cached module against its source and options, so a warm cache finds the same errors.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_mypy_finds_no_errors(tmp_path: Path) -> None:
+def test_mypy_finds_no_errors() -> None:
     if shutil.which("mypy", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("mypy is not installed (it comes with the dev extra)")
     proc = subprocess.run(
@@ -22,7 +28,7 @@ def test_mypy_finds_no_errors(tmp_path: Path) -> None:
             "-m",
             "mypy",
             "--cache-dir",
-            str(tmp_path / "cache"),
+            str(ROOT / ".mypy_cache"),
             "fedkd",
             "strategies",
             "simulations",

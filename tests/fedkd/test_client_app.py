@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +12,7 @@ from fedkd.client_state import LiveClients, StateFiles
 from fedkd.config import FDConfig, replace
 from simulations.local_grid import run_fd_local
 
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
 
 
 def _run(cfg: FDConfig) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from fedkd.device_data import (
     write_partitions,
     write_private_npz,
 )
+from tests.helpers import round_request
 
 CFG = FDConfig(num_clients=2, local_epochs=1)
 SHAPE, CLASSES = (1, 8, 8), 10
@@ -29,14 +30,6 @@ SHAPE, CLASSES = (1, 8, 8), 10
 def _good(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return rng.random((n, *SHAPE), dtype=np.float32), rng.integers(0, CLASSES, n)
-
-
-def _request(public_hash: str, public_size: int) -> P.RoundRequest:
-    return P.RoundRequest(
-        server_round=1, local_epochs=1, lr=0.1, temperature=2.0, codec="none", topk=3,
-        public_indices=None, public_size=public_size, public_hash=public_hash,
-        with_predictions=True, distill_epochs=0, teacher_probs=None, teacher_indices=None,
-    )  # fmt: skip
 
 
 def test_no_data_path_means_simulated_partition() -> None:
@@ -62,9 +55,9 @@ def test_device_public_set_matches_the_servers_hash(tmp_path: Path) -> None:
     assert data is not None
     server_public = load_splits_for(CFG).public_x  # what strategies.server_app hands FedDistill
     client = FDClient(CFG, data, "mlp", 0)
-    client.check_public(_request(P.public_hash(server_public.numpy()), len(server_public)))
+    client.check_public(round_request(server_public))
     with pytest.raises(ValueError, match="public set mismatch"):
-        client.check_public(_request("0" * 16, len(server_public)))
+        client.check_public(round_request(server_public, public_hash="0" * 16))
 
 
 def test_clientapp_uses_data_path_from_node_config(tmp_path: Path) -> None:
@@ -149,6 +142,6 @@ def test_badly_scaled_data_is_flagged(tmp_path: Path, caplog: pytest.LogCaptureF
 def test_public_set_costs_a_hash_not_its_bytes() -> None:
     """Shipped-and-checked: the request carries hash and size, never the public inputs."""
     public = load_splits_for(CFG).public_x.numpy()  # (public, 1, 8, 8) float32
-    req = _request(P.public_hash(public), len(public))
+    req = round_request(public)
     with_check = P.wire_nbytes(P.request_content(req))
     assert with_check < public.nbytes / 50  # the inputs themselves would be ~138 kB

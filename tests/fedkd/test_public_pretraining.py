@@ -11,23 +11,14 @@ from fedkd import protocol as P
 from fedkd.client import FDClient, load_client_data
 from fedkd.config import FDConfig
 from fedkd.training import evaluate
+from tests.helpers import round_request
 
 
 def _request(client: FDClient) -> P.RoundRequest:
-    return P.RoundRequest(
-        server_round=1,
-        local_epochs=1,
-        lr=client.cfg.lr,
-        temperature=client.cfg.temperature,
-        codec="none",
-        topk=3,
-        public_indices=None,
-        public_size=len(client.data.public_x),
-        public_hash=P.public_hash(client.data.public_x.numpy()),
-        with_predictions=False,
-        distill_epochs=0,
-        teacher_probs=None,
-        teacher_indices=None,
+    """Train only (no predictions), at the client's own lr and temperature."""
+    cfg = client.cfg
+    return round_request(
+        client.data.public_x, lr=cfg.lr, temperature=cfg.temperature, with_predictions=False
     )
 
 

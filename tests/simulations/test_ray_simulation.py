@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import pytest
@@ -16,7 +17,9 @@ from strategies.server_app import make_server_app
 
 @pytest.mark.slow
 def test_ray_simulation_reports_every_round(tmp_path, capfd: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("ray")
+    """Every round reported, client state kept across rounds, the stack's noise kept out, and
+    (issue 13) local Ray listening on loopback only: one real Ray run checked for all four."""
+    ray = pytest.importorskip("ray")
     cfg = FDConfig(
         num_rounds=2,
         num_clients=3,
@@ -32,11 +35,20 @@ def test_ray_simulation_reports_every_round(tmp_path, capfd: pytest.CaptureFixtu
     )
     run_config = to_run_config(cfg)
     records: list[RoundRecord] = []
+    seen: dict[str, object] = {}
+    has_proc = os.path.exists("/proc/net/tcp")  # the listening sockets are read from /proc
+
+    def inspect(record: RoundRecord) -> None:  # runs while Ray is up, after a real round
+        if record.round == 1 and has_proc:
+            seen["gcs"] = ray.get_runtime_context().gcs_address
+            seen["node"] = ray._private.worker._global_node.node_ip_address
+            seen["listening"] = _listening(_ray_pids())
+
     sim = SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_apps(
-            make_server_app(run_config, [records.append]),
+            make_server_app(run_config, [records.append, inspect]),
             make_client_app(run_config),
             cfg.num_clients,
             sim,
@@ -64,29 +76,40 @@ def test_ray_simulation_reports_every_round(tmp_path, capfd: pytest.CaptureFixtu
     assert (tmp_path / "metrics.json").exists()
     assert len(list((tmp_path / "state").glob("run-*/node-*.pt"))) == cfg.num_clients
 
+    # Loopback only (issue 13): GCS, raylet and every process below them, seen mid-run.
+    if not has_proc:
+        return  # needs Linux /proc; the rest of the run was checked above
+    assert str(seen["gcs"]).startswith("127.0.0.1:") and seen["node"] == "127.0.0.1"
+    listening = seen["listening"]
+    assert isinstance(listening, list) and len(listening) >= 2  # at least GCS and raylet
+    assert set(listening) == {"127.0.0.1"}, listening
+
 
 @pytest.mark.slow
 def test_ray_simulation_survives_crashes_and_stragglers() -> None:
-    # Seed 6 with these rates (fedkd.faults draws are deterministic): in round 1 partition 0
-    # crashes when asked to train; in round 2 partition 3 answers only after the timeout.
-    # Four Ray workers for four clients, so the straggler holds only its own worker.
+    # Seed 47 with these rates (fedkd.faults draws are deterministic): in round 1 partition 1
+    # crashes when asked to train and partition 0 answers only after the timeout; round 2 has
+    # no fault, so both must be back. Both faults sit in round 1, which waits for the timeout
+    # anyway, so round 2 is a normal round rather than a second timeout wait. Two Ray workers
+    # (as in the run above): the straggler holds one, the other serves the rest; four workers
+    # starting at once on 2 busy cores did not answer within the timeout.
     pytest.importorskip("ray")
     cfg = FDConfig(
         num_rounds=2,
-        num_clients=4,
-        min_train_nodes=4,
+        num_clients=3,
+        min_train_nodes=3,
         local_epochs=1,
         server_epochs=1,
         client_models="mlp",
         student_model="mlp",
-        seed=6,
+        seed=47,
         fault_crash_train=0.2,
         fault_straggle=0.3,
         round_timeout=30.0,  # round 1 includes starting the Ray workers (~7 s on 2 cores)
     )
     run_config = to_run_config(cfg)
     records: list[RoundRecord] = []
-    sim = SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=4)
+    sim = SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=2)
     run_apps(
         make_server_app(run_config, [records.append]),
         make_client_app(run_config),
@@ -95,19 +118,18 @@ def test_ray_simulation_survives_crashes_and_stragglers() -> None:
     )
 
     first, second = records
-    assert (first.valid_replies, first.rejected, first.missing) == (3, 1, 0)
+    assert (first.valid_replies, first.rejected, first.missing) == (1, 1, 1)
     assert first.rejected_reasons == {"client-error": 1} and len(first.rejected_nodes) == 1
-    assert (second.valid_replies, second.rejected, second.missing) == (3, 0, 1)
-    assert len(second.missing_nodes) == 1 and second.missing_nodes != first.rejected_nodes
-    assert second.wall_seconds >= cfg.round_timeout  # the server waited for the straggler
+    assert len(first.missing_nodes) == 1 and first.missing_nodes != first.rejected_nodes
+    assert first.wall_seconds >= cfg.round_timeout  # the server waited for the straggler
+    # the crashed client and the straggler (its late round-1 reply not counted) answer again
+    assert (second.valid_replies, second.rejected, second.missing) == (3, 0, 0)
     assert all(r.status == "ok" and math.isfinite(r.student_loss) for r in records)
 
 
 # ----------------------------------------------------------------------------- loopback (issue 13)
 def _listening(pids: set[int]) -> list[str]:
     """Local addresses of the TCP sockets the given processes listen on (from /proc)."""
-    import os
-
     inodes: set[str] = set()
     for pid in pids:
         try:
@@ -140,8 +162,6 @@ def _decode_address(hex_address: str) -> str:
 
 def _ray_pids() -> set[int]:
     """GCS, raylet and every process below them (workers, agents)."""
-    import os
-
     import ray
 
     node = ray._private.worker._global_node
@@ -161,35 +181,6 @@ def _ray_pids() -> set[int]:
         pids |= children
         grew = bool(children)
     return pids
-
-
-@pytest.mark.slow
-def test_local_ray_listens_on_loopback_only() -> None:
-    ray = pytest.importorskip("ray")
-    if not __import__("os").path.exists("/proc/net/tcp"):
-        pytest.skip("needs Linux /proc")
-    cfg = FDConfig(
-        num_rounds=1, num_clients=2, min_train_nodes=2, local_epochs=1, server_epochs=1,
-        client_models="mlp", student_model="mlp",
-    )  # fmt: skip
-    seen: dict[str, object] = {}
-
-    def inspect(record: RoundRecord) -> None:  # runs while Ray is up, after a real round
-        seen["gcs"] = ray.get_runtime_context().gcs_address
-        seen["node"] = ray._private.worker._global_node.node_ip_address
-        seen["listening"] = _listening(_ray_pids())
-
-    run_config = to_run_config(cfg)
-    run_apps(
-        make_server_app(run_config, [inspect]),
-        make_client_app(run_config),
-        cfg.num_clients,
-        SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=2),
-    )
-    assert str(seen["gcs"]).startswith("127.0.0.1:") and seen["node"] == "127.0.0.1"
-    listening = seen["listening"]
-    assert isinstance(listening, list) and len(listening) >= 2  # at least GCS and raylet
-    assert set(listening) == {"127.0.0.1"}, listening
 
 
 def test_ray_init_args_pin_loopback_unless_switched_off() -> None:

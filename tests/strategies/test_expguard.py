@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -17,11 +14,7 @@ from strategies.expguard import ExpGuard, outlier_excess
 CLIENTS, ROWS, CLASSES = 10, 60, 10
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
 
 
 def _round(seed: int, attackers: int, kind: str = "lma") -> np.ndarray:

@@ -6,7 +6,6 @@ checked against what :mod:`fedkd.faults` says each partition does.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -22,11 +21,7 @@ from strategies.fed_distill import RoundRecord
 NODE0 = 1000  # LocalGrid's first node id
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
 
 
 def _cfg(**changes: Any) -> FDConfig:

@@ -7,7 +7,6 @@ ClientApp); misbehaving clients are made by wrapping the real ClientApp.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -30,12 +29,7 @@ from strategies.server_app import build_student
 Transform = Callable[[Message, Context], Message]
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    # Rejections are logged as warnings by design; keep the test output readable.
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
 
 
 def _cfg(**changes: Any) -> FDConfig:

@@ -9,7 +9,6 @@ the unmutated replies alone. Bounded: a fixed number of examples, tiny tensors.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -154,12 +153,12 @@ def _server(rule: str, codec: str, teachers: list[np.ndarray]) -> FedDistill:
     return strategy
 
 
+pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
+
+
 @pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    logging.disable(logging.WARNING)
+def _task_identity() -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SERVER_NODE_ID
-    yield
-    logging.disable(logging.NOTSET)
 
 
 @settings(

@@ -8,7 +8,6 @@ wait for nodes that never ended.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -42,11 +41,7 @@ from strategies.validation import Expected, Rejection, ValidReply, validate_repl
 ROWS, CLASSES = 12, 10
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
 
 
 def _cfg(**changes: Any) -> FDConfig:

@@ -3,7 +3,6 @@ checked against an independent computation, and the budget stops the run cleanly
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -14,16 +13,11 @@ from scipy.stats import norm
 
 from fedkd.client import FDClient, load_client_data
 from fedkd.config import FDConfig
-from fedkd.protocol import RoundRequest, public_hash
 from simulations.local_grid import run_fd_local
 from strategies.private import ServerPrivacy
+from tests.helpers import round_request
 
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
 
 
 def _cfg(**changes: Any) -> FDConfig:
@@ -96,21 +90,7 @@ def test_dpsgd_client_trains_privately_and_reports_its_own_epsilon() -> None:
     )
     data = load_client_data(cfg, 0, 3)
     client = FDClient(cfg, data, "mlp", 0)
-    req = RoundRequest(
-        server_round=1,
-        local_epochs=1,
-        lr=0.1,
-        temperature=2.0,
-        codec="none",
-        topk=3,
-        public_indices=np.arange(10),
-        public_size=len(data.public_x),
-        public_hash=public_hash(data.public_x.numpy()),
-        with_predictions=True,
-        distill_epochs=0,
-        teacher_probs=None,
-        teacher_indices=None,
-    )
+    req = round_request(data.public_x, public_indices=np.arange(10))
     out = client.run_round(req, train=True)
     n = len(data.train_y)
     event = round_event(n, 16, 1, 1.2)

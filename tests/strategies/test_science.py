@@ -14,8 +14,6 @@ claims that can still fail:
 from __future__ import annotations
 
 import functools
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,11 +27,7 @@ from strategies.fed_distill import RoundRecord
 SEEDS = (0, 1, 2)
 
 
-@pytest.fixture(autouse=True)
-def _quiet(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
 
 
 def _run(**changes: Any) -> list[RoundRecord]:
