@@ -114,9 +114,14 @@ _RETENTION = (
     "variants.fd_finetune_student_lwf.server_lam=1.0",
     "+fcl/variant@variants.fd_lwf_student_plain=fd_lwf",
     "variants.fd_lwf_student_plain.server_lam=0.0",
-    "threads=1",
     "plots=false",
 )
+
+
+def _fcl_comparison(*argv: str) -> Entry:
+    """A ``fedkd-fcl`` comparison in docs/continual.md §7 (one torch thread, as measured),
+    shown as its summary table."""
+    return Entry(argv=(*argv, "threads=1"), doc="docs/continual.md", excerpt=_fcl_table, kind="fcl")
 
 
 ENTRIES: dict[str, Entry] = {
@@ -126,56 +131,16 @@ ENTRIES: dict[str, Entry] = {
     "deploy_loopback": Entry(
         argv=("num-rounds=3", "num-clients=2"), doc="docs/deploy.md", kind="deploy"
     ),
-    "fcl_task_il": Entry(
-        argv=("continual/sequence=split_digits_task_il", *_WITH_JOINT, "threads=1"),
-        doc="docs/continual.md",
-        excerpt=_fcl_table,
-        kind="fcl",
-    ),
-    "fcl_task_il_retention": Entry(
-        argv=_RETENTION, doc="docs/continual.md", excerpt=_fcl_table, kind="fcl"
-    ),
-    "fcl_task_il_retention_current": Entry(
-        argv=("query=current", *_RETENTION),
-        doc="docs/continual.md",
-        excerpt=_fcl_table,
-        kind="fcl",
-    ),
-    "fcl_domain_il_retention": Entry(
-        argv=("continual/sequence=rotated_digits", *_RETENTION),
-        doc="docs/continual.md",
-        excerpt=_fcl_table,
-        kind="fcl",
-    ),
-    "fcl_class_il": Entry(
-        argv=("continual/sequence=split_digits_class_il", *_WITH_JOINT, "threads=1"),
-        doc="docs/continual.md",
-        excerpt=_fcl_table,
-        kind="fcl",
-    ),
-    "fcl_shifted": Entry(
-        argv=("clients.schedule_shift=1", "threads=1"),
-        doc="docs/continual.md",
-        excerpt=_fcl_table,
-        kind="fcl",
-    ),
-    "fcl_domain_il": Entry(
-        argv=("continual/sequence=rotated_digits", "threads=1"),
-        doc="docs/continual.md",
-        excerpt=_fcl_table,
-        kind="fcl",
-    ),
-    "fcl_domain_il_current": Entry(
-        argv=("continual/sequence=rotated_digits", "query=current", "threads=1"),
-        doc="docs/continual.md",
-        excerpt=_fcl_table,
-        kind="fcl",
-    ),
-    "fcl_domain_il_shifted": Entry(
-        argv=("continual/sequence=rotated_digits", "clients.schedule_shift=1", "threads=1"),
-        doc="docs/continual.md",
-        excerpt=_fcl_table,
-        kind="fcl",
+    "fcl_task_il": _fcl_comparison("continual/sequence=split_digits_task_il", *_WITH_JOINT),
+    "fcl_task_il_retention": _fcl_comparison(*_RETENTION),
+    "fcl_task_il_retention_current": _fcl_comparison("query=current", *_RETENTION),
+    "fcl_domain_il_retention": _fcl_comparison("continual/sequence=rotated_digits", *_RETENTION),
+    "fcl_class_il": _fcl_comparison("continual/sequence=split_digits_class_il", *_WITH_JOINT),
+    "fcl_shifted": _fcl_comparison("clients.schedule_shift=1"),
+    "fcl_domain_il": _fcl_comparison("continual/sequence=rotated_digits"),
+    "fcl_domain_il_current": _fcl_comparison("continual/sequence=rotated_digits", "query=current"),
+    "fcl_domain_il_shifted": _fcl_comparison(
+        "continual/sequence=rotated_digits", "clients.schedule_shift=1"
     ),
     "fcl_ray": Entry(
         argv=("engine=ray", "seeds=[0]", "clients.schedule_shift=1", "plots=false"),

@@ -130,14 +130,24 @@ def run_on_flower(
     run_apps(server_app, make_client_app({}), cfg.num_clients, SimulationConfig(backend=backend))
 
 
+def _scored(run: Mapping[str, Any]) -> list[dict[str, float]]:
+    """The run's client scores, leaving out clients with a missing row (a rejected reply)."""
+    return [s for s in run["client_scores"] if s is not None]
+
+
+def _complete(matrices: list[list[list[float] | None]]) -> list[list[list[float]]]:
+    """The client matrices with every row present."""
+    return [m for m in matrices if all(row is not None for row in m)]  # type: ignore[misc]
+
+
 def _summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over seeds; the clients' entry of a seed is their mean (reporting ones)."""
+    """Mean ± std over seeds; the clients' entry of a seed is the mean of those that reported
+    every stage (``None`` when no client did in any seed)."""
     entry: dict[str, Any] = {}
     for metric in ("acc", "bwt", "forgetting"):
         entry[f"student_{metric}"] = mean_std([r["student_scores"][metric] for r in per_seed])
-        entry[f"clients_{metric}"] = mean_std(
-            [np.mean([s[metric] for s in r["client_scores"] if s is not None]) for r in per_seed]
-        )
+        means = [np.mean([s[metric] for s in _scored(r)]) for r in per_seed if _scored(r)]
+        entry[f"clients_{metric}"] = mean_std(means) if means else None
     entry["bytes_per_task"] = mean_std([np.mean(r["bytes_per_task"]) for r in per_seed])
     return entry
 
@@ -159,7 +169,9 @@ def summary_table(results: Mapping[str, Any]) -> str:
     ]
     for label in results["variants"]:
         s = results["summary"][label]
-        cells = [f"{s[k]['mean']:+.3f} ± {s[k]['std']:.3f}" for k, _ in cols]
+        cells = [
+            "—" if s[k] is None else f"{s[k]['mean']:+.3f} ± {s[k]['std']:.3f}" for k, _ in cols
+        ]
         kib = s["bytes_per_task"]["mean"] / 1024
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {kib:,.1f} |")
     return "\n".join(lines)
@@ -176,7 +188,7 @@ def write_plots(results: Mapping[str, Any], run_dir: Path) -> list[Path]:
     for label in results["variants"]:
         per_seed = results["runs"][label]
         student = [r["student"] for r in per_seed]
-        clients = [m for r in per_seed for m in r["clients"]]
+        clients = _complete([m for r in per_seed for m in r["clients"]])
         paths.append(
             plot_accuracy_matrix(
                 student,
@@ -185,14 +197,15 @@ def write_plots(results: Mapping[str, Any], run_dir: Path) -> list[Path]:
                 spread=True,
             )
         )
-        paths.append(
-            plot_accuracy_matrix(
-                clients,
-                run_dir / f"heatmap_{label}_clients.png",
-                title=f"{label} clients ({scenario})",
-                spread=True,
+        if clients:
+            paths.append(
+                plot_accuracy_matrix(
+                    clients,
+                    run_dir / f"heatmap_{label}_clients.png",
+                    title=f"{label} clients ({scenario})",
+                    spread=True,
+                )
             )
-        )
     paths.append(plot_client_forgetting(results, run_dir / "forgetting_across_clients.png"))
     return paths
 
@@ -205,8 +218,7 @@ def plot_client_forgetting(results: Mapping[str, Any], path: Path) -> Path:
     labels = list(results["variants"])
     fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(labels), 4))
     per_client = [
-        [s["forgetting"] for r in results["runs"][label] for s in r["client_scores"]]
-        for label in labels
+        [s["forgetting"] for r in results["runs"][label] for s in _scored(r)] for label in labels
     ]
     ax.boxplot(per_client, tick_labels=labels)
     for i, label in enumerate(labels, start=1):

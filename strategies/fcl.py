@@ -305,7 +305,7 @@ def _fd_stage(
         data,
         torch.cat(teachers),
         generator,
-        old_tasks=sorted(met),
+        old_tasks=met,
     )
     return nbytes
 

@@ -119,6 +119,8 @@ class GridFederation:
                 out[client] = parse(reply, client)
             except RejectedReply as err:
                 self._reject(what, str(err))
+            except (ValueError, TypeError, KeyError) as err:  # records that do not decode
+                self._reject(what, f"unreadable: {type(err).__name__}: {err}")
         return dict(sorted(out.items()))  # client order: the same sums as in process
 
     def _client_id(self, reply: Message) -> int:

@@ -111,6 +111,13 @@ def _bad_counts(reply: Message) -> None:
     reply.content[P.METRICS] = MetricRecord(metrics)
 
 
+def _garbage_bytes(reply: Message) -> None:
+    record = reply.content.array_records[P.FCL_PROBS]
+    key = next(iter(record.keys()))
+    array = record[key]
+    record[key] = Array(dtype=array.dtype, shape=array.shape, stype=array.stype, data=b"junk")
+
+
 def _shrunk_weights(reply: Message) -> None:
     weights = reply.content.array_records[P.ARRAYS].to_torch_state_dict()
     name = next(iter(weights))
@@ -124,6 +131,7 @@ def _shrunk_weights(reply: Message) -> None:
         ("fd_lwf", _nan_probs, "finite"),
         ("fd_lwf", _other_client, "second reply from client 1"),
         ("fd_lwf", _bad_counts, "counts"),
+        ("fd_lwf", _garbage_bytes, "unreadable"),
         ("fedavg_lwf", _shrunk_weights, "does not match"),
     ],
 )
@@ -154,3 +162,47 @@ def test_each_node_keeps_one_runs_state_in_its_context() -> None:
     for context in grid.contexts.values():
         keys = [k for k in context.state.config_records if k.startswith(STATE_PREFIX)]
         assert len(keys) == 1  # the second seed's run replaced the first's
+
+
+def test_a_client_whose_scores_are_rejected_is_left_out_of_summary_and_plots(tmp_path) -> None:
+    """Client 0's evaluate replies are unusable: the run still finishes, its matrix has no
+    rows, and the summary and plots cover the clients that reported."""
+    from simulations.fcl import _summary, summary_table, write_plots
+    from strategies.fcl import run_scores
+
+    inner = make_client_app({})
+    app = ClientApp()
+
+    @app.train("fcl")
+    def train(msg: Message, context: Context) -> Message:
+        return inner(msg, context)
+
+    @app.evaluate("fcl")
+    def evaluate(msg: Message, context: Context) -> Message:
+        reply = inner(msg, context)
+        if int(context.node_config["partition-id"]) == 0:
+            metrics = dict(reply.content.metric_records[P.METRICS].items())
+            metrics[P.FCL_ACCURACY] = [2.0] * 3
+            reply.content[P.METRICS] = MetricRecord(metrics)
+        return reply
+
+    cfg = FCLConfig(**{**CFG.__dict__, "variants": CFG.variants[1:]})
+    runs, _ = _flower(cfg, app)
+    run = runs["fd_lwf", 0]
+    assert run["clients"][0] == [None, None, None] and run["rejected_replies"] == 3
+    run["student_scores"], run["client_scores"] = run_scores(run)
+    assert run["client_scores"][0] is None and run["client_scores"][1] is not None
+    results = {
+        "variants": ["fd_lwf"],
+        "seeds": [0],
+        "scenario": "task_il",
+        "num_tasks": 3,
+        "runs": {"fd_lwf": [run]},
+        "summary": {"fd_lwf": _summary([run])},
+    }
+    assert "| fd_lwf |" in summary_table(results)
+    assert {p.name for p in write_plots(results, tmp_path)} == {
+        "heatmap_fd_lwf_student.png",
+        "heatmap_fd_lwf_clients.png",
+        "forgetting_across_clients.png",
+    }

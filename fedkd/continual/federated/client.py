@@ -256,7 +256,7 @@ class FCLClientSpec:
     def tasks(self) -> FederatedTasks:
         """The run's data: built once per process for every spec that shares it (the
         variants of one seed)."""
-        data = {k: v for k, v in json.loads(self.to_json()).items() if k in _DATA_FIELDS}
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k in _DATA_FIELDS}
         return _federated_tasks(json.dumps(data, sort_keys=True))
 
     def order(self, client: int) -> tuple[int, ...]:
