@@ -403,6 +403,12 @@ def test_old_heads_distilled_in_one_call_equal_the_per_head_sum(options: dict) -
         )
     torch.testing.assert_close(got, expected)
     assert got > torch.nn.functional.cross_entropy(net.heads[2](features), batch.y)
+    # and the gradients: the old heads' concatenated weights hand each head its own share
+    stacked = torch.autograd.grad(got, list(net.parameters()))
+    per_head = torch.autograd.grad(expected, list(net.parameters()))
+    for a, b in zip(stacked, per_head, strict=True):
+        torch.testing.assert_close(a, b)
+    assert all(bool(g.abs().sum() > 0) for g in stacked)  # every head and the backbone learn
 
 
 # --------------------------------------------------------------------------- issue 15 fixes
