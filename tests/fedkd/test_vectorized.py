@@ -296,3 +296,36 @@ def test_a_bad_vectorize_cohort_fails_naming_the_key(changes: dict[str, Any], sa
     flat["clients-per-message"] = changes.get("clients_per_message", 3)
     with pytest.raises(ConfigError, match="'vectorize-cohort'"):
         from_run_config(flat)
+
+
+def test_a_cnn_cohort_batches_too() -> None:
+    """Convolutions and pooling go through vmap as well (embedded 8x8 digits, small CNN)."""
+    cfg = FDConfig(
+        dataset="digits",
+        partition="iid",
+        num_clients=8,
+        min_train_nodes=2,
+        client_models="cnn",
+        student_model="cnn",
+        val_fraction=0.0,
+        checkpoint=False,
+    )
+    clients = [FDClient(cfg, load_client_data(cfg, i, 8), "cnn", i) for i in range(3)]
+    req = _request(clients[0], 1, local_epochs=1)
+    groups, singles = vectorized.plan(dict(enumerate(clients)), req, train=True)
+    assert groups == [[0, 1, 2]] and singles == []  # digits split 113 rows each
+    one_by_one = copy.deepcopy(clients)
+    outcomes = vectorized.run_group(clients, req, train=True)
+    assert outcomes is not None
+    for i, outcome in enumerate(outcomes):
+        assert isinstance(outcome, RoundOutcome)
+        _assert_same(outcome, one_by_one[i].run_round(req, train=True), clients[i], one_by_one[i])
+
+
+def test_bench_scale_vec_variants_run_cohorts_batched() -> None:
+    from benchmarks import bench_scale as B
+
+    assert B.split_variant("flower-ray-k50-vec") == ("flower-ray", 50)
+    assert B.vectorized("flower-ray-k50-vec") and B.vectorized("flower-local-k10-vec")
+    assert not B.vectorized("flower-ray-k50") and not B.vectorized("flower-ray-vec")
+    assert B.scale_config(100, 2, per_message=50, vectorize=True).vectorize_cohort
