@@ -83,7 +83,7 @@ def batched_members(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-Replies = dict[tuple[int, int, int], dict[str, Any]]  # (round, node, slot) -> probs, metrics
+Replies = dict[tuple[str, int, int, int], dict[str, Any]]  # (type, round, node, slot) -> reply
 
 
 def _recording(cfg: FDConfig, replies: Replies) -> ClientApp:
@@ -91,18 +91,20 @@ def _recording(cfg: FDConfig, replies: Replies) -> ClientApp:
     inner = make_client_app(to_run_config(cfg))
     app = ClientApp()
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
+    def record(msg: Message, context: Context) -> Message:
         reply = inner(msg, context)
         server_round = P.parse_request(msg.content).server_round
         for slot, part in P.split_cohort_reply(reply.content).items():
             assert not isinstance(part, tuple), part
-            replies[(server_round, int(context.node_id), slot)] = {
-                "probs": part[P.SOFT_LABELS]["probs"].numpy(),
+            kind = msg.metadata.message_type
+            replies[(kind, server_round, int(context.node_id), slot)] = {
+                "probs": part[P.SOFT_LABELS]["probs"].numpy() if P.SOFT_LABELS in part else None,
                 "metrics": dict(part[P.METRICS]),
             }
         return reply
 
+    app.train()(record)
+    app.query("soft_labels")(record)
     return app
 
 
@@ -140,15 +142,21 @@ def _assert_trees_close(a: Any, b: Any) -> None:
         assert a == b
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize(
+    "changes",
+    [{"optimizer": "sgd"}, {"optimizer": "adam"}, {"separate_query": True}],
+    ids=["sgd", "adam", "separate-query"],
+)
 def test_a_vectorized_cohort_gives_the_numbers_of_its_members_one_by_one(
-    optimizer: str, batched_members: list[int]
+    changes: dict[str, Any], batched_members: list[int]
 ) -> None:
-    one_by_one = dataclasses.replace(BASE, optimizer=optimizer)
+    one_by_one = dataclasses.replace(BASE, **changes)
+    queries = 4 * BASE.num_rounds if one_by_one.separate_query else 0
     records, replies, states = _run(one_by_one)
     assert batched_members == []  # the option is off: nothing batched
     records_v, replies_v, states_v = _run(dataclasses.replace(one_by_one, vectorize_cohort=True))
-    assert sum(batched_members) >= 2 * BASE.num_rounds  # it really ran batched, every round
+    # it really ran batched, every round (and every query phase)
+    assert sum(batched_members) >= 2 * BASE.num_rounds * (2 if queries else 1)
 
     # the student: same accuracy every round (the teacher is the mean of the soft labels)
     assert [r.student_accuracy for r in records_v] == [r.student_accuracy for r in records]
@@ -158,11 +166,15 @@ def test_a_vectorized_cohort_gives_the_numbers_of_its_members_one_by_one(
         [r.student_loss for r in records_v], [r.student_loss for r in records], atol=ATOL
     )
     # every member: soft labels close, the same argmax, the same metrics
-    assert replies_v.keys() == replies.keys() and len(replies) == 4 * BASE.num_rounds
+    assert replies_v.keys() == replies.keys() and len(replies) == 4 * BASE.num_rounds + queries
+    assert sum(r["probs"] is not None for r in replies.values()) == 4 * BASE.num_rounds
     for key, mine in replies_v.items():
         theirs = replies[key]
-        np.testing.assert_allclose(mine["probs"], theirs["probs"], atol=ATOL, rtol=0)
-        assert (mine["probs"].argmax(1) == theirs["probs"].argmax(1)).all()
+        if theirs["probs"] is None:  # a train reply when a query phase follows
+            assert mine["probs"] is None
+        else:
+            np.testing.assert_allclose(mine["probs"], theirs["probs"], atol=ATOL, rtol=0)
+            assert (mine["probs"].argmax(1) == theirs["probs"].argmax(1)).all()
         m, t = mine["metrics"], theirs["metrics"]
         assert m.keys() == t.keys()
         for name in m:
