@@ -152,8 +152,9 @@ def run_group(
 ) -> list[RoundOutcome | Exception] | None:
     """One FD round for a group from :func:`plan`: each member's outcome or its error.
 
-    Returns ``None`` (clients untouched, apart from a checkpoint reload) when the batched
-    computation itself fails: the caller then serves the group one by one. A member whose
+    Returns ``None`` when the batched computation itself fails: the caller then serves the
+    group one by one (nothing of the members was changed but a checkpoint reload and the
+    round's learning rate, which the per-member path does as well). A member whose
     training diverges gets the per-member path's error; the others are unaffected (vmap keeps
     the members' numbers apart).
     """
@@ -201,6 +202,7 @@ class _Stacked:
         self.params, _ = stack_module_state([c.model for c in clients])  # type: ignore[arg-type]
         self.params = {k: v.detach() for k, v in self.params.items()}  # (K, *shape), leaves
         self.names = list(self.params)
+        self.trained: torch.optim.Optimizer | None = None  # the stacked optimizer after train
 
     # ------------------------------------------------------------ training
     def train(self, req: RoundRequest) -> list[float | Exception]:
@@ -242,7 +244,7 @@ class _Stacked:
                     failed[i] = RuntimeError(
                         f"training diverged (loss {mean}) in epoch {epoch}; lower cfg.lr"
                     )
-        self._optimizer_out = optimizer
+        self.trained = optimizer
         return [f if f is not None else m for f, m in zip(failed, means, strict=True)]
 
     def _optimizer(self, lr: float) -> torch.optim.Optimizer:
@@ -274,7 +276,9 @@ class _Stacked:
     def write_back(self, keep: Sequence[bool]) -> None:
         """Each kept member's trained parameters and optimizer state, in its own tensors
         (the parameter objects stay, so the member's optimizer still keys its state by them)."""
-        optimizer = self._optimizer_out
+        optimizer = self.trained
+        if optimizer is None:
+            raise RuntimeError("write_back before train")
         leaves = [self.params[name] for name in self.names]
         with torch.no_grad():
             for i, client in enumerate(self.clients):
