@@ -341,3 +341,25 @@ def test_bench_scale_vec_variants_run_cohorts_batched() -> None:
     assert B.vectorized("flower-ray-k50-vec") and B.vectorized("flower-local-k10-vec")
     assert not B.vectorized("flower-ray-k50") and not B.vectorized("flower-ray-vec")
     assert B.scale_config(100, 2, per_message=50, vectorize=True).vectorize_cohort
+
+
+def test_a_failing_batched_call_falls_back_to_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, batched_members: list[int]
+) -> None:
+    """Whatever vmap cannot batch is served one by one, with the per-member numbers."""
+    cfg = dataclasses.replace(BASE, num_rounds=2)
+    records, replies, states = _run(cfg)
+
+    def unbatchable(self: Any, req: Any) -> Any:
+        raise RuntimeError("an op vmap has no batching rule for")
+
+    monkeypatch.setattr(vectorized._Stacked, "train", unbatchable)
+    records_v, replies_v, states_v = _run(dataclasses.replace(cfg, vectorize_cohort=True))
+    assert batched_members == []  # every batched call failed ...
+    assert [r.as_dict() | {"wall_seconds": 0} for r in records_v] == [
+        r.as_dict() | {"wall_seconds": 0} for r in records
+    ]  # ... and the members one by one gave exactly the numbers of the option off
+    assert replies_v.keys() == replies.keys()
+    for key, mine in replies_v.items():
+        np.testing.assert_array_equal(mine["probs"], replies[key]["probs"])
+    _assert_trees_close(states_v, states)
