@@ -5,12 +5,15 @@
     python -m benchmarks.bench_scale --parts population       # 1,000 vs 100,000 nodes
     python -m benchmarks.bench_scale --profile --clients 300 --variants flower-ray
     python -m benchmarks.bench_scale --clients 1000 --variants plain,plain-p2,flower-ray-k50
+    python -m benchmarks.bench_scale --clients 100 --variants plain,plain-p2,flower-ray-k50-vec
 
 Variants: ``plain`` (:mod:`benchmarks.plain_loop`, one process), ``plain-p2`` (the same loop
 with its clients in two worker processes: the plain loop given Ray's two cores here),
 ``flower-local`` (the real apps through the in-process grid) and ``flower-ray`` (Flower's Ray
 simulation engine); a suffix ``-k<K>`` runs it with ``clients-per-message=K`` (cohorts: K
-virtual clients per node and message, ``strategies.cohorts``).
+virtual clients per node and message, ``strategies.cohorts``), and ``-k<K>-vec`` also with
+``vectorize-cohort`` (a cohort's members trained and queried in one batched torch.func call,
+``fedkd.vectorized``).
 
 Tiny clients on purpose (synthetic 32-d Gaussian mixture, the MLP, one local epoch), so the
 framework's cost per message dominates what is measured. Every run is a fresh process;
@@ -63,21 +66,34 @@ VARIANTS = (
     "flower-ray",
     "flower-ray-k10",
     "flower-ray-k50",
+    "flower-ray-k50-vec",
 )
 DOCS = Path("docs/benchmarks.md")
+VEC = "-vec"  # suffix of a cohort variant run with vectorize-cohort (flower-ray-k50-vec)
+
+
+def vectorized(variant: str) -> bool:
+    """Whether ``variant`` runs its cohorts through the batched path (``vectorize-cohort``)."""
+    return variant.endswith(VEC) and split_variant(variant)[1] > 1
 
 
 def split_variant(variant: str) -> tuple[str, int]:
     """``"flower-ray-k10"`` → ``("flower-ray", 10)``: the backend variant and the virtual
-    clients per message (``clients-per-message``; 1 when the name has no ``-k<K>``)."""
-    base, sep, k = variant.rpartition("-k")
+    clients per message (``clients-per-message``; 1 when the name has no ``-k<K>``). A
+    ``-vec`` suffix (:func:`vectorized`) is not part of either."""
+    base, sep, k = variant.removesuffix(VEC).rpartition("-k")
     if sep and k.isdigit() and base in VARIANTS:
         return base, int(k)
     return variant, 1
 
 
 def scale_config(
-    clients: int, rounds: int, population: int = 0, samples: int = 0, per_message: int = 1
+    clients: int,
+    rounds: int,
+    population: int = 0,
+    samples: int = 0,
+    per_message: int = 1,
+    vectorize: bool = False,
 ) -> Any:
     """Tiny FD: synthetic data, MLP everywhere, 1 local and 1 server epoch, mean rule."""
     from fedkd.config import FDConfig
@@ -89,6 +105,8 @@ def scale_config(
     }
     if per_message > 1:
         sized["clients_per_message"] = per_message
+    if vectorize:
+        sized["vectorize_cohort"] = True
     if "synthetic_train" not in FDConfig.__dataclass_fields__:  # measuring an older fedkd
         sized = {}
     return FDConfig(
@@ -127,7 +145,7 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     backend, per_message = split_variant(variant)
-    cfg = scale_config(clients, rounds, per_message=per_message)
+    cfg = scale_config(clients, rounds, per_message=per_message, vectorize=vectorized(variant))
     marks: list[tuple[float, float]] = [(time.perf_counter(), tree_cpu_seconds())]
     walls: list[float] = []
 

@@ -28,6 +28,7 @@ from fedkd.privacy.pate import one_hot_votes
 from fedkd.protocol import RoundRequest, public_hash, select_public
 from fedkd.support import encode_support, support_scores
 from fedkd.training import (
+    EvalResult,
     TrainConfig,
     distill,
     evaluate,
@@ -318,6 +319,20 @@ class FDClient:
 
     def run_round(self, req: RoundRequest, *, train: bool) -> RoundOutcome:
         """Co-distil (optional), train locally (optional), then predict on the public query."""
+        metrics = self.begin_round(req)
+        if train:
+            faults.crash(self.cfg, self.partition_id, req.server_round, "train")
+            loss = self.train(req)
+            result = evaluate(
+                self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes
+            )
+            self.record_training(req, metrics, loss, result)
+        return self.answer(req, metrics, train=train)
+
+    # The steps of run_round, public so that fedkd.vectorized can train and predict a cohort's
+    # models in one batched call and still give each client exactly this bookkeeping.
+    def begin_round(self, req: RoundRequest) -> Metrics:
+        """The reply's base metrics; reload a checkpoint after a server crash if needed."""
         metrics: Metrics = {
             "num-examples": len(self.data.train_y),
             "class-counts": self.data.class_counts,
@@ -325,21 +340,36 @@ class FDClient:
         }
         self.fresh_blob = None
         self.restore_from_disk(req.server_round)
-        if train:
-            faults.crash(self.cfg, self.partition_id, req.server_round, "train")
-            metrics["train-loss"] = self.train(req)
-            result = evaluate(
-                self.model, self.data.test_x, self.data.test_y, num_classes=self.data.num_classes
-            )
-            metrics["test-accuracy"] = result.accuracy
-            metrics["test-loss"] = result.loss
-            self.save_to_disk(req.server_round)
+        return metrics
+
+    def record_training(
+        self, req: RoundRequest, metrics: Metrics, loss: float, result: EvalResult
+    ) -> None:
+        """Put this round's training loss and local test scores in ``metrics``; checkpoint."""
+        metrics["train-loss"] = loss
+        metrics["test-accuracy"] = result.accuracy
+        metrics["test-loss"] = result.loss
+        self.save_to_disk(req.server_round)
+
+    def answer(
+        self,
+        req: RoundRequest,
+        metrics: Metrics,
+        *,
+        train: bool,
+        probs: np.ndarray | None = None,
+    ) -> RoundOutcome:
+        """The round's outcome: metrics (suppressed under DP) and, when asked, soft labels.
+
+        ``probs`` are this client's ``(rows, classes)`` softened predictions on the queried
+        rows when already computed (a vectorized cohort); ``None`` computes them here.
+        """
         payload = support = None
         if self.cfg.dp_mechanism in (*CURATED, "dpsgd"):
             metrics = self.suppressed(metrics)
         if req.with_predictions or not train:
             faults.crash(self.cfg, self.partition_id, req.server_round, "query")
-            payload = self.predict(req)
+            payload = self.predict(req, probs)
             if req.with_support:
                 support = encode_support(select_public(self.support, req.public_indices))
         return RoundOutcome(payload=payload, metrics=metrics, support=support)
@@ -412,15 +442,17 @@ class FDClient:
             self.data.train_x, self.data.public_x, quantile=self.cfg.support_quantile
         )
 
-    def predict(self, req: RoundRequest) -> dict[str, np.ndarray]:
+    def predict(self, req: RoundRequest, probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Soft labels at temperature T on the queried public rows, encoded by the codec.
 
         Under ``dp-mechanism=pate`` only the argmax leaves the device (one vote per row); a
-        simulated attacker then replaces what it uploads (both off by default).
+        simulated attacker then replaces what it uploads (both off by default). ``probs``:
+        the softened predictions when a batched call already computed them.
         """
         self.check_public(req)
-        inputs = select_public(self.data.public_x, req.public_indices)
-        probs = predict_probs(self.model, inputs, temperature=req.temperature).numpy()
+        if probs is None:
+            inputs = select_public(self.data.public_x, req.public_indices)
+            probs = predict_probs(self.model, inputs, temperature=req.temperature).numpy()
         if self.cfg.dp_mechanism == "pate":
             probs = one_hot_votes(probs)  # one vote per row; the server adds GNMax noise
         probs = faults.maybe_attack(self.cfg, self.partition_id, req.server_round, probs)

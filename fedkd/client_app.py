@@ -33,9 +33,9 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from fedkd import client_fcl, faults
+from fedkd import client_fcl, faults, vectorized
 from fedkd import protocol as P
-from fedkd.client import ClientData, FDClient, load_client_data, train_from_global
+from fedkd.client import ClientData, FDClient, RoundOutcome, load_client_data, train_from_global
 from fedkd.client_state import LiveClients, StateFiles
 from fedkd.config import FDConfig, from_run_config
 from fedkd.device_data import load_device_data
@@ -116,6 +116,7 @@ def _data(context: Context, cfg: FDConfig, partition_id: int, num_partitions: in
 
 
 LIVE_CLIENTS: LiveClients[FDClient] = LiveClients()
+Part = RecordDict | tuple[int, str]  # a member's reply records, or (error code, reason)
 
 
 @dataclass(frozen=True)
@@ -236,14 +237,68 @@ def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> 
         if isinstance(part, tuple):
             return Message(Error(code=part[0], reason=part[1]), reply_to=msg)
         return Message(part, reply_to=msg)
-    parts: dict[int, RecordDict | tuple[int, str]] = {}
+    if cfg.vectorize_cohort:
+        vectorized_parts = _serve_vectorized(msg, context, cfg, req, slots, train=train)
+        return Message(P.cohort_reply_content(vectorized_parts), reply_to=msg)
+    parts: dict[int, Part] = {}
     for slot in slots:
         try:
             member = _cohort_member(context, cfg, slot)
             parts[slot] = _serve(msg, context, cfg, req, member, train=train, contain=True)
         except Exception as exc:  # a bad slot: that member's error, not the cohort's
-            parts[slot] = (CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
+            parts[slot] = _error_part(exc)
     return Message(P.cohort_reply_content(parts), reply_to=msg)
+
+
+def _error_part(exc: BaseException) -> tuple[int, str]:
+    return CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"
+
+
+def _serve_vectorized(
+    msg: Message,
+    context: Context,
+    cfg: FDConfig,
+    req: P.RoundRequest,
+    slots: list[int],
+    *,
+    train: bool,
+) -> dict[int, Part]:
+    """``vectorize-cohort``: the cohort's homogeneous members in one batched call
+    (:mod:`fedkd.vectorized`), the others one by one as without it; parts in slot order."""
+    parts: dict[int, Part] = {}
+    served: dict[int, tuple[Member, FDClient]] = {}
+    for slot in slots:
+        try:
+            member = _cohort_member(context, cfg, slot)
+            served[slot] = (member, _restore(context, cfg, member))
+        except Exception as exc:  # a bad slot: that member's error, not the cohort's
+            parts[slot] = _error_part(exc)
+    groups, singles = vectorized.plan({s: c for s, (_, c) in served.items()}, req, train=train)
+    for group in groups:
+        outcomes = vectorized.run_group([served[s][1] for s in group], req, train=train)
+        if outcomes is None:  # the batched call failed: one by one, as without the option
+            singles += group
+            continue
+        for slot, outcome in zip(group, outcomes, strict=True):
+            member, client = served[slot]
+            if isinstance(outcome, Exception):
+                LIVE_CLIENTS.drop(member.key)
+                log.error(
+                    "client %d (partition %d) failed: %s",
+                    member.client_id,
+                    member.partition_id,
+                    outcome,
+                    exc_info=outcome,
+                )
+                parts[slot] = _error_part(outcome)
+            else:
+                parts[slot] = _reply(msg, context, req, member, client, outcome, train=train)
+    for slot in singles:
+        member, client = served[slot]
+        parts[slot] = _serve(
+            msg, context, cfg, req, member, train=train, contain=True, client=client
+        )
+    return {s: parts[s] for s in slots}
 
 
 def _serve(
@@ -255,14 +310,17 @@ def _serve(
     *,
     train: bool,
     contain: bool = False,
-) -> RecordDict | tuple[int, str]:
+    client: FDClient | None = None,
+) -> Part:
     """One client's round: its reply records, or ``(code, reason)`` when it failed.
 
     An injected fault is always a one-line error. Any other exception propagates (Flower
     reports the crash) unless ``contain``: in a cohort one member's crash is that member's
-    error, logged with its traceback, and the other members' replies go out.
+    error, logged with its traceback, and the other members' replies go out. ``client``: the
+    member already restored (a vectorized cohort's fallback).
     """
-    client = _restore(context, cfg, member)
+    if client is None:
+        client = _restore(context, cfg, member)
     faults.straggle(
         cfg, client.partition_id, req.server_round, msg.metadata.message_type, msg.metadata
     )
@@ -277,7 +335,21 @@ def _serve(
         if not contain:
             raise
         log.exception("client %d (partition %d) failed", member.client_id, member.partition_id)
-        return CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"
+        return _error_part(exc)
+    return _reply(msg, context, req, member, client, outcome, train=train)
+
+
+def _reply(
+    msg: Message,
+    context: Context,
+    req: P.RoundRequest,
+    member: Member,
+    client: FDClient,
+    outcome: RoundOutcome,
+    *,
+    train: bool,
+) -> RecordDict:
+    """A served member's reply records; a trained member's new state saved first."""
     if train:
         _save(context, client, member)
     echo = P.Echo(req.server_round, msg.metadata.message_type, req.public_hash)

@@ -287,6 +287,14 @@ class FDConfig:
         "(docs/simulation.md). 1 = one client per node",
         default=1,
     )
+    vectorize_cohort: bool = _doc(
+        "Simulation only, clients-per-message > 1: train and query a cohort's homogeneous "
+        "members (same architecture and private-set size, plain local training: no "
+        "co-distillation teacher, DP or injected faults) in one batched torch.func call "
+        "instead of one by one; the others take the per-member path. Same numbers up to "
+        "float summation order (docs/simulation.md)",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -497,6 +505,11 @@ def _check_cohorts(cfg: FDConfig) -> None:
         k == 1 or cfg.strategy == "fd",
         "clients-per-message",
         f"{k} > 1 needs strategy=fd ({cfg.strategy} runs Flower's own per-node weight exchange)",
+    )
+    _require(
+        not cfg.vectorize_cohort or k > 1,
+        "vectorize-cohort",
+        "needs clients-per-message > 1 (it batches the members of one cohort message)",
     )
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "distill",
     "evaluate",
+    "evaluate_logits",
     "inference_batch_size",
     "iterate_minibatches",
     "make_optimizer",
@@ -549,6 +550,18 @@ def evaluate(
         raise ValueError("cannot evaluate on an empty set")
     validate_labels(y, num_classes, rows=x.shape[0])
     logits = predict_logits(model, x, batch_size=batch_size, device=device)  # (n, classes)
+    return evaluate_logits(logits, y, num_classes=num_classes)
+
+
+def evaluate_logits(logits: Tensor, y: Tensor, *, num_classes: int) -> EvalResult:
+    """:func:`evaluate`'s metrics from logits already computed: ``(n, classes)`` on the CPU.
+
+    Split out so a caller that computed many models' logits in one batched call
+    (:mod:`fedkd.vectorized`) scores each exactly as :func:`evaluate` would.
+    """
+    if logits.shape[0] == 0:
+        raise ValueError("cannot evaluate on an empty set")
+    validate_labels(y, num_classes, rows=logits.shape[0])
     if logits.shape[1] != num_classes:
         raise ValueError(f"model outputs {logits.shape[1]} classes but num_classes={num_classes}")
     labels = y.detach().cpu().long()
@@ -561,6 +574,6 @@ def evaluate(
         accuracy=float(correct.double().mean()),
         loss=float(F.cross_entropy(logits, labels)),
         per_class_accuracy=per_class.tolist(),
-        num_examples=int(x.shape[0]),
-        top_prediction_share=float(predicted.max()) / int(x.shape[0]),
+        num_examples=int(logits.shape[0]),
+        top_prediction_share=float(predicted.max()) / int(logits.shape[0]),
     )
