@@ -385,10 +385,8 @@ class FedDistill(Strategy):
         fold = self.streaming_aggregator(num_samples)
         check = self.checker(num_samples, fold) if self.stream_replies else None
         phases = self.collect(grid, server_round, nodes, indices, timeout, check)
-        if check is None:  # replies held: validated (and folded) after the last one came
-            valid, rejected = self.validate(phases.replies, num_samples, fold=fold)
-        else:  # validated (and folded) as each arrived, inside collect
-            valid, rejected = check.valid, check.rejected
+        # held replies are validated (and folded) now; streamed ones were, as each arrived
+        valid, rejected = self.validate(phases.replies, num_samples, fold=fold, checked=check)
         rejected = phases.train_errors + rejected
         self.cum_bytes += phases.bytes_up + phases.bytes_down
         record = RoundRecord(
@@ -727,8 +725,12 @@ class FedDistill(Strategy):
         num_samples: int,
         *,
         fold: Fold | None = None,
+        checked: ReplyChecker | None = None,
     ) -> tuple[list[ValidReply], list[Rejection]]:
         """Check each reply; log and count every rejection (the round goes on).
+
+        ``checked``: a :meth:`checker` that already saw ``replies`` as they arrived
+        (:meth:`exchange`); its outcome is returned as it is.
 
         With ``fold``, each valid reply's decoded soft labels go into the running sums at once
         and are not kept (its ``probs`` becomes :data:`FOLDED`): the server never holds the
@@ -740,6 +742,8 @@ class FedDistill(Strategy):
         (``fold-failed``), and a node's second reply in a round is one too (``duplicate``).
         After :meth:`exchange`, replies must echo this round, message type and public hash.
         """
+        if checked is not None:
+            return checked.valid, checked.rejected
         check = self.checker(num_samples, fold)
         for reply in replies:
             check(reply)
