@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import Error, Message
@@ -75,7 +76,7 @@ class SyntheticGrid(Grid):
         return None
 
     @property
-    def run(self) -> object:
+    def run(self) -> Any:
         raise NotImplementedError("SyntheticGrid has no Run object")
 
     def create_message(self, *args: object, **kwargs: object) -> Message:  # type: ignore[override]
@@ -125,18 +126,18 @@ class SyntheticGrid(Grid):
         req = P.parse_request(request.content)
         rows = req.public_size if req.public_indices is None else len(req.public_indices)
         probs = self.soft_labels(rows, node)
-        if node in self.malformed:
-            probs = probs.copy()
-            probs[0, 0] = np.nan
         counts = np.bincount(
             np.arange(node, node + 20) % self.num_classes, minlength=self.num_classes
         )
-        metrics = {
+        metrics: dict[str, int | float | list[int] | list[float]] = {
             P.NUM_EXAMPLES: int(counts.sum()),
             P.CLASS_COUNTS: [int(c) for c in counts],
             P.TEST_ACCURACY: 0.5,
         }
         echo = P.Echo(req.server_round, request.metadata.message_type, req.public_hash)
         payload = encode_probs(probs, req.codec, topk=req.topk)  # type: ignore[arg-type]
+        if node in self.malformed:  # broken on the wire: the encoder itself refuses NaN
+            payload = {k: v.astype(np.float32) for k, v in payload.items()}
+            next(iter(payload.values()))[0, 0] = np.nan
         content = P.reply_content(payload, metrics, model_name="mlp", codec=req.codec, echo=echo)
         return Message(content, reply_to=request)

@@ -919,7 +919,9 @@ def _drop_arrays(reply: Message) -> None:
     error, metrics and meta are all the round reads after validation."""
     if reply.has_error():
         return
-    kept = {k: v for k, v in reply.content.items() if not isinstance(v, ArrayRecord)}
+    kept: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+        k: v for k, v in reply.content.items() if not isinstance(v, ArrayRecord)
+    }
     reply.content = RecordDict(kept)
 
 
