@@ -557,6 +557,11 @@ def _command(part: str, args: argparse.Namespace) -> str:
             f"--server-rules {args.server_rules} --server-rows {args.server_rows} "
             f"--per-pull {args.per_pull}"
         )
+    elif part == "aggregation":
+        opts = (
+            f"--clients {args.clients} --public-sizes {args.public_sizes} "
+            f"--agg-fixed {args.agg_fixed}"
+        )
     else:
         opts = f"--student-rows {args.student_rows}"
     return f"python -m benchmarks.bench_scaling --parts {part} {opts} --docs"
@@ -589,7 +594,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--student-rows", default="500,2000,8000,32000", help="public rows (student part)"
     )
     parser.add_argument(
-        "--docs", action="store_true", help=f"write the server/student tables into {DOCS}"
+        "--docs",
+        action="store_true",
+        help=f"write the aggregation/server/student tables into {DOCS}",
     )
     add_common_args(parser, "bench_scaling")
     return parser.parse_args(argv)
@@ -610,7 +617,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fixed = tuple(_ints(args.agg_fixed))
         agg = aggregation_part(_ints(args.clients), _ints(args.public_sizes), fixed)  # type: ignore[arg-type]
         payload["aggregation"] = agg
-        tables.append("Aggregation (mean rule), tracemalloc peak:\n\n" + aggregation_markdown(agg))
+        table = aggregation_markdown(agg)
+        tables.append("Aggregation (mean rule), tracemalloc peak:\n\n" + table)
+        if args.docs:
+            update_docs(DOCS, "bench_scaling_aggregation", table, _command("aggregation", args))
     if "clients" in parts:
         runs = clients_part(_ints(args.clients), _ints(args.ray_clients), args.rounds)
         payload["clients"] = runs

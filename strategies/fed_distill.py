@@ -791,6 +791,8 @@ class FedDistill(Strategy):
         ctx = self.aggregation_context(valid)
         if self.guard is not None:  # stateful: weights kept per node across rounds
             return self.guard.aggregate(probs, [v.node_id for v in valid], ctx)
+        # the stack is ours: an order statistic may reorder it rather than copy it
+        ctx = replace(ctx, scratch=True)
         return aggregate(self.cfg.aggregation, probs, ctx)  # (samples, classes)
 
     def aggregation_context(self, valid: list[ValidReply]) -> AggregationContext:

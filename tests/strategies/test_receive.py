@@ -171,3 +171,15 @@ def test_a_streamable_rules_peak_does_not_grow_with_clients() -> None:
     held = _traced_round_mib(80, False) - _traced_round_mib(20, False)
     assert held > 0.75 * extra  # held replies do grow with clients (the test can fail)
     assert streamed < 0.25 * extra  # streamed ones do not
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean", "filtered_mean", "mean"])
+def test_a_scratch_stack_gives_the_same_teacher(rule: str) -> None:
+    from strategies.aggregation import AggregationContext, aggregate
+
+    probs = np.random.default_rng(0).dirichlet(np.ones(5), size=(7, 30)).astype(np.float32)
+    ctx = AggregationContext.uniform(7, 5)
+    reference = aggregate(rule, probs, ctx)
+    scratch = probs.copy()
+    teacher = aggregate(rule, scratch, AggregationContext.uniform(7, 5, scratch=True))
+    np.testing.assert_array_equal(teacher, reference)
