@@ -1,7 +1,7 @@
 """Replies as they arrive: the one place fedkd re-implements Flower's receive loop.
 
-Checked against flwr 1.41 (``flwr.serverapp.Grid``; ``InMemoryGrid`` and ``GrpcGrid``/
-``HttpGrid`` in ``flwr.superlink.grid``). Their ``send_and_receive`` pushes a phase's messages,
+Checked against flwr 1.41 (``flwr.serverapp.Grid``; ``InMemoryGrid`` and ``HttpGrid`` in
+``flwr.superlink.grid``). Their ``send_and_receive`` pushes a phase's messages,
 then calls ``pull_messages`` for the outstanding ids until all have answered or ``timeout``
 seconds have passed (``timeout=None``: wait for all), sleeping between pulls (``pull_interval``,
 0.1 s in the in-memory grid; a fixed 3 s in the deployed one) — and returns every reply in one
@@ -39,6 +39,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+TESTED_FLWR = ("1.41",)
+"""Flower minor versions whose receive loop this module was checked against (a test asserts
+the installed one is listed: on an upgrade, re-read ``send_and_receive`` and update)."""
 
 DEPLOYED_PULL_INTERVAL = 3.0
 """Seconds flwr 1.41's deployed grid sleeps between pulls (it has no ``pull_interval``)."""

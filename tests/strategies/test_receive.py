@@ -144,7 +144,18 @@ class _Overriding(LocalGrid):
         return []
 
 
+def test_the_adapter_was_checked_against_the_installed_flower() -> None:
+    import flwr
+
+    assert ".".join(flwr.__version__.split(".")[:2]) in receive.TESTED_FLWR
+
+
 def test_mode_honours_a_grid_that_overrides_send_and_receive() -> None:
+    from flwr.superlink.grid.http_grid import HttpGrid
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    for flower_grid in (InMemoryGrid, HttpGrid):  # Flower's own grids are polled
+        assert receive.mode(flower_grid.__new__(flower_grid)) == "poll"
     assert receive.mode(SyntheticGrid(1, 2)) == "poll"
     assert receive.mode(LocalGrid(ClientApp(), 0)) == "iter"
     assert receive.mode(_Overriding(ClientApp(), 0)) == "held"
