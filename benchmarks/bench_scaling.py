@@ -30,7 +30,8 @@ Five parts, each its own table:
    (``strategies.receive``). Swept over clients × classes × rule (``mean``: streamable;
    ``median``: needs every reply). Each point is a fresh process: ``tracemalloc`` peak of the
    round (NumPy and Python objects; torch's buffers are not traced) and the RSS high-water
-   mark minus the RSS just before the round (everything, tracing overhead included).
+   mark (``VmHWM``, reset just before the round) minus the RSS then (everything, tracing
+   overhead included).
 5. ``student``: the server student's distillation (``FedDistill.distil_student``, the default
    student, dataset, epochs and batch size of ``FDConfig``, one torch thread) versus the public
    rows it distils on: seconds per round and RSS growth, each size in a fresh process.
@@ -221,6 +222,28 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _reset_rss_peak() -> float:
+    """Reset this process's RSS high-water mark to its RSS now (Linux ≥ 4.0: ``5`` into
+    ``/proc/self/clear_refs``) and return that RSS in MiB.
+
+    Why not ``ru_maxrss``: a spawned child inherits its parent's high-water mark at fork (the
+    kernel keeps the larger of the old and new address space's across exec), so after a heavy
+    parent part the child's own growth would read as zero.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _rss_mib()
+
+
+def _rss_peak_mib() -> float:
+    """This address space's RSS high-water mark (``VmHWM``), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def server_round_point(
     rule: str, receive: str, clients: int, classes: int, rows: int, per_pull: int
 ) -> dict[str, Any]:
@@ -234,7 +257,6 @@ def server_round_point(
     import torch
     from flwr.supercore.task_identity import TaskIdentity
 
-    from benchmarks.common import peak_rss_mib
     from fedkd.config import FDConfig
     from fedkd.models import build_model
     from simulations.synthetic_grid import SyntheticGrid
@@ -260,7 +282,7 @@ def server_round_point(
     strategy.stream_replies = receive == "streamed"
     grid = SyntheticGrid(clients, classes, per_pull=per_pull)
     grid.soft_labels(rows, 0)  # the pool: made before measuring
-    rss_before, high_before = _rss_mib(), peak_rss_mib()
+    rss_before = _reset_rss_peak()
     tracemalloc.start()
     started = time.perf_counter()
     record = strategy.run_round(grid, 1, timeout=3600.0)
@@ -276,7 +298,7 @@ def server_round_point(
         "rows": rows,
         "per_pull": per_pull,
         "traced_peak_mib": traced / 2**20,
-        "rss_growth_mib": max(0.0, peak_rss_mib() - max(rss_before, high_before)),
+        "rss_growth_mib": _rss_peak_mib() - rss_before,
         "rss_before_mib": rss_before,
         "round_seconds_traced": seconds,
         "reply_mib": clients * rows * classes * 4 / 2**20,
@@ -365,7 +387,6 @@ def student_point(rows: int) -> dict[str, Any]:
     """``FedDistill.distil_student`` on ``rows`` public rows, defaults of ``FDConfig``."""
     import torch
 
-    from benchmarks.common import peak_rss_mib
     from fedkd.config import FDConfig
     from fedkd.data import load_splits
     from fedkd.models import build_model
@@ -381,7 +402,7 @@ def student_point(rows: int) -> dict[str, Any]:
     strategy = FedDistill(cfg, build_model(cfg.student_model, shape, classes), public, test)
     teacher = np.random.default_rng(0).dirichlet(np.full(classes, 0.3), size=rows)
     teacher = teacher.astype(np.float32)
-    rss_before, high_before = _rss_mib(), peak_rss_mib()
+    rss_before = _reset_rss_peak()
     started = time.perf_counter()
     strategy.distil_student(teacher, None)
     seconds = time.perf_counter() - started
@@ -393,7 +414,7 @@ def student_point(rows: int) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "seconds": seconds,
         "ms_per_row_epoch": 1000 * seconds / (rows * cfg.server_epochs),
-        "rss_growth_mib": max(0.0, peak_rss_mib() - max(rss_before, high_before)),
+        "rss_growth_mib": _rss_peak_mib() - rss_before,
         "rss_before_mib": rss_before,
     }
 
