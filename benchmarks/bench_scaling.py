@@ -1,10 +1,11 @@
 """Scaling: wall time and peak memory versus clients and versus the public-set size.
 
-    python -m benchmarks.bench_scaling                     # all three parts, a few minutes
+    python -m benchmarks.bench_scaling                     # every part, ~10 minutes
     python -m benchmarks.bench_scaling --parts aggregation --clients 10,100,1000,10000
+    python -m benchmarks.bench_scaling --parts server,student --docs  # docs/benchmarks.md §2
     python -m benchmarks.bench_scaling --quick
 
-Three parts, each its own table:
+Five parts, each its own table:
 
 1. ``aggregation``: the server's reduction of client soft labels into the teacher, on
    synthetic replies (Dirichlet-distributed rows, 10 classes). Replies arrive one at a time;
@@ -21,6 +22,19 @@ Three parts, each its own table:
    imports is reported beside it).
 3. ``public``: the same round through ``LocalGrid`` and the plain loop, 10 clients, versus the
    number of public rows queried per round (``public-subset``).
+4. ``server``: the server's peak over one real ``FedDistill.run_round`` (exchange → validate and
+   fold → teacher → student) against :class:`simulations.synthetic_grid.SyntheticGrid`, whose
+   replies are real encoded Flower messages, ``--per-pull`` of them per poll. ``held``: Flower's
+   ``send_and_receive``, the phase's replies held together (``FedDistill.stream_replies =
+   False``); ``streamed``: each pull's replies validated, folded and dropped
+   (``strategies.receive``). Swept over clients × classes × rule (``mean``: streamable;
+   ``median``: needs every reply). Each point is a fresh process: ``tracemalloc`` peak of the
+   round (NumPy and Python objects; torch's buffers are not traced) and the RSS high-water
+   mark (``VmHWM``, reset just before the round) minus the RSS then (everything, tracing
+   overhead included).
+5. ``student``: the server student's distillation (``FedDistill.distil_student``, the default
+   student, dataset, epochs and batch size of ``FDConfig``, one torch thread) versus the public
+   rows it distils on: seconds per round and RSS growth, each size in a fresh process.
 
 Ratios are between runs of this invocation only.
 """
@@ -30,6 +44,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,10 +56,12 @@ from benchmarks.common import (
     median,
     run_isolated,
     traced_peak,
+    update_docs,
     write_json,
 )
 
 NUM_CLASSES = 10
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 _BOTH = ("stacked", "streaming")
 
 
@@ -196,6 +213,242 @@ def _rules_markdown(part: dict) -> str:
     )
 
 
+# ----------------------------------------------------------------------------- 4. server round
+def _rss_mib() -> float:
+    """This process's resident set now (Linux ``/proc/self/statm``), MiB."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_rss_peak() -> float:
+    """Reset this process's RSS high-water mark to its RSS now (Linux ≥ 4.0: ``5`` into
+    ``/proc/self/clear_refs``) and return that RSS in MiB.
+
+    Why not ``ru_maxrss``: a spawned child inherits its parent's high-water mark at fork (the
+    kernel keeps the larger of the old and new address space's across exec), so after a heavy
+    parent part the child's own growth would read as zero.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _rss_mib()
+
+
+def _rss_peak_mib() -> float:
+    """This address space's RSS high-water mark (``VmHWM``), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def server_round_point(
+    rule: str, receive: str, clients: int, classes: int, rows: int, per_pull: int
+) -> dict[str, Any]:
+    """One ``FedDistill.run_round`` against a :class:`SyntheticGrid` (meant for a fresh process).
+
+    The strategy, the student (MLP, one epoch) and the grid's soft-label pool exist before the
+    round, so the peaks are the round's: replies, decoding, folding, teacher, distillation.
+    """
+    import tracemalloc
+
+    import torch
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedkd.config import FDConfig
+    from fedkd.models import build_model
+    from simulations.synthetic_grid import SyntheticGrid
+    from strategies.fed_distill import FedDistill, PublicSet, TestSet
+
+    torch.set_num_threads(1)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    cfg = FDConfig(
+        aggregation=rule,
+        num_clients=clients,
+        min_train_nodes=clients,
+        client_models="mlp",
+        student_model="mlp",
+        server_epochs=1,
+        co_distillation=False,
+        checkpoint=False,
+    )
+    shape = (1, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    public = PublicSet(torch.rand(rows, *shape, generator=gen))
+    test = TestSet(torch.rand(64, *shape, generator=gen), torch.arange(64) % classes, classes)
+    strategy = FedDistill(cfg, build_model("mlp", shape, classes), public, test)
+    strategy.stream_replies = receive == "streamed"
+    grid = SyntheticGrid(clients, classes, per_pull=per_pull)
+    grid.soft_labels(rows, 0)  # the pool: made before measuring
+    rss_before = _reset_rss_peak()
+    tracemalloc.start()
+    started = time.perf_counter()
+    record = strategy.run_round(grid, 1, timeout=3600.0)
+    seconds = time.perf_counter() - started
+    _, traced = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert strategy.teacher is not None, record.status
+    return {
+        "rule": rule,
+        "receive": receive,
+        "clients": clients,
+        "classes": classes,
+        "rows": rows,
+        "per_pull": per_pull,
+        "traced_peak_mib": traced / 2**20,
+        "rss_growth_mib": _rss_peak_mib() - rss_before,
+        "rss_before_mib": rss_before,
+        "round_seconds_traced": seconds,
+        "reply_mib": clients * rows * classes * 4 / 2**20,
+        "valid_replies": record.valid_replies,
+        "bytes_up": record.bytes_up,
+        "teacher_checksum": float(np.asarray(strategy.teacher[0], dtype=np.float64).sum()),
+        "pulls": grid.pulls,
+    }
+
+
+def server_part(
+    clients: list[int], classes: list[int], rows: int, per_pull: int, rules: list[str]
+) -> list[dict[str, Any]]:
+    """Every (rule, classes, clients, receive) point in a fresh process."""
+    points = []
+    for rule in rules:
+        for c in classes:
+            for n in clients:
+                for receive in ("held", "streamed"):
+                    print(f"--- server round, {rule}, {c} classes, {n} clients, {receive}")
+                    points.append(
+                        run_isolated(
+                            "benchmarks.bench_scaling:server_round_point",
+                            rule=rule,
+                            receive=receive,
+                            clients=n,
+                            classes=c,
+                            rows=rows,
+                            per_pull=per_pull,
+                        )
+                    )
+    return points
+
+
+def server_markdown(points: list[dict[str, Any]]) -> str:
+    """One row per (rule, classes, clients): held vs streamed peaks, and whether they agree."""
+    by: dict[tuple[str, int, int], dict[str, dict]] = {}
+    for p in points:
+        by.setdefault((p["rule"], p["classes"], p["clients"]), {})[p["receive"]] = p
+    rows = []
+    for (rule, classes, clients), m in by.items():
+        h, s = m["held"], m["streamed"]
+        same = (h["teacher_checksum"], h["bytes_up"], h["valid_replies"]) == (
+            s["teacher_checksum"],
+            s["bytes_up"],
+            s["valid_replies"],
+        )
+        rows.append(
+            [
+                rule,
+                classes,
+                clients,
+                f"{h['reply_mib']:.0f}",
+                f"{h['traced_peak_mib']:.1f}",
+                f"{s['traced_peak_mib']:.1f}",
+                fmt_ratio(h["traced_peak_mib"], s["traced_peak_mib"], 1),
+                f"{h['rss_growth_mib']:.0f}",
+                f"{s['rss_growth_mib']:.0f}",
+                "yes" if same else "NO",
+            ]
+        )
+    first = points[0]
+    title = (
+        f"One `FedDistill.run_round`, {first['rows']} public rows, codec `none`, "
+        f"{first['per_pull']} replies per poll:\n\n"
+    )
+    return title + markdown_table(
+        [
+            "rule",
+            "classes",
+            "clients",
+            "replies MiB",
+            "held traced peak MiB",
+            "streamed traced peak MiB",
+            "held/streamed",
+            "held RSS growth MiB",
+            "streamed RSS growth MiB",
+            "same teacher, bytes, replies",
+        ],
+        rows,
+    )
+
+
+# ----------------------------------------------------------------------------- 5. student
+def student_point(rows: int) -> dict[str, Any]:
+    """``FedDistill.distil_student`` on ``rows`` public rows, defaults of ``FDConfig``."""
+    import torch
+
+    from fedkd.config import FDConfig
+    from fedkd.data import load_splits
+    from fedkd.models import build_model
+    from strategies.fed_distill import FedDistill, PublicSet, TestSet
+
+    torch.set_num_threads(1)
+    cfg = FDConfig()
+    data = load_splits(cfg.dataset, seed=cfg.seed)
+    shape, classes = tuple(data.input_shape), data.num_classes
+    gen = torch.Generator().manual_seed(0)
+    public = PublicSet(torch.rand(rows, *shape, generator=gen))
+    test = TestSet(torch.rand(8, *shape, generator=gen), torch.arange(8) % classes, classes)
+    strategy = FedDistill(cfg, build_model(cfg.student_model, shape, classes), public, test)
+    teacher = np.random.default_rng(0).dirichlet(np.full(classes, 0.3), size=rows)
+    teacher = teacher.astype(np.float32)
+    rss_before = _reset_rss_peak()
+    started = time.perf_counter()
+    strategy.distil_student(teacher, None)
+    seconds = time.perf_counter() - started
+    return {
+        "rows": rows,
+        "student": cfg.student_model,
+        "dataset": cfg.dataset,
+        "epochs": cfg.server_epochs,
+        "batch_size": cfg.batch_size,
+        "seconds": seconds,
+        "ms_per_row_epoch": 1000 * seconds / (rows * cfg.server_epochs),
+        "rss_growth_mib": _rss_peak_mib() - rss_before,
+        "rss_before_mib": rss_before,
+    }
+
+
+def student_part(sizes: list[int]) -> list[dict[str, Any]]:
+    """Each public size in a fresh process."""
+    out = []
+    for rows in sizes:
+        print(f"--- student distillation, {rows} public rows", flush=True)
+        out.append(run_isolated("benchmarks.bench_scaling:student_point", rows=rows))
+    return out
+
+
+def student_markdown(points: list[dict[str, Any]]) -> str:
+    """Seconds per round, per row-epoch, and RSS growth versus public rows."""
+    first = points[0]
+    title = (
+        f"Student distillation per round: `{first['student']}` on `{first['dataset']}`-shaped "
+        f"inputs, {first['epochs']} epochs, batch {first['batch_size']}, one torch thread:\n\n"
+    )
+    rows = [
+        [
+            p["rows"],
+            f"{p['seconds']:.2f}",
+            f"{1000 * p['ms_per_row_epoch']:.1f}",
+            f"{p['rss_growth_mib']:.1f}",
+        ]
+        for p in points
+    ]
+    return title + markdown_table(
+        ["public rows", "seconds per round", "µs per row-epoch", "RSS growth MiB"], rows
+    )
+
+
 # ----------------------------------------------------------------------------- 2./3. rounds
 def round_config(clients: int, public_subset: int = 0, rounds: int = 3) -> Any:
     """Synthetic data (6000 samples: 3000 private, 1800 public, 1200 test), MLP everywhere."""
@@ -317,6 +570,24 @@ def rounds_markdown(runs: list[dict[str, Any]], key: str, label: str) -> str:
 
 
 # ----------------------------------------------------------------------------- main
+def _command(part: str, args: argparse.Namespace) -> str:
+    """The command that regenerates ``part``'s docs table (with the options that shaped it)."""
+    if part == "server":
+        opts = (
+            f"--server-clients {args.server_clients} --server-classes {args.server_classes} "
+            f"--server-rules {args.server_rules} --server-rows {args.server_rows} "
+            f"--per-pull {args.per_pull}"
+        )
+    elif part == "aggregation":
+        opts = (
+            f"--clients {args.clients} --public-sizes {args.public_sizes} "
+            f"--agg-fixed {args.agg_fixed}"
+        )
+    else:
+        opts = f"--student-rows {args.student_rows}"
+    return f"python -m benchmarks.bench_scaling --parts {part} {opts} --docs"
+
+
 def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()]
 
@@ -324,7 +595,7 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="aggregation,clients,public")
+    parser.add_argument("--parts", default="aggregation,clients,public,server,student")
     parser.add_argument("--clients", default="10,100,1000", help="client counts (parts 1, 2)")
     parser.add_argument("--ray-clients", default="10,100", help="client counts also run on Ray")
     parser.add_argument(
@@ -335,6 +606,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--agg-fixed", default="100,2000", help="clients,rows held fixed")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per run (parts 2, 3)")
+    parser.add_argument("--server-clients", default="100,1000", help="clients (server part)")
+    parser.add_argument("--server-classes", default="10,100", help="classes (server part)")
+    parser.add_argument("--server-rules", default="mean,median", help="rules (server part)")
+    parser.add_argument("--server-rows", type=int, default=2000, help="public rows (server)")
+    parser.add_argument("--per-pull", type=int, default=10, help="replies per poll (server)")
+    parser.add_argument(
+        "--student-rows", default="500,2000,8000,32000", help="public rows (student part)"
+    )
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help=f"write the aggregation/server/student tables into {DOCS}",
+    )
     add_common_args(parser, "bench_scaling")
     return parser.parse_args(argv)
 
@@ -345,6 +629,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.clients, args.ray_clients, args.public_sizes = "10,100", "", "500,2000"
         args.public_subsets, args.agg_fixed, args.rounds = "200,1800", "10,500", 2
+        args.server_clients, args.server_classes, args.server_rows = "10,40", "10", 200
+        args.server_rules, args.student_rows = "mean", "200,800"
     parts = args.parts.split(",")
     payload: dict[str, Any] = {"setting": vars(args)}
     tables = []
@@ -352,7 +638,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fixed = tuple(_ints(args.agg_fixed))
         agg = aggregation_part(_ints(args.clients), _ints(args.public_sizes), fixed)  # type: ignore[arg-type]
         payload["aggregation"] = agg
-        tables.append("Aggregation (mean rule), tracemalloc peak:\n\n" + aggregation_markdown(agg))
+        table = aggregation_markdown(agg)
+        tables.append("Aggregation (mean rule), tracemalloc peak:\n\n" + table)
+        if args.docs:
+            update_docs(DOCS, "bench_scaling_aggregation", table, _command("aggregation", args))
     if "clients" in parts:
         runs = clients_part(_ints(args.clients), _ints(args.ray_clients), args.rounds)
         payload["clients"] = runs
@@ -366,6 +655,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "Whole FD round vs public rows, 10 clients:\n\n"
             + rounds_markdown(runs, "public_subset", "public rows")
         )
+    if "server" in parts:
+        points = server_part(
+            _ints(args.server_clients),
+            _ints(args.server_classes),
+            args.server_rows,
+            args.per_pull,
+            args.server_rules.split(","),
+        )
+        payload["server"] = points
+        table = server_markdown(points)
+        tables.append(table)
+        if args.docs:
+            update_docs(DOCS, "bench_scaling_server", table, _command("server", args))
+    if "student" in parts:
+        points = student_part(_ints(args.student_rows))
+        payload["student"] = points
+        table = student_markdown(points)
+        tables.append(table)
+        if args.docs:
+            update_docs(DOCS, "bench_scaling_student", table, _command("student", args))
     payload["tables"] = tables
     print("\n\n".join(["", *tables]))
     print(f"\nresults written to {write_json(args.out, payload)}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
@@ -96,16 +96,28 @@ class LocalGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Push then pull; a reply whose handler took longer than ``timeout`` is dropped.
+        """Every reply of :meth:`iter_replies`, in one list (Flower's form)."""
+        return list(self.iter_replies(messages, timeout=timeout))
+
+    def iter_replies(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        """Deliver the messages one after another, yielding each reply as it is made; a reply
+        whose handler took longer than ``timeout`` is dropped.
 
         Nodes are served one after another here but would run side by side on a SuperLink, so
         each reply is judged by its own handling time: a straggler (``fedkd.faults``) is missing,
-        exactly as under Ray, and the clients served after it are not.
+        exactly as under Ray, and the clients served after it are not. Yielding one reply at a
+        time lets the server fold and drop it before the next is made
+        (``strategies.receive``), so in process too a phase's replies are never all held.
         """
-        ids = list(self.push_messages(messages))
-        late = {i for i in ids if timeout is not None and self._seconds.get(i, 0.0) > timeout}
-        replies = self.pull_messages(ids)
-        return [r for r in replies if r.metadata.reply_to_message_id not in late]
+        for msg in messages:
+            (message_id,) = self.push_messages([msg])
+            late = timeout is not None and self._seconds.get(message_id, 0.0) > timeout
+            (reply,) = self.pull_messages([message_id])
+            if not late:
+                yield reply
+            del reply
 
     # ------------------------------------------------------------------ delivery
     def _deliver(self, msg: Message) -> Message:

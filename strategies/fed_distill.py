@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -48,6 +48,7 @@ from strategies.aggregation import (
 )
 from strategies.expguard import ExpGuard
 from strategies.private import SERVER_SIDE, PrivateFold, ServerPrivacy
+from strategies.receive import arrivals
 from strategies.result import history_result
 from strategies.validation import (
     Expected,
@@ -112,6 +113,45 @@ FOLDED = np.empty((0, 0), dtype=np.float32)
 """What a valid reply's ``probs`` becomes once folded into a :class:`StreamingAggregator`."""
 
 
+class ReplyChecker:
+    """One round's validation, one reply at a time: valid replies, rejections, senders seen.
+
+    What :meth:`FedDistill.validate` does to a list, callable per reply as replies arrive
+    (:meth:`FedDistill.exchange`). Each call reads the strategy's current expectations (the
+    echo :meth:`FedDistill.exchange` set), so it can be made before the phase is sent.
+    """
+
+    def __init__(self, strategy: FedDistill, num_samples: int, fold: Fold | None) -> None:
+        self.strategy = strategy
+        self.num_samples = num_samples
+        self.fold = fold
+        self.valid: list[ValidReply] = []
+        self.rejected: list[Rejection] = []
+        self.seen: set[int] = set()
+
+    def __call__(self, reply: Message) -> None:
+        """Validate (and fold) ``reply``; log a rejection. Never raises on a bad reply."""
+        node = int(reply.metadata.src_node_id)
+        if node in self.seen:
+            checked: ValidReply | Rejection = Rejection(
+                node, "duplicate", "a second reply from this node in one round"
+            )
+        elif reply.has_error():
+            checked = _error_rejection(reply)
+        else:
+            expected = self.strategy.expected(self.num_samples)
+            checked = self.strategy._check_and_fold(node, reply, expected, self.fold)
+        self.seen.add(node)
+        if isinstance(checked, Rejection):
+            if checked.reason != "client-error":  # errors were logged on arrival
+                log.warning(
+                    "rejected reply from node %d (%s): %s", node, checked.reason, checked.detail
+                )
+            self.rejected.append(checked)
+        else:
+            self.valid.append(checked)
+
+
 @dataclass(frozen=True)
 class PublicSet:
     """The server's copy of the public unlabeled inputs (labels only for diagnostics)."""
@@ -151,6 +191,12 @@ class FedDistill(Strategy):
     val : TestSet, optional
         The server's labelled validation set: what selects the reported round.
     """
+
+    stream_replies: bool = True
+    """Validate, fold and drop each reply as it is pulled (:mod:`strategies.receive`), so a
+    mean-type rule's server peak does not grow with the clients. ``False``: Flower's
+    ``send_and_receive``, a phase's replies held together until the round ends (the baseline
+    ``benchmarks.bench_scaling`` measures against; the numbers are the same either way)."""
 
     def __init__(
         self,
@@ -336,9 +382,11 @@ class FedDistill(Strategy):
         nodes = self.sample_nodes(grid)
         indices = self.choose_public_indices()
         num_samples = len(indices) if indices is not None else self.public.size
-        phases = self.collect(grid, server_round, nodes, indices, timeout)
         fold = self.streaming_aggregator(num_samples)
-        valid, rejected = self.validate(phases.replies, num_samples, fold=fold)
+        check = self.checker(num_samples, fold) if self.stream_replies else None
+        phases = self.collect(grid, server_round, nodes, indices, timeout, check)
+        # held replies are validated (and folded) now; streamed ones were, as each arrived
+        valid, rejected = self.validate(phases.replies, num_samples, fold=fold, checked=check)
         rejected = phases.train_errors + rejected
         self.cum_bytes += phases.bytes_up + phases.bytes_down
         record = RoundRecord(
@@ -440,12 +488,18 @@ class FedDistill(Strategy):
         nodes: list[int],
         indices: np.ndarray | None,
         timeout: float,
+        check: ReplyChecker | None = None,
     ) -> _Phases:
-        """The round's message phases: train (carrying the query), or train then query."""
+        """The round's message phases: train (carrying the query), or train then query.
+
+        ``check`` validates (and folds) the soft-label replies as they arrive; the phase that
+        carries them then returns them without their arrays (see :meth:`exchange`).
+        """
         train_req = self.make_request(
             server_round, indices, with_predictions=not self.cfg.separate_query
         )
-        replies, down, up = self.exchange(grid, nodes, P.TRAIN, train_req, timeout)
+        train_check = None if self.cfg.separate_query else check
+        replies, down, up = self.exchange(grid, nodes, P.TRAIN, train_req, timeout, train_check)
         phases = _Phases(replies=replies, bytes_up=up, bytes_down=down)
         phases.missing = _silent(nodes, replies)
         if not self.cfg.separate_query:
@@ -455,7 +509,7 @@ class FedDistill(Strategy):
         phases.train_errors = [_error_rejection(r) for r in replies if r.has_error()]
         answered = [r.metadata.src_node_id for r in replies if not r.has_error()]
         query_req = self.make_request(server_round, indices, with_predictions=True, teacher=False)
-        phases.replies, d2, u2 = self.exchange(grid, answered, P.QUERY, query_req, timeout)
+        phases.replies, d2, u2 = self.exchange(grid, answered, P.QUERY, query_req, timeout, check)
         phases.bytes_down, phases.bytes_up = down + d2, up + u2
         phases.missing = sorted(phases.missing + _silent(answered, phases.replies))
         return phases
@@ -583,14 +637,27 @@ class FedDistill(Strategy):
         return self.cfg.aggregation in SUPPORT_RULES and self.cfg.dp_mechanism == "none"
 
     def exchange(
-        self, grid: Grid, nodes: list[int], message_type: str, req: P.RoundRequest, timeout: float
+        self,
+        grid: Grid,
+        nodes: list[int],
+        message_type: str,
+        req: P.RoundRequest,
+        timeout: float,
+        check: ReplyChecker | None = None,
     ) -> tuple[list[Message], int, int]:
         """Send one request to every node; return replies, bytes down and bytes up.
 
         Each reply is attributed to the node its request went to (``reply_to_message_id``):
         the SuperLink answers for a dead SuperNode with an error whose sender is the SuperLink
         itself, and that error must name the dead node, not node 1. Replies to no request of
-        this call are dropped. Later :meth:`validate` checks the replies' echo of this request.
+        this call are dropped. :meth:`validate` (or ``check``) checks the replies' echo of
+        this request.
+
+        With :attr:`stream_replies`, replies are taken batch by batch as they are pulled
+        (:func:`strategies.receive.arrivals`); with ``check`` each is then validated and
+        folded at once and returned without its arrays (soft labels, support): sender, error,
+        metrics and meta are all the rest of the round reads. So a phase's encoded replies
+        are never all held, only one pull's worth.
         """
         self._expected_echo = P.Echo(req.server_round, message_type, req.public_hash)
         if not nodes:
@@ -599,17 +666,32 @@ class FedDistill(Strategy):
         messages = self.requests(content, message_type, nodes)
         # bytes per client as each would send its own message (cohorts are a simulation device)
         down = P.wire_nbytes(content) * len(nodes)
-        received = list(grid.send_and_receive(messages, timeout=timeout))
-        replies = _attribute(received, messages)
         k = self.cfg.clients_per_message
-        if k > 1:  # one reply per virtual client from here on
-            replies = cohorts.expand(replies, k, cohorts.by_node(nodes, k))
-        up = sum(P.wire_nbytes(r.content) for r in replies if not r.has_error())
-        for r in replies:
-            if r.has_error():
-                log.warning(
-                    "node %s replied with an error: %s", r.metadata.src_node_id, r.error.reason
-                )
+        groups = cohorts.by_node(nodes, k) if k > 1 else None
+        batches = (
+            arrivals(grid, messages, timeout)
+            if self.stream_replies
+            else iter([list(grid.send_and_receive(messages, timeout=timeout))])
+        )
+        replies: list[Message] = []
+        up = 0
+        for batch in batches:
+            arrived = _attribute(batch, messages)
+            del batch
+            if groups is not None:  # one reply per virtual client from here on
+                arrived = cohorts.expand(arrived, k, groups)
+            for r in arrived:
+                if r.has_error():
+                    log.warning(
+                        "node %s replied with an error: %s", r.metadata.src_node_id, r.error.reason
+                    )
+                else:
+                    up += P.wire_nbytes(r.content)
+                if check is not None:
+                    check(r)
+                    _drop_arrays(r)
+                replies.append(r)
+            del arrived
         return replies, down, up
 
     def requests(self, content: Any, message_type: str, clients: list[int]) -> list[Message]:
@@ -643,20 +725,38 @@ class FedDistill(Strategy):
         num_samples: int,
         *,
         fold: Fold | None = None,
+        checked: ReplyChecker | None = None,
     ) -> tuple[list[ValidReply], list[Rejection]]:
         """Check each reply; log and count every rejection (the round goes on).
 
+        ``checked``: a :meth:`checker` that already saw ``replies`` as they arrived
+        (:meth:`exchange`); its outcome is returned as it is.
+
         With ``fold``, each valid reply's decoded soft labels go into the running sums at once
         and are not kept (its ``probs`` becomes :data:`FOLDED`): the server never holds the
-        decoded ``(clients, samples, classes)`` stack for a mean-type rule. (Flower returns a
-        phase's encoded replies together, so those are in memory at once regardless.)
+        decoded ``(clients, samples, classes)`` stack for a mean-type rule. Given a list, the
+        encoded replies are all held regardless: :meth:`run_round` instead checks each reply
+        as it arrives (a :meth:`checker` passed to :meth:`exchange`).
 
         Nothing raises out of here: a reply that fails to fold is a rejection
         (``fold-failed``), and a node's second reply in a round is one too (``duplicate``).
         After :meth:`exchange`, replies must echo this round, message type and public hash.
         """
+        if checked is not None:
+            return checked.valid, checked.rejected
+        check = self.checker(num_samples, fold)
+        for reply in replies:
+            check(reply)
+        return check.valid, check.rejected
+
+    def checker(self, num_samples: int, fold: Fold | None = None) -> ReplyChecker:
+        """A :class:`ReplyChecker` for this round's replies (see :meth:`validate`)."""
+        return ReplyChecker(self, num_samples, fold)
+
+    def expected(self, num_samples: int) -> Expected:
+        """What a valid reply must look like now (after :meth:`exchange`: with its echo)."""
         echo = self._expected_echo
-        expected = Expected(
+        return Expected(
             num_samples=num_samples,
             num_classes=self.test.num_classes,
             codec=self.cfg.codec,
@@ -666,29 +766,6 @@ class FedDistill(Strategy):
             message_type=None if echo is None else echo.message_type,
             public_hash=None if echo is None else echo.public_hash,
         )
-        valid: list[ValidReply] = []
-        rejected: list[Rejection] = []
-        seen: set[int] = set()
-        for reply in replies:
-            node = int(reply.metadata.src_node_id)
-            if node in seen:
-                checked: ValidReply | Rejection = Rejection(
-                    node, "duplicate", "a second reply from this node in one round"
-                )
-            elif reply.has_error():
-                checked = _error_rejection(reply)
-            else:
-                checked = self._check_and_fold(node, reply, expected, fold)
-            seen.add(node)
-            if isinstance(checked, Rejection):
-                if checked.reason != "client-error":  # errors were logged on arrival
-                    log.warning(
-                        "rejected reply from node %d (%s): %s", node, checked.reason, checked.detail
-                    )
-                rejected.append(checked)
-            else:
-                valid.append(checked)
-        return valid, rejected
 
     def _check_and_fold(
         self, node: int, reply: Message, expected: Expected, fold: Fold | None
@@ -714,6 +791,8 @@ class FedDistill(Strategy):
         ctx = self.aggregation_context(valid)
         if self.guard is not None:  # stateful: weights kept per node across rounds
             return self.guard.aggregate(probs, [v.node_id for v in valid], ctx)
+        # the stack is ours: an order statistic may reorder it rather than copy it
+        ctx = replace(ctx, scratch=True)
         return aggregate(self.cfg.aggregation, probs, ctx)  # (samples, classes)
 
     def aggregation_context(self, valid: list[ValidReply]) -> AggregationContext:
@@ -835,6 +914,17 @@ def _attribute(received: list[Message], sent: list[Message]) -> list[Message]:
         code = int(reply.error.code) if reply.has_error() else 0
         out.append(Message(Error(code=code, reason=reason), reply_to=request))
     return out
+
+
+def _drop_arrays(reply: Message) -> None:
+    """Let go of a checked reply's arrays (soft labels, support scores) in place: sender,
+    error, metrics and meta are all the round reads after validation."""
+    if reply.has_error():
+        return
+    kept: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+        k: v for k, v in reply.content.items() if not isinstance(v, ArrayRecord)
+    }
+    reply.content = RecordDict(kept)
 
 
 def _silent(nodes: list[int], replies: list[Message]) -> list[int]:

@@ -328,6 +328,10 @@ def test_mean_type_rules_fold_replies_and_give_the_stacked_teacher(
         return valid, rejected
 
     monkeypatch.setattr(FedDistill, "validate", spy)
+    # The spy re-validates the round's replies, so they must be held until validate runs;
+    # streamed receive (the default) has let go of their arrays by then, and is checked
+    # against this held path in tests/strategies/test_receive.py.
+    monkeypatch.setattr(FedDistill, "stream_replies", False)
     teachers: list[np.ndarray] = []
     original_distil = FedDistill.distil_student
 
