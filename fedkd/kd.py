@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -259,9 +259,7 @@ def soft_targets(teacher: Tensor, temperature: float, *, is_probs: bool = False)
 
 
 def _row_divergence(log_q: Tensor, log_p: Tensor, spec: KDSpec) -> Tensor:
-    """Per-row divergence between teacher ``log_p`` and student ``log_q``, both (rows, classes),
-    for the divergences autograd differentiates op by op (``kl`` and ``soft_ce`` go through
-    :class:`_SoftmaxCrossEntropy`).
+    """Per-row divergence between teacher ``log_p`` and student ``log_q``, both (rows, classes).
 
     ``log_q`` is always finite; ``log_p`` may be ``-inf`` where the teacher is exactly zero.
     """
@@ -276,45 +274,15 @@ def _row_divergence(log_q: Tensor, log_p: Tensor, spec: KDSpec) -> Tensor:
         q = log_q.exp()  # only the divergences that read q pay for it
         return (q * (log_q - log_p.clamp_min(REVERSE_KL_LOG_FLOOR))).sum(dim=1)
 
+    if spec.divergence == "kl":
+        return forward_kl()
     if spec.divergence == "reverse_kl":
         return reverse_kl()
     if spec.divergence == "symmetric_kl":
         return spec.balance * forward_kl() + (1.0 - spec.balance) * reverse_kl()
+    if spec.divergence == "soft_ce":
+        return -(p * log_q).sum(dim=1)
     return (p - log_q.exp()).pow(2).sum(dim=1)  # "mse"
-
-
-class _SoftmaxCrossEntropy(torch.autograd.Function):
-    """Per-row ``KL(p || softmax(s / T))`` (or the soft cross-entropy ``-Σ p log q``) with its
-    closed-form gradient ``(q·Σp - p) / T``, as one autograd node.
-
-    Why: autograd through ``log_softmax``, the products and the row sums records a node per
-    small op, and on small heads that bookkeeping, not the arithmetic, is the cost (LwF's CNN
-    step in task-IL: docs/continual.md §6). Both divergences have the same gradient
-    (``Σ p log p`` does not depend on the student). The teacher log-probabilities ``log_p`` are
-    detached and may be ``-inf`` where the teacher is exactly zero (``0·log 0 = 0``). Written
-    in the classic ``forward(ctx, ...)`` form, whose ``apply`` is several times cheaper on CPU
-    than the ``setup_context`` form's; so no functorch transform or double backward goes
-    through it (nothing in fedkd differentiates a KD gradient).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, student_logits: Tensor, log_p: Tensor, temperature: float, entropy_term: bool
-    ) -> Tensor:
-        log_q = (student_logits / temperature).log_softmax(dim=1)  # (rows, classes)
-        p = log_p.exp()  # exact 0 where log_p = -inf
-        per_row = -torch.linalg.vecdot(p, log_q)  # soft cross-entropy, (rows,)
-        if entropy_term:  # KL = CE - H(p); the clamp keeps 0·(-inf) out where p = 0
-            per_row += torch.linalg.vecdot(p, log_p.clamp_min(torch.finfo(log_p.dtype).min))
-        ctx.save_for_backward(log_q, p)
-        ctx.temperature = temperature
-        return per_row
-
-    @staticmethod
-    def backward(ctx: Any, grad_rows: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        log_q, p = ctx.saved_tensors
-        grad = log_q.exp().mul_(p.sum(dim=1, keepdim=True)).sub_(p)  # q·Σp - p
-        return grad.mul_((grad_rows / ctx.temperature).unsqueeze(1)), None, None, None
 
 
 def _check_pair(student_logits: Tensor, teacher: Tensor) -> None:
@@ -424,14 +392,9 @@ def distillation_loss(
         if validate and teacher_is_probs and bool((teacher.sum(dim=1) <= 0).any()):
             raise ValueError("teacher has a row with zero mass on the class_mask columns")
 
+    log_q = F.log_softmax(student_logits / spec.temperature, dim=1)  # (rows, classes)
     log_p = log_soft_targets(teacher, t_teacher, is_probs=teacher_is_probs)
-    if spec.divergence in ("kl", "soft_ce"):  # one autograd node (see _SoftmaxCrossEntropy)
-        per_row = _SoftmaxCrossEntropy.apply(
-            student_logits, log_p, spec.temperature, spec.divergence == "kl"
-        )
-    else:
-        log_q = F.log_softmax(student_logits / spec.temperature, dim=1)  # (rows, classes)
-        per_row = _row_divergence(log_q, log_p, spec)  # (rows,)
+    per_row = _row_divergence(log_q, log_p, spec)  # (rows,)
     if spec.t2_scaling:
         per_row = per_row * spec.temperature**2
     if reduction == "none":

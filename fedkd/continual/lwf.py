@@ -197,7 +197,7 @@ class LwF(FineTune):
         self._teacher: MultiHeadNet | None = None
         self._targets: list[tuple[int, Tensor | None]] = []  # (head, column index or None)
         self._cache: dict[int, Tensor] = {}  # head -> (n, head_size) teacher logits, on device
-        self._stacked: Tensor | None = None  # (n, heads, k) cached logits of stackable heads
+        self._stacked: Tensor | None = None  # (heads, n, k) cached logits of stackable heads
         self._validated = False  # the KD core has checked one batch of this task
 
     def before_task(
@@ -228,8 +228,8 @@ class LwF(FineTune):
             self._warm_up(net, sequence, t, data, warmup_generator(generator, t))
         if self._teacher is not None and self.config.teacher_outputs == "cached":
             self._cache = self._teacher_logits_full(data.x)
-            if self._stackable(net):  # one (n, heads, k) tensor: no per-batch torch.cat
-                self._stacked = torch.stack([self._cache[h] for h, _ in self._targets], dim=1)
+            if self._stackable(net):  # one (heads, n, k) tensor: no per-batch torch.cat
+                self._stacked = torch.stack([self._cache[h] for h, _ in self._targets])
 
     def targets_for(
         self, sequence: TaskSequence, t: int
@@ -271,9 +271,9 @@ class LwF(FineTune):
         self._validated = True
         if self._stackable(net):  # one core call for all old heads (same value, less overhead)
             heads = [h for h, _ in self._targets]
-            student = _stacked_heads(net, heads, features)  # (b*heads, k)
-            target = self._stacked_teacher(batch, heads)  # (b*heads, k)
-            # batchmean over b*heads rows, times heads = the sum over heads of per-head means
+            student = torch.cat([net.heads[h](features) for h in heads])  # (heads*b, k)
+            target = self._stacked_teacher(batch, heads)  # (heads*b, k)
+            # batchmean over heads*b rows, times heads = the sum over heads of per-head means
             distill = len(heads) * kd.distillation_loss(
                 student, target, self._spec, validate=validate
             )
@@ -291,12 +291,10 @@ class LwF(FineTune):
         return distill
 
     def _stackable(self, net: MultiHeadNet) -> bool:
-        """Several whole heads of one width (all with a bias or none): one matmul and one
-        batched softmax serve them all."""
+        """Several whole heads of one width: their softmaxes can share one batched call."""
         if len(self._targets) < 2 or any(c is not None for _, c in self._targets):
             return False
-        layers = [net.heads[h] for h, _ in self._targets]
-        return len({(layer.out_features, layer.bias is None) for layer in layers}) == 1
+        return len({net.heads[h].out_features for h, _ in self._targets}) == 1
 
     # ---- teacher ----------------------------------------------------------------------
 
@@ -313,13 +311,12 @@ class LwF(FineTune):
             return {h: self._teacher.heads[h](features) for h in self._heads()}
 
     def _stacked_teacher(self, batch: Batch, heads: list[int]) -> Tensor:
-        """Teacher logits of ``heads`` on the batch, row-major as :func:`_stacked_heads`:
-        ``(b*heads, k)``."""
+        """Teacher logits of ``heads`` on the batch, stacked head-major: ``(heads*b, k)``."""
         if self._stacked is not None:
             index = batch.index.to(batch.x.device, non_blocking=True)
-            return self._stacked[index].flatten(0, 1)
+            return self._stacked[:, index].flatten(0, 1)  # = cat over heads of (b, k)
         teacher = self._teacher_logits(batch)
-        return torch.stack([teacher[h] for h in heads], dim=1).flatten(0, 1)
+        return torch.cat([teacher[h] for h in heads])
 
     def _teacher_logits_full(self, x: Tensor, batch_size: int = 1024) -> dict[int, Tensor]:
         """Teacher logits for every row of ``x`` (the paper's recorded responses Y_o), kept on
@@ -397,24 +394,6 @@ class LwF(FineTune):
             head.weight[cols] = new.weight
             if head.bias is not None and new.bias is not None:
                 head.bias[cols] = new.bias
-
-
-def _stacked_heads(net: MultiHeadNet, heads: list[int], features: Tensor) -> Tensor:
-    """Logits of several heads of one width as one matmul: ``(b*heads, k)``, row ``i·heads + j``
-    is example ``i`` on ``heads[j]``.
-
-    Why: one ``addmm`` over the concatenated weights records three autograd nodes where a
-    linear call per head records one each plus a ``cat``; on LwF's small heads the nodes, not
-    the arithmetic, are the cost (docs/continual.md §6). Gradients still reach each head's own
-    parameters through the concatenation.
-    """
-    layers: list[nn.Linear] = [net.heads[h] for h in heads]  # type: ignore[misc]
-    weight = torch.cat([layer.weight for layer in layers])  # (heads*k, feature_dim)
-    if layers[0].bias is None:
-        logits = features @ weight.t()
-    else:
-        logits = torch.addmm(torch.cat([layer.bias for layer in layers]), features, weight.t())
-    return logits.view(-1, layers[0].out_features)  # (b, heads*k) -> (b*heads, k)
 
 
 _WARMUP_STREAM = 0x9E3779B97F4A7C15  # odd 64-bit constant (SplitMix64's increment)
