@@ -8,35 +8,18 @@ every cached module against its source and options, so a warm cache finds the sa
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    from tests.conftest import Mypy
 
 
 @pytest.mark.slow
-def test_mypy_finds_no_errors() -> None:
-    if shutil.which("mypy", path=str(Path(sys.executable).parent)) is None:
+def test_mypy_finds_no_errors(mypy_process: Mypy | None) -> None:
+    """mypy runs in the background from the end of collection (tests/conftest.py)."""
+    if mypy_process is None:
         pytest.skip("mypy is not installed (it comes with the dev extra)")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--cache-dir",
-            str(ROOT / ".mypy_cache"),
-            "fedkd",
-            "strategies",
-            "simulations",
-            "benchmarks",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    returncode, output = mypy_process.result(timeout=600)
+    assert returncode == 0, output[-6000:]

@@ -1,6 +1,6 @@
 """A real Flower deployment on 127.0.0.1: SuperLink, SuperNodes and ``flwr run`` of this repo.
 
-The commands are the ones docs/deploy.md gives (insecure, TLS, TLS + SuperNode authentication).
+The commands are the ones docs/deploy.md gives (insecure; TLS with SuperNode authentication).
 Each run is small (2 clients, 1-2 rounds, one epoch) because SuperNodes poll every ~3 s and
 every message starts a fresh ClientApp process; the assertions are on what the ServerApp wrote
 to ``<run-dir>/metrics.json``, i.e. that federated distillation actually ran over the wire.
@@ -193,28 +193,6 @@ def test_insecure_federation_runs_fd_to_completion(federation: Federation, tmp_p
     assert re.search(r"round\s+2/2", output)  # the ServerApp's progress reached the terminal
 
 
-@pytest.mark.slow
-def test_tls_federation_and_a_device_with_bad_data(
-    federation: Federation, certs: Certs, tmp_path: Path
-) -> None:
-    """TLS everywhere; one device's data file is malformed: its reply is rejected, the round
-    goes on with the other, and the device's error (naming its file) reaches the server."""
-    bad = tmp_path / "bad.npz"
-    write_private_npz(bad, np.zeros((4, 1, 8, 8)), np.array([0, 1, 2, 42]))  # label 42: no class
-    port = free_port()
-    federation.superlink(port, certs=certs)
-    federation.supernode("supernode-0", port, "partition-id=0 num-partitions=2", certs=certs)
-    federation.supernode("supernode-1", port, f"data-path='{bad}' partition-id=1", certs=certs)
-    federation.connection("loopback-tls", port, certs=certs)
-    run_dir = tmp_path / "run"
-    code, output = federation.flwr_run("loopback-tls", _run_config(run_dir, rounds=1))
-    assert code == 0, f"{output}\n{federation.tail()}"
-    (record,) = _rounds(run_dir)
-    _assert_student_metrics([record], num_rounds=1, valid=1)
-    assert record["rejected_reasons"] == {"client-error": 1}, record
-    assert "bad.npz" in output, output  # the server logs the device's own error message
-
-
 def _ssh_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     """An EC P-384 key pair in OpenSSH format, what `ssh-keygen -t ecdsa -b 384` writes."""
     key = ec.generate_private_key(ec.SECP384R1())
@@ -236,8 +214,15 @@ def _ssh_keypair(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_authenticated_supernodes(federation: Federation, certs: Certs, tmp_path: Path) -> None:
-    """SuperNode authentication: registered keys join, an unregistered one is kept out."""
+def test_tls_authenticated_supernodes_and_a_device_with_bad_data(
+    federation: Federation, certs: Certs, tmp_path: Path
+) -> None:
+    """TLS everywhere plus SuperNode authentication (one deployment checks both): registered
+    keys join, an unregistered one is kept out; one registered device's data file is
+    malformed, so its reply is rejected, the round goes on with the other, and the device's
+    error (naming its file) reaches the server."""
+    bad = tmp_path / "bad.npz"
+    write_private_npz(bad, np.zeros((4, 1, 8, 8)), np.array([0, 1, 2, 42]))  # label 42: no class
     keys = [_ssh_keypair(tmp_path, f"supernode-{i}") for i in range(3)]
     port = free_port()
     federation.superlink(port, certs=certs, auth=True)
@@ -249,8 +234,8 @@ def test_authenticated_supernodes(federation: Federation, certs: Certs, tmp_path
             name=f"register-{i}",
         )
         assert code == 0 and "registered successfully" in out, out
-    for i, (private, _) in enumerate(keys[:2]):
-        config = f"partition-id={i} num-partitions=2"
+    node_configs = ["partition-id=0 num-partitions=2", f"data-path='{bad}' partition-id=1"]
+    for i, ((private, _), config) in enumerate(zip(keys[:2], node_configs, strict=True)):
         federation.supernode(f"supernode-{i}", port, config, certs=certs, auth_key=private)
     outsider = federation.supernode(  # its key was never registered
         "outsider", port, "partition-id=0 num-partitions=2", certs=certs, auth_key=keys[2][0]
@@ -259,7 +244,9 @@ def test_authenticated_supernodes(federation: Federation, certs: Certs, tmp_path
     code, output = federation.flwr_run("loopback-auth", _run_config(run_dir, rounds=1))
     assert code == 0, f"{output}\n{federation.tail()}"
     (record,) = _rounds(run_dir)
-    _assert_student_metrics([record], num_rounds=1, valid=2)
+    _assert_student_metrics([record], num_rounds=1, valid=1)
+    assert record["rejected_reasons"] == {"client-error": 1}, record
+    assert "bad.npz" in output, output  # the server logs the device's own error message
     assert record["missing"] == 0  # only the two registered nodes were ever connected
     assert outsider.popen.poll() not in (None, 0)  # the SuperLink refused it; it gave up
     assert "Failed to activate SuperNode" in outsider.log.read_text(errors="replace")
