@@ -87,15 +87,22 @@ def measure(
     with _phase_timers(spent):
         run_fd_local(scale_config(clients, 1, per_message=50, vectorize=vectorize))  # warm-up
         spent.clear()
-        gc.enable() if gc_on else gc.disable()
+        _set_gc(gc_on)
         try:
             start = time.thread_time()
             run_fd_local(scale_config(clients, rounds, per_message=50, vectorize=vectorize))
             elapsed = time.thread_time() - start
         finally:
-            gc.enable() if was_on else gc.disable()
+            _set_gc(was_on)
     members = clients * rounds
     return 1000 * elapsed / members, {k: 1000 * v / members for k, v in spent.items()}
+
+
+def _set_gc(on: bool) -> None:
+    if on:
+        gc.enable()
+    else:
+        gc.disable()
 
 
 def markdown(results: dict[str, tuple[float, dict[str, float]]]) -> str:

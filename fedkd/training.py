@@ -548,9 +548,9 @@ def evaluate(
     """
     if x.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty set")
-    validate_labels(y, num_classes, rows=x.shape[0])
+    validate_labels(y, num_classes, rows=x.shape[0])  # before the forward pass
     logits = predict_logits(model, x, batch_size=batch_size, device=device)  # (n, classes)
-    return evaluate_logits(logits, y, num_classes=num_classes)
+    return _scores(logits, y, num_classes)
 
 
 def evaluate_logits(logits: Tensor, y: Tensor, *, num_classes: int) -> EvalResult:
@@ -562,6 +562,11 @@ def evaluate_logits(logits: Tensor, y: Tensor, *, num_classes: int) -> EvalResul
     if logits.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty set")
     validate_labels(y, num_classes, rows=logits.shape[0])
+    return _scores(logits, y, num_classes)
+
+
+def _scores(logits: Tensor, y: Tensor, num_classes: int) -> EvalResult:
+    """The metrics of checked labels ``y`` against ``(n, classes)`` logits."""
     if logits.shape[1] != num_classes:
         raise ValueError(f"model outputs {logits.shape[1]} classes but num_classes={num_classes}")
     labels = y.detach().cpu().long()

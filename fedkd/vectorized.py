@@ -69,9 +69,7 @@ def why_not(client: FDClient, req: RoundRequest, *, train: bool) -> str | None:
     )
     if any(p > 0 for p in faults):
         return "faults or attackers injected"
-    model = _model_check(client.model_name, type(client.model))
-    if model is None:
-        model = _model_check(client.model_name, type(client.model), client.model)
+    model = _model_check(client.model_name, type(client.model), client.model)
     if model:
         return model
     if not isinstance(client.optimizer, _OPTIMIZERS) or len(client.optimizer.param_groups) != 1:
@@ -88,19 +86,19 @@ def why_not(client: FDClient, req: RoundRequest, *, train: bool) -> str | None:
 _MODEL_CHECKS: dict[tuple[str, type], str] = {}
 
 
-def _model_check(name: str, kind: type, model: nn.Module | None = None) -> str | None:
-    """Why a model of this registry name cannot be batched ("" = it can), checked once per
-    name and class (walking every client's modules each round cost ~0.3 ms a client);
-    ``None`` when not checked yet and no ``model`` is given to check."""
+def _model_check(name: str, kind: type, model: nn.Module) -> str:
+    """Why a model of this registry name cannot be batched ("" = it can), checked on the
+    first ``model`` of each name and class (walking every client's modules each round cost
+    ~0.3 ms a client)."""
     key = (name, kind)
-    if key not in _MODEL_CHECKS and model is not None:
+    if key not in _MODEL_CHECKS:
         reason = ""
         if any(True for _ in model.buffers()):
             reason = "model has buffers (e.g. batch norm)"
         elif any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
             reason = "model has dropout"
         _MODEL_CHECKS[key] = reason
-    return _MODEL_CHECKS.get(key)
+    return _MODEL_CHECKS[key]
 
 
 def _group_key(client: FDClient) -> tuple[Any, ...]:

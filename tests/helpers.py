@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from fedkd.config import FDConfig
 from fedkd.protocol import RoundRequest, public_hash
 
 
@@ -33,3 +34,27 @@ def round_request(public: Any, **changes: Any) -> RoundRequest:
         teacher_indices=None,
     )
     return RoundRequest(**{**fields, **changes})
+
+
+def tiny_federation(**changes: Any) -> FDConfig:
+    """Six tiny synthetic MLP clients (600 rows, IID), half sampled per round, mean rule, a
+    50-row public query, no checkpoints or validation split: fast in-process Flower runs for
+    tests that compare two ways of serving the same clients. ``changes`` override any field."""
+    fields: dict[str, Any] = dict(
+        dataset="synthetic",
+        synthetic_samples=600,
+        partition="iid",
+        num_clients=6,
+        min_train_nodes=3,
+        fraction_train=0.5,
+        num_rounds=2,
+        local_epochs=1,
+        server_epochs=1,
+        client_models="mlp",
+        student_model="mlp",
+        public_subset=50,
+        checkpoint=False,
+        val_fraction=0.0,
+        aggregation="mean",
+    )
+    return FDConfig(**{**fields, **changes})

@@ -32,28 +32,17 @@ from fedkd.config import ConfigError, FDConfig, from_run_config, to_run_config
 from simulations.local_grid import run_local
 from strategies.fed_distill import RoundRecord
 from strategies.server_app import make_server_app
+from tests.helpers import tiny_federation
 
 ATOL = 1e-5  # see the module docstring: summation order only, never a different computation
 
 # Six tiny synthetic clients in two cohorts of three; four sampled per round, so some node
 # always serves two or more (a batched group) and members join and miss rounds (fresh and
 # trained optimizer state side by side, Adam step counts that differ within a cohort).
-BASE = FDConfig(
-    dataset="synthetic",
-    synthetic_samples=600,
-    partition="iid",
-    num_clients=6,
+BASE = tiny_federation(
     min_train_nodes=4,
-    fraction_train=0.5,
     num_rounds=3,
     local_epochs=2,
-    server_epochs=1,
-    client_models="mlp",
-    student_model="mlp",
-    public_subset=50,
-    checkpoint=False,
-    val_fraction=0.0,
-    aggregation="mean",
     co_distillation=False,
     clients_per_message=3,
     batch_size=16,

@@ -24,26 +24,11 @@ from fedkd.config import FDConfig, to_run_config
 from simulations.local_grid import run_fd_local, run_local
 from strategies.fed_distill import RoundRecord
 from strategies.server_app import make_server_app
+from tests.helpers import tiny_federation
 
 # Six tiny synthetic clients, half sampled per round, two rounds (co-distillation: round 2
 # starts from each client's saved state, so a state mixed up between members shows).
-BASE = FDConfig(
-    dataset="synthetic",
-    synthetic_samples=600,
-    partition="iid",
-    num_clients=6,
-    min_train_nodes=3,
-    fraction_train=0.5,
-    num_rounds=2,
-    local_epochs=1,
-    server_epochs=1,
-    client_models="mlp",
-    student_model="mlp",
-    public_subset=50,
-    checkpoint=False,
-    val_fraction=0.0,
-    aggregation="mean",
-)
+BASE = tiny_federation()
 IDS = ("missing_nodes", "rejected_nodes")  # node ids with K = 1, virtual client ids with K > 1
 
 
