@@ -146,6 +146,13 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     backend, per_message = split_variant(variant)
     cfg = scale_config(clients, rounds, per_message=per_message, vectorize=vectorized(variant))
+    peak = TreePeak()
+    spent = [0.0]  # CPU of this function's own bookkeeping (the /proc scans below)
+
+    def measuring() -> float:
+        """CPU the measurement itself has cost so far, kept out of the round's figures."""
+        return peak.cpu_seconds + spent[0]
+
     marks: list[tuple[float, float]] = [(time.perf_counter(), tree_cpu_seconds())]
     walls: list[float] = []
 
@@ -153,13 +160,18 @@ def run_variant(variant: str, clients: int, rounds: int, profile: bool = False) 
     by_thread: list[dict[str, float]] = []
 
     def on_round(wall: float) -> None:
+        start = time.thread_time()
         walls.append(wall)
-        marks.append((time.perf_counter(), tree_cpu_seconds()))
-        by_process.append(tree_cpu_by_process())
+        marks.append((time.perf_counter(), tree_cpu_seconds() - measuring()))
+        processes = tree_cpu_by_process()
+        driver = next(k for k in processes if k.endswith(f":{os.getpid()}"))
+        processes[driver] -= measuring()  # the driver's figure without the measurement's
+        by_process.append(processes)
         by_thread.append(thread_cpu_seconds())
+        spent[0] += time.thread_time() - start
 
     sampler = StackSampler() if profile else None
-    with TreePeak() as peak:
+    with peak:
         if sampler:
             sampler.__enter__()
         try:

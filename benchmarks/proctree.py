@@ -113,17 +113,23 @@ def tree_rss_mib(root: int | None = None) -> float:
 
 
 class TreePeak:
-    """Samples :func:`tree_rss_mib` in a background thread; ``peak`` is the high-water mark."""
+    """Samples :func:`tree_rss_mib` in a background thread; ``peak`` is the high-water mark.
+
+    ``cpu_seconds`` is the sampler thread's own CPU so far: each sample scans every process
+    in ``/proc`` (~10 ms on a busy box), which a benchmark should not bill to the code it
+    measures."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.peak = 0.0
+        self.cpu_seconds = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, tree_rss_mib())
+            self.cpu_seconds = time.thread_time()  # this thread's CPU since it started
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreePeak:

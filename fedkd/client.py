@@ -287,8 +287,8 @@ class FDClient:
     def load_state_bytes(self, blob: bytes) -> None:
         """Restore what :meth:`state_bytes` saved."""
         state = state_blob.loads(blob, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optim"])
+        state_blob.restore_module(self.model, state["model"])
+        state_blob.restore_optimizer(self.optimizer, state["optim"])
         if "dp_events" in state:
             self.ledger.load_state_dict(state["dp_events"].reshape(-1, 3).tolist())
         self.restored = True

@@ -12,7 +12,6 @@ a stale or missing file is an error, never a silent reset.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -22,6 +21,7 @@ __all__ = ["LiveClients", "StateFiles", "default_state_dir"]
 
 T = TypeVar("T")
 _TOKEN_BYTES = 32  # uuid4().hex
+_MADE: set[Path] = set()  # state directories this process has created
 
 
 def default_state_dir() -> Path:
@@ -49,13 +49,23 @@ class StateFiles:
     def write(
         self, run_id: int, node_id: int, token: str, blob: bytes, previous: str | None = None
     ) -> None:
-        """Keep ``blob`` as state ``token`` (write-then-rename: never half a file), then drop
-        the node's ``previous`` state file."""
+        """Keep ``blob`` as state ``token``, then drop the node's ``previous`` state file.
+
+        Written in place, no temporary file and rename: a file is only ever read under a token
+        some ``Context`` names, and the token reaches the ``Context`` after this returns, so a
+        half-written file (a worker killed mid-write) is never read as a state: the node's
+        ``Context`` still names its previous file.
+        """
         path = self.path(run_id, node_id, token)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        if path.parent not in _MADE:  # one mkdir per directory and process, not per save
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _MADE.add(path.parent)
+        try:
+            path.write_bytes(blob)
+        except FileNotFoundError:  # the directory went away (a run cleaned up): make it again
+            _MADE.discard(path.parent)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(blob)
         if previous and previous != token:
             self.path(run_id, node_id, previous).unlink(missing_ok=True)
 

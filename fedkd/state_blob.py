@@ -97,3 +97,79 @@ def _decode(node: dict[str, Any], data: memoryview, device: torch.device | str |
     if kind == "v":
         return body
     raise ValueError(f"not a fedkd state blob (node kind {kind!r})")
+
+
+# ----------------------------------------------------------------------------- fast restore
+def restore_module(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(saved)``, by copying into the parameters directly when the
+    saved state is exactly the module's parameters (same names, shapes, dtypes; no buffers),
+    which is what ``load_state_dict`` then does too, minus its per-module walk and checks."""
+    params = dict(module.named_parameters())
+    plain = next(module.buffers(), None) is None and saved.keys() == params.keys()
+    if not plain or any(
+        not isinstance(v, torch.Tensor) or v.shape != params[k].shape or v.dtype != params[k].dtype
+        for k, v in saved.items()
+    ):
+        module.load_state_dict(saved)
+        return
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(saved)`` for the state :func:`loads` just decoded.
+
+    ``load_state_dict`` deep-copies the saved state and casts each entry to its parameter's
+    dtype and device; a worker restoring a client it served before (0.5 ms a client, a fifth
+    of a cohort member's cost) needs neither: the entries are fresh tensors already on the
+    client's device. So when every group has the same settings keys and parameter count as
+    now, and every state entry already has its parameter's dtype and device ("step" is kept
+    as saved, as torch keeps it), the entries are assigned as they are; anything else goes
+    through ``load_state_dict``. Tests hold the two equal, step for step.
+    """
+    if not _assignable(optimizer, saved):
+        optimizer.load_state_dict(saved)
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for live, group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
+        live.update({k: v for k, v in group.items() if k != "params"})
+    optimizer.state.clear()
+    for index, entries in saved["state"].items():
+        optimizer.state[params[index]] = dict(entries)
+
+
+def _assignable(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> bool:
+    groups = saved.get("param_groups")
+    if (
+        set(saved) != {"state", "param_groups"}
+        or not isinstance(groups, list)
+        or len(groups) != len(optimizer.param_groups)
+        or optimizer._optimizer_load_state_dict_pre_hooks  # a hook: torch's own load
+        or optimizer._optimizer_load_state_dict_post_hooks
+    ):
+        return False
+    params: list[torch.Tensor] = []
+    start = 0
+    for live, group in zip(optimizer.param_groups, groups, strict=True):
+        count = len(live["params"])
+        if (
+            not isinstance(group, dict)
+            or set(group) != set(live)
+            or group["params"] != list(range(start, start + count))
+            or group.get("capturable")
+            or group.get("fused")
+        ):
+            return False
+        params += live["params"]
+        start += count
+    for index, entries in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params):
+            return False
+        param = params[index]
+        for key, value in entries.items():
+            if not isinstance(value, torch.Tensor) or value.device != param.device:
+                return False
+            if key != "step" and (value.dtype != param.dtype or value.shape != param.shape):
+                return False
+    return True

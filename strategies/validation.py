@@ -118,7 +118,7 @@ def _validate(node_id: int, content: Any, expected: Expected) -> ValidReply:
         raise _Reject(
             "oversized", f"payload of {nbytes} encoded bytes exceeds {expected.max_payload_bytes}"
         )
-    payload = {name: array.numpy() for name, array in arrays.items()}
+    payload = {name: P.array_values(array) for name, array in arrays.items()}
     _check_raw(payload, expected)
     try:
         probs = decode_probs(payload, codec, expected.num_classes)
@@ -143,7 +143,7 @@ def _support(content: Any, expected: Expected) -> np.ndarray:
     array = record[P.SUPPORT_SCORES]
     if len(array.data) > expected.num_samples + _HEADER_ALLOWANCE:  # checked before decoding
         raise _Reject("oversized", f"support of {len(array.data)} encoded bytes is too large")
-    codes = array.numpy()
+    codes = P.array_values(array)
     if codes.dtype != np.uint8 or codes.shape != (expected.num_samples,):
         raise _Reject(
             "bad-support",

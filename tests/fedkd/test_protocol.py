@@ -122,6 +122,82 @@ def test_wire_nbytes_counts_request_arrays() -> None:
     assert with_teacher - plain >= teacher_arrays
 
 
+def _contents_to_size() -> dict[str, object]:
+    """Flower trees of every shape the server sizes: replies per codec, with support, a
+    cohort reply, requests with and without a teacher, model weights of several chunks,
+    duplicate arrays and records (Flower lists a repeated child once), non-ASCII names."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    rng = np.random.default_rng(5)
+    probs = rng.dirichlet(np.ones(10), size=40).astype(np.float32)
+    out: dict[str, object] = {}
+    for codec in ("none", "fp16", "int8", "topk"):
+        payload = encode_probs(probs, codec, topk=3)
+        metrics = {P.NUM_EXAMPLES: 12, P.CLASS_COUNTS: [1.0] * 10, "loss": 0.25}
+        out[f"reply-{codec}"] = P.reply_content(
+            payload, metrics, model_name="mlp", codec=codec, support=np.arange(40, dtype=np.uint8)
+        )
+    out["cohort"] = P.cohort_reply_content(
+        {0: out["reply-none"], 2: (7, "boom"), 5: out["reply-int8"]}  # type: ignore[dict-item]
+    )
+    out["request"] = P.request_content(_request())
+    out["request-teacher"] = P.request_content(_request(teacher=True))
+    big = rng.random(700_000).astype(np.float32)  # several Flower array chunks
+    twin = Array(np.zeros(100, dtype=np.float32))
+    out["weights"] = RecordDict(
+        {
+            "arrays": ArrayRecord({"w": Array(big), "a": twin, "b": Array(np.zeros(100, "f4"))}),
+            "same": ConfigRecord({"x": 1}),
+            "also-same": ConfigRecord({"x": 1}),
+            "m\u00e9triques": MetricRecord({"\u00e9": 1.5}),
+        }
+    )
+    return out
+
+
+@pytest.mark.parametrize("name", list(_contents_to_size()))
+def test_wire_nbytes_equals_the_sum_of_flower_deflates(name: str) -> None:
+    content = _contents_to_size()[name]
+    assert P.wire_nbytes(content) == P.wire_nbytes_reference(content)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(0).random((200, 10), dtype=np.float32),
+        np.arange(7, dtype=np.uint8),
+        np.zeros((0, 3), dtype=np.float16),
+        np.array(3.5),
+        np.arange(12.0).reshape(3, 4).T,  # Fortran order: np.save writes another header
+        np.array([1, 2], dtype=">i4"),
+    ],
+    ids=["f4", "u1", "empty", "scalar", "fortran", "big-endian"],
+)
+def test_array_values_equals_flower_numpy(values: np.ndarray) -> None:
+    from flwr.app import Array
+
+    array = Array(values)
+    fast, slow = P.array_values(array), array.numpy()
+    assert fast.dtype == slow.dtype and fast.shape == slow.shape
+    np.testing.assert_array_equal(fast, slow)
+    assert fast.flags.writeable
+
+
+def test_array_values_of_a_lying_array_fails_like_flower() -> None:
+    """A header that disagrees with the declared shape, or truncated data, takes Flower's
+    own decoder, which rejects it as before."""
+    from flwr.app import Array
+
+    good = Array(np.ones((4, 2), dtype=np.float32))
+    lying = Array(dtype=good.dtype, shape=(4, 3), stype=good.stype, data=good.data)
+    assert P.array_values(lying).shape == lying.numpy().shape == (4, 2)  # Flower's answer
+    truncated = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=good.data[:-4])
+    with pytest.raises(ValueError):
+        truncated.numpy()
+    with pytest.raises(ValueError):
+        P.array_values(truncated)
+
+
 # ----------------------------------------------------------------------------- public hash
 def test_public_hash_detects_one_changed_value() -> None:
     x = np.random.default_rng(2).random((50, 1, 8, 8), dtype=np.float32)

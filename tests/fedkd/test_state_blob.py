@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
+from torch import nn
 
 from fedkd import state_blob
 
@@ -94,3 +96,76 @@ def test_loading_a_state_into_an_older_object_equals_a_fresh_build() -> None:
         torch.equal(torch.as_tensor(a.payload[k]), torch.as_tensor(b.payload[k])) for k in a.payload
     )  # type: ignore[index,union-attr]
     assert fresh.state_bytes() == stale.state_bytes()
+
+
+def _trained(optimizer_name: str, steps: int, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        if optimizer_name == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=0.01)
+    )
+    for _ in range(steps):
+        _step(model, optimizer)
+    return model, optimizer
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad()
+    model(torch.randn(8, 5)).pow(2).mean().backward()
+    optimizer.step()
+
+
+def _forbidden(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the fast path fell back to load_state_dict")
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
+@pytest.mark.parametrize("target_steps", [0, 2])  # restoring into a fresh or a trained object
+def test_fast_restore_equals_load_state_dict_step_for_step(
+    optimizer_name: str, target_steps: int
+) -> None:
+    """restore_module/restore_optimizer leave a model and optimizer that train exactly as
+    load_state_dict's do (same state_dict, same parameters after two more steps)."""
+    source, source_opt = _trained(optimizer_name, 3, seed=0)
+    blob = state_blob.dumps({"model": source.state_dict(), "optim": source_opt.state_dict()})
+    outcomes = []
+    for fast in (True, False):
+        model, optimizer = _trained(optimizer_name, target_steps, seed=1)
+        state = state_blob.loads(blob)
+        if fast:  # the fast path must be the one taken here: load_state_dict is off limits
+            model.load_state_dict = optimizer.load_state_dict = _forbidden  # type: ignore[method-assign]
+            state_blob.restore_module(model, state["model"])
+            state_blob.restore_optimizer(optimizer, state["optim"])
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optim"])
+        restored = optimizer.state_dict()
+        torch.manual_seed(7)
+        _step(model, optimizer)
+        _step(model, optimizer)
+        outcomes.append((restored, [p.detach().clone() for p in model.parameters()]))
+    (fast_state, fast_params), (slow_state, slow_params) = outcomes
+    assert fast_state["param_groups"] == slow_state["param_groups"]
+    assert fast_state["state"].keys() == slow_state["state"].keys()
+    for index, entries in slow_state["state"].items():
+        assert fast_state["state"][index].keys() == entries.keys()
+        for key, value in entries.items():
+            assert torch.equal(fast_state["state"][index][key], value), (index, key)
+    for fast_p, slow_p in zip(fast_params, slow_params, strict=True):
+        assert torch.equal(fast_p, slow_p)
+
+
+def test_fast_restore_falls_back_on_anything_unusual() -> None:
+    """Another architecture or optimizer layout is load_state_dict's to refuse, as before."""
+    model, optimizer = _trained("sgd", 1, seed=0)
+    saved = state_blob.loads(
+        state_blob.dumps({"model": model.state_dict(), "optim": optimizer.state_dict()})
+    )
+    wider = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        state_blob.restore_module(wider, saved["model"])
+    fewer = torch.optim.SGD(list(model.parameters())[:2], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="parameter group"):
+        state_blob.restore_optimizer(fewer, saved["optim"])
