@@ -351,7 +351,7 @@ def wire_nbytes_reference(obj: object) -> int:
 def _deflated(obj: object, containers: tuple[type, ...]) -> tuple[int, str]:
     """(bytes of ``obj`` and its distinct children, recursively; ``obj``'s object id)."""
     if isinstance(obj, containers):
-        sized = {name: _deflated(child, containers) for name, child in obj.items()}
+        sized = {name: _deflated(child, containers) for name, child in obj.items()}  # type: ignore[attr-defined]
         distinct = {oid: size for size, oid in sized.values()}  # like ``.children``
         body = json.dumps({name: oid for name, (_, oid) in sized.items()}).encode("utf-8")
         head = f"{type(obj).__qualname__} {','.join(distinct)} {len(body)}".encode()

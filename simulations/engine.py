@@ -11,6 +11,10 @@ Flower removes the function, this file is the one to change.
 
 Flower's message poller scans nodes × messages every 0.1 s; :mod:`simulations.flower_poller`
 swaps it for an indexed one during :func:`run_ray` (the one Flower behaviour fedkd changes).
+On a locally started Ray the ServerApp's lifespan waits until Flower's ClientApp workers have
+started and imported their modules (:mod:`simulations.ray_workers`), so round 1 is a round and
+not the workers' start-up; the actor count comes from Flower's own sizing rule
+(``pool_size_from_resources``, in :func:`_actor_pool_size`).
 
 Ray: Flower calls ``ray.init()`` only when Ray is not yet initialised, so we initialise it here
 ourselves. With ``address`` set (or ``RAY_ADDRESS`` in the environment) we join that running
@@ -44,6 +48,7 @@ from flwr.serverapp import ServerApp
 from fedkd.config import FDConfig
 from simulations.flower_poller import patched_poller
 from simulations.noise import flower_logs_once, ray_tip_silenced
+from simulations.ray_workers import READY_DIR_ENV, SETUP_HOOK, WorkerBarrier
 
 log = logging.getLogger(__name__)
 BACKENDS = ("ray", "local")
@@ -99,8 +104,9 @@ def ray_init_args(sim: SimulationConfig) -> dict[str, Any]:
     if address:
         args["address"] = address
         return args
-    # each local worker drops Flower's shutdown noise (a cluster's nodes may lack this package)
-    args["runtime_env"] = {"worker_process_setup_hook": "simulations.noise.quiet_ray_worker"}
+    # each local worker drops Flower's shutdown noise and imports the ClientApp as it starts
+    # (simulations.ray_workers; a cluster's nodes may lack this package)
+    args["runtime_env"] = {"worker_process_setup_hook": SETUP_HOOK}
     if sim.ray_num_cpus is not None:
         args["num_cpus"] = sim.ray_num_cpus
     if sim.ray_num_gpus is not None:
@@ -138,22 +144,20 @@ def run_ray(
     import ray
     from flwr.simulation import run_simulation
 
-    if not ray.is_initialized():
-        args = ray_init_args(sim)
-        where = args.get("address") or f"this machine ({args.get('num_cpus', 'all')} CPUs)"
-        log.info("starting Ray on %s ...", where)  # 3-30 s of silence otherwise
-        started = time.perf_counter()
-        with _keep_loopback(args.get("_node_ip_address")), ray_tip_silenced():
-            ray.init(**args)
-        log.info(
-            "Ray ready in %.1fs; starting %d clients (the first round also starts the workers)",
-            time.perf_counter() - started,
-            num_supernodes,
-        )
+    barrier: WorkerBarrier | None = None
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
     }
     try:
+        if not ray.is_initialized():
+            args = ray_init_args(sim)
+            if "address" not in args:  # a local Ray: its workers get ready before round 1
+                barrier = WorkerBarrier()
+                args["runtime_env"]["env_vars"] = {READY_DIR_ENV: str(barrier.directory)}
+            _start_ray(args, num_supernodes)
+        if barrier is not None:
+            barrier.expected = _actor_pool_size(backend_config["client_resources"])
+            server_app.lifespan()(barrier.lifespan)  # fedkd's apps have no lifespan of their own
         with flower_logs_once(sim.verbose), patched_poller():
             run_simulation(
                 server_app=server_app,
@@ -165,6 +169,28 @@ def run_ray(
             )
     finally:
         ray.shutdown()
+        if barrier is not None:
+            barrier.close()
+
+
+def _start_ray(args: dict[str, Any], num_supernodes: int) -> None:
+    import ray
+
+    where = args.get("address") or f"this machine ({args.get('num_cpus', 'all')} CPUs)"
+    log.info("starting Ray on %s ...", where)  # 3-30 s of silence otherwise
+    started = time.perf_counter()
+    with _keep_loopback(args.get("_node_ip_address")), ray_tip_silenced():
+        ray.init(**args)
+    log.info(
+        "Ray ready in %.1fs; starting %d clients", time.perf_counter() - started, num_supernodes
+    )
+
+
+def _actor_pool_size(client_resources: dict[str, float]) -> int:
+    """How many ClientApp actors Flower's Ray backend will start (its own sizing rule)."""
+    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+
+    return int(pool_size_from_resources(client_resources))  # type: ignore[arg-type]
 
 
 def scratch_client_state(cfg: FDConfig, run_dir: Path) -> tuple[FDConfig, Path | None]:

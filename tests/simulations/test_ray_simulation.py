@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -16,9 +17,12 @@ from strategies.server_app import make_server_app
 
 
 @pytest.mark.slow
-def test_ray_simulation_reports_every_round(tmp_path, capfd: pytest.CaptureFixture[str]) -> None:
-    """Every round reported, client state kept across rounds, the stack's noise kept out, and
-    (issue 13) local Ray listening on loopback only: one real Ray run checked for all four."""
+def test_ray_simulation_reports_every_round(
+    tmp_path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every round reported, client state kept across rounds, the stack's noise kept out,
+    (issue 13) local Ray listening on loopback only, and (issue 17) round 1 starting only once
+    both workers have imported the ClientApp: one real Ray run checked for all five."""
     ray = pytest.importorskip("ray")
     cfg = FDConfig(
         num_rounds=2,
@@ -45,7 +49,10 @@ def test_ray_simulation_reports_every_round(tmp_path, capfd: pytest.CaptureFixtu
             seen["listening"] = _listening(_ray_pids())
 
     sim = SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=2)
-    with warnings.catch_warnings(record=True) as caught:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        caplog.at_level(logging.INFO, logger="simulations.ray_workers"),
+    ):
         warnings.simplefilter("always")
         run_apps(
             make_server_app(run_config, [records.append, inspect]),
@@ -59,6 +66,8 @@ def test_ray_simulation_reports_every_round(tmp_path, capfd: pytest.CaptureFixtu
     printed = "".join(capfd.readouterr())
     assert "Manually terminating" not in printed and "deprecated" not in printed
 
+    # the ServerApp's lifespan waited for the two workers' setup hooks (simulations.ray_workers)
+    assert "waiting for 2 Ray workers" in caplog.text and "Ray workers ready in" in caplog.text
     assert [r.round for r in records] == [1, 2]
     cum = 0
     for r in records:
@@ -89,11 +98,10 @@ def test_ray_simulation_reports_every_round(tmp_path, capfd: pytest.CaptureFixtu
 def test_ray_simulation_survives_crashes_and_stragglers() -> None:
     # Seed 179 with these rates (fedkd.faults draws are deterministic): rounds 1 and 3 have no
     # fault; in round 2 partition 1 crashes when asked to train and partition 2 answers only
-    # after the timeout. Round 1 is the warm-up: it starts the Ray workers, which on a busy
-    # 2-core box can take longer than the round timeout, so the faults sit in round 2, where
-    # the workers are up and the timeout measures only the straggler. Round 3 checks both are
-    # back. Two Ray workers (as in the run above): the straggler holds one, the other serves
-    # the rest.
+    # after the timeout. The faults sit in round 2, so round 1 shows a clean first round
+    # (the workers' start-up now happens before it: simulations.ray_workers) and round 3 that
+    # both are back. Two Ray workers (as in the run above): the straggler holds one, the
+    # other serves the rest.
     pytest.importorskip("ray")
     cfg = FDConfig(
         num_rounds=3,
