@@ -251,8 +251,11 @@ class GpuPeak:
         if self.baseline_mib is None:
             self.baseline_mib = total
         self.peak_mib = max(self.peak_mib or 0.0, total)
-        apps = parse_csv_numbers(nvidia_smi("--query-compute-apps=pid,used_memory"))
-        self.max_processes = max(self.max_processes or 0, len(apps))
+        listed = nvidia_smi("--query-compute-apps=pid,used_memory") or ""
+        # every listed process counts, also one whose memory reads [N/A] (some VMs)
+        processes = len([line for line in listed.splitlines() if line.strip()])
+        self.max_processes = max(self.max_processes or 0, processes)
+        apps = parse_csv_numbers(listed)
         if apps:
             self.max_process_mib = max(self.max_process_mib or 0.0, *(a[-1] for a in apps))
 
@@ -396,11 +399,18 @@ def run_bounded(target: str, timeout_s: float, **kwargs: Any) -> dict[str, Any]:
     out = ctx.Queue()
     proc = ctx.Process(target=_child, args=(target, kwargs, out))
     proc.start()
-    try:
-        result = out.get(timeout=timeout_s)
-    except queue.Empty:
-        result = {"error": f"timed out after {timeout_s:.0f} s"}
-    else:
+    deadline = time.monotonic() + timeout_s
+    result: dict[str, Any] | None = None
+    while result is None:
+        exited = proc.exitcode is not None  # read before the get: a result may still be queued
+        try:
+            result = out.get(timeout=max(0.01, min(1.0, deadline - time.monotonic())))
+        except queue.Empty:
+            if exited:  # died without a word: a crash in native code, the OOM killer
+                result = {"error": f"exited with code {proc.exitcode} and no result"}
+            elif time.monotonic() >= deadline:
+                result = {"error": f"timed out after {timeout_s:.0f} s"}
+    if "error" not in result:
         proc.join(timeout=30)  # it returned: give it time to shut Ray down and exit
     if proc.is_alive():  # not yet reaped, so its pid (and its children's) are still its own
         _kill_tree(proc.pid)
@@ -571,7 +581,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _run_all(args: argparse.Namespace, variants: list[str], gpus: int) -> list[dict[str, Any]]:
+def _run_all(
+    args: argparse.Namespace, variants: list[str], gpus: int, save: Any = None
+) -> list[dict[str, Any]]:
+    """Every planned run in order, within the budget; ``save(runs)`` after each one."""
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
     longest = 0.0
@@ -606,6 +619,8 @@ def _run_all(args: argparse.Namespace, variants: list[str], gpus: int) -> list[d
             walls = " / ".join(f"{w:.2f}" for w in run["round_seconds"])
             print(f"    rounds {walls} s; run {seconds:.0f} s", flush=True)
         runs.append(run)
+        if save is not None:  # a lease that ends mid-plan still leaves the runs made so far
+            save(runs)
     return runs
 
 
@@ -646,17 +661,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if skipped:
         why = "--device cpu" if args.device == "cpu" else "no CUDA device"
         print(f"GPU variants skipped ({why}): {', '.join(skipped)}", flush=True)
-    runs = _run_all(args, variants, int(torch_info.get("cuda_devices") or 0))
-    rows = summarize(runs, args.gpu_share)
-    table = markdown(rows)
-    payload = {
-        "setting": vars(args),
-        "hardware": hardware,
-        "skipped_gpu_variants": skipped,
-        "runs": runs,
-        "summary": rows,
-    }
-    print("\n" + table)
+
+    def results(runs: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+        return {
+            "setting": vars(args),
+            "complete": complete,
+            "hardware": hardware,
+            "skipped_gpu_variants": skipped,
+            "runs": runs,
+            "summary": summarize(runs, args.gpu_share),
+        }
+
+    runs = _run_all(
+        args,
+        variants,
+        int(torch_info.get("cuda_devices") or 0),
+        lambda so_far: write_json(args.out, results(so_far, complete=False)),
+    )
+    payload = results(runs, complete=True)
+    print("\n" + markdown(payload["summary"]))
     print(f"\nresults written to {write_json(args.out, payload)}")
     if args.docs:
         render_docs(payload, argv if argv is not None else sys.argv[1:])
@@ -667,6 +690,8 @@ def render_docs(payload: dict[str, Any], argv: list[str], path: Path = DOCS) -> 
     """The generated block of docs/benchmarks.md: the machine in one line, then the table."""
     command = "python -m benchmarks.bench_gpu " + " ".join(a for a in argv if a != "--docs")
     text = f"Machine: {hardware_line(payload['hardware'])}.\n\n" + markdown(payload["summary"])
+    if payload.get("complete") is False:
+        text += "\n\nIncomplete: the command was stopped before its last planned run."
     update_docs(path, TABLE, text, command.strip())
 
 

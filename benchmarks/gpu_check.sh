@@ -54,7 +54,7 @@ fi
 
 stamp "benchmarks.bench_gpu ${BENCH_ARGS:-}"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-timeout "${BENCH_TIMEOUT:-330}" "$PY" -m benchmarks.bench_gpu --out "$OUT/bench_gpu.json" \
+timeout -k 10 "${BENCH_TIMEOUT:-330}" "$PY" -m benchmarks.bench_gpu --out "$OUT/bench_gpu.json" \
     ${BENCH_ARGS:-} || echo "bench_gpu: exit $?"
 
 if [ "${SKIP_CLI:-0}" != 1 ]; then

@@ -130,6 +130,10 @@ def test_run_bounded_reports_errors_and_kills_overruns() -> None:
     failed = G.run_bounded("benchmarks.common:_echo_for_tests", 60, wrong=3)
     assert failed["error"].startswith("TypeError")
     started = time.monotonic()
+    died = G.run_bounded("os:_exit", 60, status=3)
+    assert died == {"error": "exited with code 3 and no result"}
+    assert time.monotonic() - started < 50
+    started = time.monotonic()
     slow = G.run_bounded("subprocess:run", 2, args=["sleep", "300"])
     assert slow == {"error": "timed out after 2 s"}
     assert time.monotonic() - started < 60
@@ -217,7 +221,8 @@ def test_whole_command_in_process_grid_on_the_cpu(tmp_path: Path) -> None:
     assert (row["variant"], row["status"], row["replies"]) == ("cpu", "ok", [4, 4])
     assert row["rounds_per_s"] > 0 and row["driver_cuda_mib"] is None
     saved = json.loads(out.read_text())
-    assert saved["hardware"]["cpu_count"] >= 1 and saved["runs"][0]["round_seconds"]
+    assert saved["complete"] and saved["hardware"]["cpu_count"] >= 1
+    assert saved["runs"][0]["round_seconds"]
     assert G.main(["--from-json", str(out)])["summary"] == saved["summary"]
 
 
