@@ -218,7 +218,9 @@ def _diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return dict(sorted(delta.items(), key=lambda kv: -kv[1]))
 
 
-def _run_flower(cfg: Any, variant: str, callback: Any) -> None:
+def _run_flower(cfg: Any, variant: str, callback: Any, sim: Any = None) -> None:
+    """The real apps on the backend ``variant`` names; ``sim`` (a ``SimulationConfig``)
+    overrides the default one, e.g. with GPU shares (:mod:`benchmarks.bench_gpu`)."""
     from fedkd.client_app import make_client_app
     from fedkd.config import to_run_config
     from simulations.engine import SimulationConfig, run_apps
@@ -230,7 +232,7 @@ def _run_flower(cfg: Any, variant: str, callback: Any) -> None:
         make_server_app(run_config, [callback]),
         make_client_app(run_config),
         getattr(cfg, "num_nodes", cfg.num_clients),  # an older fedkd has no cohorts
-        SimulationConfig(backend=backend),
+        sim or SimulationConfig(backend=backend),
     )
 
 
