@@ -11,6 +11,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,7 +29,6 @@ from fedkd.privacy.pate import one_hot_votes
 from fedkd.protocol import RoundRequest, public_hash, select_public
 from fedkd.support import encode_support, support_scores
 from fedkd.training import (
-    EvalResult,
     TrainConfig,
     distill,
     evaluate,
@@ -200,6 +200,17 @@ Metrics = dict[str, int | float | list[int] | list[float]]
 """What a Flower ``MetricRecord`` holds (``dict`` is invariant, so the full value type)."""
 
 
+class LocalScores(Protocol):
+    """What :meth:`FDClient.record_training` reads of a local test: an
+    :class:`~fedkd.training.EvalResult`, or a vectorized cohort's batched scores."""
+
+    @property
+    def accuracy(self) -> float: ...
+
+    @property
+    def loss(self) -> float: ...
+
+
 @dataclass
 class RoundOutcome:
     """What one client round produced, ready to be put into a reply."""
@@ -343,7 +354,7 @@ class FDClient:
         return metrics
 
     def record_training(
-        self, req: RoundRequest, metrics: Metrics, loss: float, result: EvalResult
+        self, req: RoundRequest, metrics: Metrics, loss: float, result: LocalScores
     ) -> None:
         """Put this round's training loss and local test scores in ``metrics``; checkpoint."""
         metrics["train-loss"] = loss

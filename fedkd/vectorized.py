@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -172,6 +172,7 @@ def run_group(
         return None
     if train:
         stacked.write_back([not isinstance(loss, Exception) for loss in losses])
+    scores = _test_scores(clients, logits_test) if logits_test is not None else None
     outcomes: list[RoundOutcome | Exception] = []
     for i, client in enumerate(clients):
         loss = losses[i]
@@ -180,8 +181,12 @@ def run_group(
             continue
         try:
             if train and logits_test is not None:
-                result = evaluate_logits(
-                    logits_test[i], client.data.test_y, num_classes=client.data.num_classes
+                result = (
+                    scores[i]
+                    if scores is not None
+                    else evaluate_logits(
+                        logits_test[i], client.data.test_y, num_classes=client.data.num_classes
+                    )
                 )
                 client.record_training(req, metrics[i], loss, result)
             member_probs = None if probs is None else probs[i].numpy()
@@ -189,6 +194,35 @@ def run_group(
         except Exception as exc:  # this member's error, as on the per-member path
             outcomes.append(exc)
     return outcomes
+
+
+def _test_scores(clients: Sequence[FDClient], logits: Tensor) -> list[_Scores] | None:
+    """Every member's local test accuracy and loss from ``(K, rows, classes)`` logits in one
+    batched call (what ``record_training`` reads of :func:`fedkd.training.evaluate_logits`;
+    scoring members one by one cost more than training them). ``None`` when the members do
+    not share one test set (the caller then scores each on its own); a label problem raises
+    as ``evaluate_logits`` would, for every member."""
+    data = clients[0].data
+    if any(c.data.test_y is not data.test_y for c in clients) or logits.shape[1] == 0:
+        return None
+    if logits.shape[2] != data.num_classes:
+        raise ValueError(
+            f"model outputs {logits.shape[2]} classes but num_classes={data.num_classes}"
+        )
+    validate_labels(data.test_y, data.num_classes, rows=logits.shape[1])
+    labels = data.test_y.detach().cpu().long()
+    k, n, classes = logits.shape
+    accuracy = (logits.argmax(dim=2) == labels).double().mean(dim=1)
+    flat = F.cross_entropy(logits.reshape(k * n, classes), labels.repeat(k), reduction="none")
+    loss = flat.reshape(k, n).mean(dim=1)
+    return [_Scores(a, l_) for a, l_ in zip(accuracy.tolist(), loss.tolist(), strict=True)]
+
+
+class _Scores(NamedTuple):
+    """A member's local test accuracy and loss (the fields ``record_training`` reads)."""
+
+    accuracy: float
+    loss: float
 
 
 class _Stacked:
