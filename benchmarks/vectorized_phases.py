@@ -66,7 +66,7 @@ def _phase_timers(spent: dict[str, float]) -> Iterator[None]:
     timed(V._Stacked, "train", "vec: training")
     timed(V._Stacked, "logits", "vec: forward, test + public")
     timed(V._Stacked, "write_back", "vec: hand back to members")
-    timed(V, "evaluate_logits", "vec: per-member test metrics")
+    timed(V, "_test_scores", "vec: local test scores")
     timed(FDClient, "run_round", "one by one: run_round")
     try:
         yield

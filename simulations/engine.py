@@ -33,6 +33,7 @@ machine's address, reachable from other hosts), or ``simulation.address`` to joi
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import time
@@ -158,7 +159,7 @@ def run_ray(
         if barrier is not None:
             barrier.expected = _actor_pool_size(backend_config["client_resources"])
             server_app.lifespan()(barrier.lifespan)  # fedkd's apps have no lifespan of their own
-        with flower_logs_once(sim.verbose), patched_poller():
+        with flower_logs_once(sim.verbose), patched_poller(), _imports_frozen():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
@@ -171,6 +172,24 @@ def run_ray(
         ray.shutdown()
         if barrier is not None:
             barrier.close()
+
+
+@contextmanager
+def _imports_frozen() -> Iterator[None]:
+    """The driver's existing objects kept out of the cyclic collector for the run.
+
+    After the imports and Ray's start the driver holds ~400,000 objects that never change;
+    each full collection walked them all (0.35-0.5 s of CPU, three times in an 8-round
+    100-client run, measured with ``gc.callbacks``; 0.04-0.19 s frozen). Garbage is collected
+    first, so nothing collectable is frozen, and everything is unfrozen after the run (a
+    notebook that runs many simulations keeps collecting them).
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _start_ray(args: dict[str, Any], num_supernodes: int) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -55,10 +57,13 @@ def test_setup_worker_marks_its_process_ready_after_the_imports(
         monkeypatch.setenv(ray_workers.READY_DIR_ENV, str(barrier.directory))
         ray_workers.setup_worker()
         assert [p.name for p in barrier.directory.iterdir()] == [str(os.getpid())]
+        assert gc.get_freeze_count() > 0  # the imports' objects are out of the collector's way
+        assert {"sklearn.model_selection", "torch._dynamo"} <= set(sys.modules)
+        monkeypatch.delenv(ray_workers.READY_DIR_ENV)
+        ray_workers.setup_worker()  # outside a fedkd Ray run: no directory, nothing to mark
     finally:
+        gc.unfreeze()  # this is pytest's process, not a worker's
         barrier.close()
-    monkeypatch.delenv(ray_workers.READY_DIR_ENV)
-    ray_workers.setup_worker()  # outside a fedkd Ray run: no directory, nothing to mark
 
 
 def test_the_lifespan_waits_before_the_app_runs() -> None:
@@ -73,3 +78,13 @@ def test_the_lifespan_waits_before_the_app_runs() -> None:
             next(steps)
     finally:
         barrier.close()
+
+
+def test_the_driver_freezes_its_objects_for_the_run_only() -> None:
+    from simulations.engine import _imports_frozen
+
+    assert gc.get_freeze_count() == 0
+    with _imports_frozen():
+        assert gc.get_freeze_count() > 1000  # the imports' objects, out of the collector's way
+        assert gc.collect() >= 0  # collecting still works for what the run creates
+    assert gc.get_freeze_count() == 0  # a notebook's next run starts as before
