@@ -200,18 +200,20 @@ def _test_scores(clients: Sequence[FDClient], logits: Tensor) -> list[_Scores] |
     """Every member's local test accuracy and loss from ``(K, rows, classes)`` logits in one
     batched call (what ``record_training`` reads of :func:`fedkd.training.evaluate_logits`;
     scoring members one by one cost more than training them). ``None`` when the members do
-    not share one test set (the caller then scores each on its own); a label problem raises
-    as ``evaluate_logits`` would, for every member."""
+    not share one test set or the scores cannot be computed as they stand (empty set, wrong
+    width, bad labels): the caller then scores each member on its own, which raises that
+    member's error exactly as before."""
     data = clients[0].data
-    if any(c.data.test_y is not data.test_y for c in clients) or logits.shape[1] == 0:
-        return None
-    if logits.shape[2] != data.num_classes:
-        raise ValueError(
-            f"model outputs {logits.shape[2]} classes but num_classes={data.num_classes}"
-        )
-    validate_labels(data.test_y, data.num_classes, rows=logits.shape[1])
-    labels = data.test_y.detach().cpu().long()
     k, n, classes = logits.shape
+    if any(c.data.test_y is not data.test_y for c in clients) or n == 0:
+        return None
+    if classes != data.num_classes:
+        return None
+    try:
+        validate_labels(data.test_y, data.num_classes, rows=n)
+    except ValueError:
+        return None
+    labels = data.test_y.detach().cpu().long()
     accuracy = (logits.argmax(dim=2) == labels).double().mean(dim=1)
     flat = F.cross_entropy(logits.reshape(k * n, classes), labels.repeat(k), reduction="none")
     loss = flat.reshape(k, n).mean(dim=1)
