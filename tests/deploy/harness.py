@@ -17,8 +17,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # flower-superlink, flwr-serverapp, ... live here
@@ -219,9 +222,23 @@ class Federation:
                 break
 
     def close(self) -> None:
-        """End every started process (last first), then any remembered descendant still alive."""
+        """End every started process, then any remembered descendant still alive. All groups
+        get SIGTERM at once and then share one grace period (ending them one by one, each
+        with its own wait, added up to seconds per deployment); SIGKILL for what lingers."""
+        self._remember_descendants()
         for proc in reversed(self.started):
-            self._end(proc)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGTERM)  # group id == PID (new session)
+        deadline = time.monotonic() + 10.0
+        for proc in reversed(self.started):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in reversed(self.started):
+            if proc.popen.poll() is None or _group_alive(proc.popen.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=5.0)
         deadline = time.monotonic() + 10.0  # detached children watch their parent and exit
         leftovers = {pid: t for p in self.started for pid, t in p.seen.items()}
         while leftovers and time.monotonic() < deadline:
@@ -272,3 +289,54 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# ----------------------------------------------------------------------------- concurrent runs
+Launcher = Callable[[Federation], Any]
+LAUNCHERS: dict[str, Launcher] = {}
+"""Deployments by name; a test marked ``@pytest.mark.deployment(name)`` gets its outcome."""
+
+
+def deployment(name: str) -> Callable[[Launcher], Launcher]:
+    """Register a launcher: it starts one whole deployment in the :class:`Federation` it is
+    given, runs ``flwr run`` to the end and returns what the test asserts on (everything it
+    needs from the live processes, since they end as soon as the launcher returns)."""
+
+    def register(launcher: Launcher) -> Launcher:
+        LAUNCHERS[name] = launcher
+        return launcher
+
+    return register
+
+
+def run_concurrently(names: list[str], root: Path) -> dict[str, Any]:
+    """Run the named launchers at the same time, each in its own :class:`Federation` under
+    ``root/<name>`` (ended as soon as its launcher returns, pass or fail); name -> outcome, or
+    the exception its launcher raised. A deployment spends most of its wall time idle
+    (SuperNodes poll every ~3 s, each message waits for a fresh ClientApp process), so side
+    by side they take little more than the longest one alone."""
+
+    def one(name: str) -> Any:
+        fed = Federation(root / name)
+        try:
+            return LAUNCHERS[name](fed)
+        except Exception as error:  # re-raised by the test that asked for this deployment
+            return error
+        finally:
+            fed.close()
+
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        return dict(zip(names, pool.map(one, names), strict=True))
+
+
+def make_certs(out: Path) -> Certs:
+    """A CA and a 127.0.0.1 server certificate made by ``scripts/make_certs.sh``."""
+    subprocess.run(
+        ["bash", str(REPO / "scripts" / "make_certs.sh"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return Certs(ca=out / "ca.crt", cert=out / "server.pem", key=out / "server.key")
