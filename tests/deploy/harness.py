@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,23 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # flower-superlink, flwr-serverapp, ... live here
 READY_TIMEOUT = 60.0  # seconds for a SuperLink to accept connections
 RUN_TIMEOUT = 480.0  # seconds for one `flwr run --stream` (2 rounds take ~90 s on 2 cores)
+APP_PARTS = ("pyproject.toml", ".gitignore", "fedkd", "strategies")
+"""What the FAB of ``flwr run .`` holds, plus the .gitignore its filter reads."""
+
+
+def stage_app(dest: Path) -> Path:
+    """``dest``, holding a copy of the app's files (:data:`APP_PARTS`): ``flwr run`` of it
+    sends the FAB ``flwr run .`` in the checkout sends, byte for byte (the FAB test checks),
+    without first walking and resolving every file of the checkout (its .venv alone is ~56k
+    files: ~10 s of CPU per ``flwr run``, before the filter drops them)."""
+    dest.mkdir(parents=True)
+    for part in APP_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / part)
+    return dest
 
 
 def free_port() -> int:
@@ -58,8 +76,9 @@ class Started:
 class Federation:
     """Starts Flower processes on loopback and ends all of them (see module docstring)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, app: Path = REPO) -> None:
         self.root = root
+        self.app = app  # what `flwr run` builds its FAB from (the checkout, or stage_app's copy)
         self.home = root / "flwr-home"
         self.logs = root / "logs"
         self.home.mkdir(parents=True)
@@ -169,8 +188,8 @@ class Federation:
     def flwr_run(
         self, connection: str, run_config: str, timeout: float = RUN_TIMEOUT
     ) -> tuple[int, str]:
-        """``flwr run <repo> <connection> --stream --run-config ...``, as docs/deploy.md does."""
-        args = ["flwr", "run", str(REPO), connection, "--stream", "--run-config", run_config]
+        """``flwr run <app> <connection> --stream --run-config ...``, as docs/deploy.md does."""
+        args = ["flwr", "run", str(self.app), connection, "--stream", "--run-config", run_config]
         return self.cli(args, timeout, "flwr-run")
 
     def tail(self, lines: int = 40) -> str:
@@ -311,13 +330,17 @@ def deployment(name: str) -> Callable[[Launcher], Launcher]:
 
 def run_concurrently(names: list[str], root: Path) -> dict[str, Any]:
     """Run the named launchers at the same time, each in its own :class:`Federation` under
-    ``root/<name>`` (ended as soon as its launcher returns, pass or fail); name -> outcome, or
-    the exception its launcher raised. A deployment spends most of its wall time idle
-    (SuperNodes poll every ~3 s, each message waits for a fresh ClientApp process), so side
-    by side they take little more than the longest one alone."""
+    ``root/<name>``, whose ``flwr run`` ships :func:`stage_app`'s copy of the app; each ends
+    as soon as its launcher returns, pass or fail. Returns name -> outcome, or the exception
+    its launcher raised. A deployment spends most of its wall time idle (SuperNodes poll
+    every ~3 s, each message waits for a fresh ClientApp process), so side by side they take
+    little more than the longest one alone."""
+    if not names:
+        return {}
+    app = stage_app(root / "app")
 
     def one(name: str) -> Any:
-        fed = Federation(root / name)
+        fed = Federation(root / name, app)
         try:
             return LAUNCHERS[name](fed)
         except Exception as error:  # re-raised by the test that asked for this deployment
@@ -325,8 +348,6 @@ def run_concurrently(names: list[str], root: Path) -> dict[str, Any]:
         finally:
             fed.close()
 
-    if not names:
-        return {}
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
         return dict(zip(names, pool.map(one, names), strict=True))
 

@@ -31,7 +31,7 @@ from packaging.utils import canonicalize_name
 from fedkd.config import FDConfig, to_run_config
 from fedkd.device_data import write_partitions, write_private_npz
 
-from .harness import REPO, Federation, deployment, free_port, make_certs
+from .harness import REPO, Federation, deployment, free_port, make_certs, stage_app
 
 SMALL = "local-epochs=1 server-epochs=1 num-clients=2 min-train-nodes=2 client-models='mlp'"
 DEMO = FDConfig(num_clients=2)  # the config whose partitions the devices' .npz files hold
@@ -159,11 +159,13 @@ def test_device_install_is_lean_and_reads_its_own_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fab_ships_only_the_apps_code() -> None:
-    """The FAB `flwr run .` sends holds the two apps' packages, not .venv, tests or outputs."""
+def test_fab_ships_only_the_apps_code(tmp_path: Path) -> None:
+    """The FAB `flwr run .` sends holds the two apps' packages, not .venv, tests or outputs;
+    the deployments below run the copy stage_app makes, whose FAB is the same bytes."""
     from flwr.cli.build import build_fab_from_disk
 
     fab = build_fab_from_disk(REPO)
+    assert build_fab_from_disk(stage_app(tmp_path / "app")) == fab
     names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"pyproject.toml", "fedkd", "strategies", ".info"}, top

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPO, Federation, deployment, free_port
+from .harness import Federation, deployment, free_port
 
 
 @deployment("local-simulation")
@@ -48,7 +48,7 @@ def flwr_run_local_simulation(federation: Federation) -> tuple[int, str, str]:
         [
             "flwr",
             "run",
-            str(REPO),
+            str(federation.app),
             "--stream",
             "--run-config",
             "num-rounds=1 num-clients=3 local-epochs=1 server-epochs=1 "
