@@ -332,9 +332,9 @@ def run_concurrently(names: list[str], root: Path) -> dict[str, Any]:
     """Run the named launchers at the same time, each in its own :class:`Federation` under
     ``root/<name>``, whose ``flwr run`` ships :func:`stage_app`'s copy of the app; each ends
     as soon as its launcher returns, pass or fail. Returns name -> outcome, or the exception
-    its launcher raised. A deployment spends most of its wall time idle (SuperNodes poll
-    every ~3 s, each message waits for a fresh ClientApp process), so side by side they take
-    little more than the longest one alone."""
+    its launcher raised. A deployment spends much of its wall time waiting (SuperNodes poll
+    every ~3 s; each message waits for a fresh ClientApp process), so side by side the
+    deployments fill each other's waits instead of adding them up."""
     if not names:
         return {}
     app = stage_app(root / "app")
