@@ -1,34 +1,37 @@
-"""Fixtures for the deployment tests: a :class:`Federation` that always cleans up, and certs."""
+"""Fixtures for the deployment tests: every selected deployment runs once, all side by side.
+
+A test marked ``@pytest.mark.deployment(name)`` asks for ``deployed`` and gets what that
+deployment's launcher (registered with :func:`harness.deployment`) returned. The first such
+test starts every deployment the session selected at once (:func:`harness.run_concurrently`);
+the others find their outcome ready. Each deployment's processes end when its run does.
+"""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .harness import REPO, Certs, Federation
+from .harness import LAUNCHERS, run_concurrently
+
+
+@pytest.fixture(scope="package")
+def deployments(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """name -> outcome (or the exception its launcher raised) of every selected deployment."""
+    names = sorted(
+        {m.args[0] for item in request.session.items for m in item.iter_markers("deployment")}
+    )
+    unknown = set(names) - set(LAUNCHERS)
+    assert not unknown, f"no launcher registered for {sorted(unknown)}"
+    return run_concurrently(names, tmp_path_factory.mktemp("deployments"))
 
 
 @pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Federation]:
-    """A :class:`Federation` whose processes all end when the test does, pass or fail."""
-    fed = Federation(tmp_path)
-    try:
-        yield fed
-    finally:
-        fed.close()
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    """A CA and a 127.0.0.1 server certificate made by ``scripts/make_certs.sh``."""
-    out = tmp_path_factory.mktemp("certs")
-    subprocess.run(
-        ["bash", str(REPO / "scripts" / "make_certs.sh"), str(out)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return Certs(ca=out / "ca.crt", cert=out / "server.pem", key=out / "server.key")
+def deployed(request: pytest.FixtureRequest, deployments: dict) -> Any:
+    """The outcome of the deployment this test is marked with; its launcher's error, raised."""
+    marker = request.node.get_closest_marker("deployment")
+    assert marker is not None, "mark the test @pytest.mark.deployment(name)"
+    outcome = deployments[marker.args[0]]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

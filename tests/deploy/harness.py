@@ -12,18 +12,39 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # flower-superlink, flwr-serverapp, ... live here
 READY_TIMEOUT = 60.0  # seconds for a SuperLink to accept connections
 RUN_TIMEOUT = 480.0  # seconds for one `flwr run --stream` (2 rounds take ~90 s on 2 cores)
+APP_PARTS = ("pyproject.toml", ".gitignore", "fedkd", "strategies")
+"""What the FAB of ``flwr run .`` holds, plus the .gitignore its filter reads."""
+
+
+def stage_app(dest: Path) -> Path:
+    """``dest``, holding a copy of the app's files (:data:`APP_PARTS`): ``flwr run`` of it
+    sends the FAB ``flwr run .`` in the checkout sends, byte for byte (the FAB test checks),
+    without first walking and resolving every file of the checkout (its .venv alone is ~56k
+    files: ~10 s of CPU per ``flwr run``, before the filter drops them)."""
+    dest.mkdir(parents=True)
+    for part in APP_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / part)
+    return dest
 
 
 def free_port() -> int:
@@ -55,8 +76,9 @@ class Started:
 class Federation:
     """Starts Flower processes on loopback and ends all of them (see module docstring)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, app: Path = REPO) -> None:
         self.root = root
+        self.app = app  # what `flwr run` builds its FAB from (the checkout, or stage_app's copy)
         self.home = root / "flwr-home"
         self.logs = root / "logs"
         self.home.mkdir(parents=True)
@@ -166,8 +188,8 @@ class Federation:
     def flwr_run(
         self, connection: str, run_config: str, timeout: float = RUN_TIMEOUT
     ) -> tuple[int, str]:
-        """``flwr run <repo> <connection> --stream --run-config ...``, as docs/deploy.md does."""
-        args = ["flwr", "run", str(REPO), connection, "--stream", "--run-config", run_config]
+        """``flwr run <app> <connection> --stream --run-config ...``, as docs/deploy.md does."""
+        args = ["flwr", "run", str(self.app), connection, "--stream", "--run-config", run_config]
         return self.cli(args, timeout, "flwr-run")
 
     def tail(self, lines: int = 40) -> str:
@@ -219,9 +241,23 @@ class Federation:
                 break
 
     def close(self) -> None:
-        """End every started process (last first), then any remembered descendant still alive."""
+        """End every started process, then any remembered descendant still alive. All groups
+        get SIGTERM at once and then share one grace period (ending them one by one, each
+        with its own wait, added up to seconds per deployment); SIGKILL for what lingers."""
+        self._remember_descendants()
         for proc in reversed(self.started):
-            self._end(proc)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGTERM)  # group id == PID (new session)
+        deadline = time.monotonic() + 10.0
+        for proc in reversed(self.started):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in reversed(self.started):
+            if proc.popen.poll() is None or _group_alive(proc.popen.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=5.0)
         deadline = time.monotonic() + 10.0  # detached children watch their parent and exit
         leftovers = {pid: t for p in self.started for pid, t in p.seen.items()}
         while leftovers and time.monotonic() < deadline:
@@ -272,3 +308,56 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# ----------------------------------------------------------------------------- concurrent runs
+Launcher = Callable[[Federation], Any]
+LAUNCHERS: dict[str, Launcher] = {}
+"""Deployments by name; a test marked ``@pytest.mark.deployment(name)`` gets its outcome."""
+
+
+def deployment(name: str) -> Callable[[Launcher], Launcher]:
+    """Register a launcher: it starts one whole deployment in the :class:`Federation` it is
+    given, runs ``flwr run`` to the end and returns what the test asserts on (everything it
+    needs from the live processes, since they end as soon as the launcher returns)."""
+
+    def register(launcher: Launcher) -> Launcher:
+        LAUNCHERS[name] = launcher
+        return launcher
+
+    return register
+
+
+def run_concurrently(names: list[str], root: Path) -> dict[str, Any]:
+    """Run the named launchers at the same time, each in its own :class:`Federation` under
+    ``root/<name>``, whose ``flwr run`` ships :func:`stage_app`'s copy of the app; each ends
+    as soon as its launcher returns, pass or fail. Returns name -> outcome, or the exception
+    its launcher raised. A deployment spends much of its wall time waiting (SuperNodes poll
+    every ~3 s; each message waits for a fresh ClientApp process), so side by side the
+    deployments fill each other's waits instead of adding them up."""
+    if not names:
+        return {}
+    app = stage_app(root / "app")
+
+    def one(name: str) -> Any:
+        fed = Federation(root / name, app)
+        try:
+            return LAUNCHERS[name](fed)
+        except Exception as error:  # re-raised by the test that asked for this deployment
+            return error
+        finally:
+            fed.close()
+
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        return dict(zip(names, pool.map(one, names), strict=True))
+
+
+def make_certs(out: Path) -> Certs:
+    """A CA and a 127.0.0.1 server certificate made by ``scripts/make_certs.sh``."""
+    subprocess.run(
+        ["bash", str(REPO / "scripts" / "make_certs.sh"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return Certs(ca=out / "ca.crt", cert=out / "server.pem", key=out / "server.key")

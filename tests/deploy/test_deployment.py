@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from packaging.utils import canonicalize_name
 from fedkd.config import FDConfig, to_run_config
 from fedkd.device_data import write_partitions, write_private_npz
 
-from .harness import REPO, Certs, Federation, free_port
+from .harness import REPO, Federation, deployment, free_port, make_certs, stage_app
 
 SMALL = "local-epochs=1 server-epochs=1 num-clients=2 min-train-nodes=2 client-models='mlp'"
 DEMO = FDConfig(num_clients=2)  # the config whose partitions the devices' .npz files hold
@@ -38,12 +39,6 @@ DEMO = FDConfig(num_clients=2)  # the config whose partitions the devices' .npz 
 
 def _run_config(run_dir: Path, rounds: int) -> str:
     return f"{SMALL} num-rounds={rounds} run-dir='{run_dir}'"
-
-
-def _rounds(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.json"
-    assert path.exists(), f"the ServerApp wrote no {path}"
-    return json.loads(path.read_text())
 
 
 def _assert_student_metrics(rounds: list[dict], num_rounds: int, valid: int) -> None:
@@ -164,11 +159,13 @@ def test_device_install_is_lean_and_reads_its_own_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fab_ships_only_the_apps_code() -> None:
-    """The FAB `flwr run .` sends holds the two apps' packages, not .venv, tests or outputs."""
+def test_fab_ships_only_the_apps_code(tmp_path: Path) -> None:
+    """The FAB `flwr run .` sends holds the two apps' packages, not .venv, tests or outputs;
+    the deployments below run the copy stage_app makes, whose FAB is the same bytes."""
     from flwr.cli.build import build_fab_from_disk
 
     fab = build_fab_from_disk(REPO)
+    assert build_fab_from_disk(stage_app(tmp_path / "app")) == fab
     names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"pyproject.toml", "fedkd", "strategies", ".info"}, top
@@ -177,20 +174,51 @@ def test_fab_ships_only_the_apps_code() -> None:
 
 
 # --------------------------------------------------------------------------- deployments
-@pytest.mark.slow
-def test_insecure_federation_runs_fd_to_completion(federation: Federation, tmp_path: Path) -> None:
-    """Two SuperNodes (one reading its own .npz, one a demo partition), two FD rounds."""
-    data = write_partitions(DEMO, 2, tmp_path / "device-data")
+# Each launcher runs one deployment to the end (tests/deploy/conftest.py starts the selected
+# ones side by side) and returns what its test asserts on.
+@dataclass
+class Outcome:
+    """``flwr run``'s exit code and output, the logs' ends and the run's metrics.json rows."""
+
+    code: int
+    output: str
+    tail: str
+    rounds: list[dict] | None  # None: the ServerApp wrote no metrics.json
+    outsider_exit: int | None = None
+    outsider_log: str = ""
+
+
+def _outcome(federation: Federation, code: int, output: str, run_dir: Path) -> Outcome:
+    path = run_dir / "metrics.json"
+    rounds = json.loads(path.read_text()) if path.exists() else None
+    return Outcome(code, output, federation.tail(), rounds)
+
+
+def _rounds(outcome: Outcome) -> list[dict]:
+    assert outcome.code == 0, f"{outcome.output}\n{outcome.tail}"
+    assert outcome.rounds is not None, "the ServerApp wrote no metrics.json"
+    return outcome.rounds
+
+
+@deployment("insecure")
+def insecure_fd_run(federation: Federation) -> Outcome:
+    data = write_partitions(DEMO, 2, federation.root / "device-data")
     port = free_port()
     federation.superlink(port)
     federation.supernode("supernode-0", port, f"data-path='{data[0]}' partition-id=0")
     federation.supernode("supernode-1", port, "partition-id=1 num-partitions=2")
     federation.connection("loopback", port)
-    run_dir = tmp_path / "run"
+    run_dir = federation.root / "run"
     code, output = federation.flwr_run("loopback", _run_config(run_dir, rounds=2))
-    assert code == 0, f"{output}\n{federation.tail()}"
-    _assert_student_metrics(_rounds(run_dir), num_rounds=2, valid=2)
-    assert re.search(r"round\s+2/2", output)  # the ServerApp's progress reached the terminal
+    return _outcome(federation, code, output, run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.deployment("insecure")
+def test_insecure_federation_runs_fd_to_completion(deployed: Outcome) -> None:
+    """Two SuperNodes (one reading its own .npz, one a demo partition), two FD rounds."""
+    _assert_student_metrics(_rounds(deployed), num_rounds=2, valid=2)
+    assert re.search(r"round\s+2/2", deployed.output)  # progress reached the terminal
 
 
 def _ssh_keypair(directory: Path, name: str) -> tuple[Path, Path]:
@@ -213,17 +241,13 @@ def _ssh_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     return private, public
 
 
-@pytest.mark.slow
-def test_tls_authenticated_supernodes_and_a_device_with_bad_data(
-    federation: Federation, certs: Certs, tmp_path: Path
-) -> None:
-    """TLS everywhere plus SuperNode authentication (one deployment checks both): registered
-    keys join, an unregistered one is kept out; one registered device's data file is
-    malformed, so its reply is rejected, the round goes on with the other, and the device's
-    error (naming its file) reaches the server."""
-    bad = tmp_path / "bad.npz"
+@deployment("tls-auth")
+def tls_auth_run_with_a_bad_device(federation: Federation) -> Outcome:
+    tmp = federation.root
+    certs = make_certs(tmp / "certs")
+    bad = tmp / "bad.npz"
     write_private_npz(bad, np.zeros((4, 1, 8, 8)), np.array([0, 1, 2, 42]))  # label 42: no class
-    keys = [_ssh_keypair(tmp_path, f"supernode-{i}") for i in range(3)]
+    keys = [_ssh_keypair(tmp, f"supernode-{i}") for i in range(3)]
     port = free_port()
     federation.superlink(port, certs=certs, auth=True)
     federation.connection("loopback-auth", port, certs=certs)
@@ -240,13 +264,25 @@ def test_tls_authenticated_supernodes_and_a_device_with_bad_data(
     outsider = federation.supernode(  # its key was never registered
         "outsider", port, "partition-id=0 num-partitions=2", certs=certs, auth_key=keys[2][0]
     )
-    run_dir = tmp_path / "run"
+    run_dir = tmp / "run"
     code, output = federation.flwr_run("loopback-auth", _run_config(run_dir, rounds=1))
-    assert code == 0, f"{output}\n{federation.tail()}"
-    (record,) = _rounds(run_dir)
+    outcome = _outcome(federation, code, output, run_dir)
+    outcome.outsider_exit = outsider.popen.poll()  # read while the SuperLink still runs
+    outcome.outsider_log = outsider.log.read_text(errors="replace")
+    return outcome
+
+
+@pytest.mark.slow
+@pytest.mark.deployment("tls-auth")
+def test_tls_authenticated_supernodes_and_a_device_with_bad_data(deployed: Outcome) -> None:
+    """TLS everywhere plus SuperNode authentication (one deployment checks both): registered
+    keys join, an unregistered one is kept out; one registered device's data file is
+    malformed, so its reply is rejected, the round goes on with the other, and the device's
+    error (naming its file) reaches the server."""
+    (record,) = _rounds(deployed)
     _assert_student_metrics([record], num_rounds=1, valid=1)
     assert record["rejected_reasons"] == {"client-error": 1}, record
-    assert "bad.npz" in output, output  # the server logs the device's own error message
+    assert "bad.npz" in deployed.output, deployed.output  # the server logs the device's error
     assert record["missing"] == 0  # only the two registered nodes were ever connected
-    assert outsider.popen.poll() not in (None, 0)  # the SuperLink refused it; it gave up
-    assert "Failed to activate SuperNode" in outsider.log.read_text(errors="replace")
+    assert deployed.outsider_exit not in (None, 0)  # the SuperLink refused it; it gave up
+    assert "Failed to activate SuperNode" in deployed.outsider_log

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPO, Federation, free_port
+from .harness import Federation, deployment, free_port
 
 
-@pytest.mark.slow
-def test_flwr_run_local_simulation_on_the_pinned_stack(federation: Federation) -> None:
+@deployment("local-simulation")
+def flwr_run_local_simulation(federation: Federation) -> tuple[int, str, str]:
+    """(exit code, output, the logs' ends) of ``flwr run .`` on the local simulation."""
     http_port, control_port = free_port(), free_port()
     federation.env.update(
         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
@@ -47,7 +48,7 @@ def test_flwr_run_local_simulation_on_the_pinned_stack(federation: Federation) -
         [
             "flwr",
             "run",
-            str(REPO),
+            str(federation.app),
             "--stream",
             "--run-config",
             "num-rounds=1 num-clients=3 local-epochs=1 server-epochs=1 "
@@ -58,7 +59,14 @@ def test_flwr_run_local_simulation_on_the_pinned_stack(federation: Federation) -
         timeout=300,
         name="flwr-run",
     )
-    assert code == 0, federation.tail()
+    return code, output, federation.tail()
+
+
+@pytest.mark.slow
+@pytest.mark.deployment("local-simulation")
+def test_flwr_run_local_simulation_on_the_pinned_stack(deployed: tuple[int, str, str]) -> None:
+    code, output, tail = deployed
+    assert code == 0, tail
     assert "Starting local SuperLink" not in output  # it used ours
     assert "(3 simulated SuperNodes)" in output
     assert "replies 3 ok" in output  # every simulated client took part in round 1
