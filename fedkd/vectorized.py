@@ -30,7 +30,7 @@ This module imports torch and fedkd's client side only; never Flower or Ray.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -42,6 +42,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from fedkd.client import FDClient, RoundOutcome
 from fedkd.kd import validate_labels
 from fedkd.protocol import RoundRequest, select_public
+from fedkd.stacked_chain import chain_forward
 from fedkd.training import evaluate_logits, inference_batch_size
 
 __all__ = ["plan", "run_group", "why_not"]
@@ -338,7 +339,10 @@ class _Stacked:
         def forward(params: Params, xb: Tensor) -> Tensor:
             return functional_call(self.template, params, (xb,))
 
-        batched = vmap(forward, in_dims=(0, None))
+        batched: Callable[[Params, Tensor], Tensor] = vmap(forward, in_dims=(0, None))
+        chain = chain_forward(self.template)  # a plain MLP: batched matrix products instead
+        if chain is not None:
+            batched, rows = chain, chain.chunk_rows(len(self.clients), rows)
         was_training = self.template.training
         self.template.eval()
         try:
