@@ -61,6 +61,8 @@ def _phase_timers(spent: dict[str, float]) -> Iterator[None]:
     timed(CA, "_serve", "client side, total")
     timed(CA, "_restore", "restore")
     timed(CA, "_save", "state save")
+    timed(CA, "_save_group", "state save")  # a batched group's one stacked save
+    timed(CA, "_prune_groups", "state save")
     timed(CA.P, "reply_content", "reply records")
     timed(V, "run_group", "run_group (batched)")
     timed(V._Stacked, "train", "vec: training")

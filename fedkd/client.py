@@ -11,7 +11,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -286,18 +286,25 @@ class FDClient:
         if stale is not None:
             stale.unlink(missing_ok=True)
 
-    def state_bytes(self) -> bytes:
-        """Model and optimizer state as one blob (kept in ``Context.state`` between rounds)."""
-        state = {
+    def state_tree(self) -> dict[str, Any]:
+        """Model, optimizer and privacy-ledger state: what :meth:`state_bytes` saves (and
+        what a vectorized group stacks, :func:`fedkd.state_blob.stack`)."""
+        return {
             "model": self.model.state_dict(),
             "optim": self.optimizer.state_dict(),
             "dp_events": torch.tensor(self.ledger.state_dict(), dtype=torch.float64),
         }
-        return state_blob.dumps(state)  # raw tensors behind a JSON header: no pickle
+
+    def state_bytes(self) -> bytes:
+        """Model and optimizer state as one blob (kept in ``Context.state`` between rounds)."""
+        return state_blob.dumps(self.state_tree())  # raw tensors behind a JSON header: no pickle
 
     def load_state_bytes(self, blob: bytes) -> None:
         """Restore what :meth:`state_bytes` saved."""
-        state = state_blob.loads(blob, map_location=self.device)
+        self.load_state(state_blob.loads(blob, map_location=self.device))
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_tree` (its tensors on this client's device)."""
         state_blob.restore_module(self.model, state["model"])
         state_blob.restore_optimizer(self.optimizer, state["optim"])
         if "dp_events" in state:

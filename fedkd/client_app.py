@@ -10,7 +10,8 @@ because simulation workers are not pinned to clients. With ``clients-per-message
 simulated node is a cohort of K virtual clients (:class:`Member`): one FD message names the
 slots to serve, each is served in turn with its own state, and the reply holds each one's
 records (:func:`fedkd.protocol.cohort_reply_content`; the server splits it,
-:mod:`strategies.cohorts`).
+:mod:`strategies.cohorts`). With ``vectorize-cohort`` a batched group's members are saved as
+one stacked state (:func:`_save_group`), each member's record naming the group and its row.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from fedkd import client_fcl, faults, vectorized
+from fedkd import client_fcl, faults, state_blob, vectorized
 from fedkd import protocol as P
 from fedkd.client import ClientData, FDClient, RoundOutcome, load_client_data, train_from_global
 from fedkd.client_state import LiveClients, StateFiles
@@ -42,6 +44,7 @@ from fedkd.device_data import load_device_data
 
 log = logging.getLogger(__name__)
 STATE_KEY = "fedkd-client"  # Context.state ConfigRecord holding the model/optimizer blob
+GROUPS_KEY = f"{STATE_KEY}.groups"  # the node's saved vectorized-group states, by token
 # Flower's code for "the ClientApp raised" (flwr.common.constant.ErrorCode, a compatibility
 # module we do not import): a simulated crash reads on the server exactly like a real one.
 CLIENT_APP_RAISED_EXCEPTION = 2
@@ -131,6 +134,7 @@ class Member:
 
     run_id: int
     client_id: int  # node id, or the virtual client id node·K + slot
+    node_id: int  # the Flower node serving it
     state_key: str
     partition_id: int
     num_partitions: int
@@ -145,7 +149,7 @@ class Member:
 def _node_member(context: Context, cfg: FDConfig) -> Member:
     partition_id, num_partitions, model = _identity(context, cfg)
     run_id, node_id = int(context.run_id), int(context.node_id)
-    return Member(run_id, node_id, STATE_KEY, partition_id, num_partitions, model)
+    return Member(run_id, node_id, node_id, STATE_KEY, partition_id, num_partitions, model)
 
 
 def _cohort_member(context: Context, cfg: FDConfig, slot: int) -> Member:
@@ -163,6 +167,7 @@ def _cohort_member(context: Context, cfg: FDConfig, slot: int) -> Member:
     return Member(
         run_id,
         node_id * k + slot,
+        node_id,
         f"{STATE_KEY}.{slot}",
         partition_id,
         num_nodes * k,
@@ -186,21 +191,62 @@ def _restore(context: Context, cfg: FDConfig, member: Member | None = None) -> F
         live = LIVE_CLIENTS.get(member.key, str(record["token"]), cfg)
         if live is not None:
             return live
-    blob: bytes | None = None
-    if record is not None and "blob" in record:
-        blob = record["blob"]  # type: ignore[assignment]
-    elif record is not None:  # client-state=disk: only the token travelled
-        blob = StateFiles(cfg.client_state_dir).read(*member.key, str(record["token"]))
-    client = LIVE_CLIENTS.stale(member.key, cfg) if blob is not None else None
+    saved = _saved(context, cfg, member, record)
+    client = LIVE_CLIENTS.stale(member.key, cfg) if saved is not None else None
     if client is None:
         if member.device_data:
             data = _data(context, cfg, member.partition_id, member.num_partitions)
         else:
             data = load_client_data(cfg, member.partition_id, member.num_partitions)
         client = FDClient(cfg, data, member.model, member.partition_id)
-    if blob is not None:
-        client.load_state_bytes(blob)
+    if isinstance(saved, bytes):
+        client.load_state_bytes(saved)
+    elif saved is not None:
+        client.load_state(saved)
     return client
+
+
+def _saved(
+    context: Context, cfg: FDConfig, member: Member, record: ConfigRecord | None
+) -> bytes | dict[str, Any] | None:
+    """The member's saved state: its own blob, or its row of a vectorized group's stacked
+    state (:func:`_save_group`); ``None`` before its first save."""
+    if record is None:
+        return None
+    if "group" in record:
+        tree = _group_tree(context, cfg, member, str(record["group"]))
+        return state_blob.row(tree, int(record["row"]))  # type: ignore[arg-type]
+    if "blob" in record:
+        return record["blob"]  # type: ignore[return-value]
+    # client-state=disk: only the token travelled
+    return StateFiles(cfg.client_state_dir).read(*member.key, str(record["token"]))
+
+
+_GROUP_TREES: OrderedDict[tuple[int, int, str], Any] = OrderedDict()  # the last groups decoded
+
+
+def _group_tree(context: Context, cfg: FDConfig, member: Member, token: str) -> Any:
+    """A saved group's stacked state, decoded once for all its members (they are restored
+    one after another in one message): the last two groups are kept."""
+    key = (member.run_id, member.node_id, token)
+    tree = _GROUP_TREES.get(key)
+    if tree is None:
+        record = context.state.get(group_state_key(token))
+        if isinstance(record, ConfigRecord):
+            blob = record["blob"]
+        else:
+            files = StateFiles(cfg.client_state_dir)
+            blob = files.read(member.run_id, member.node_id, token, kind="group")
+        tree = state_blob.loads(blob)  # type: ignore[arg-type]
+        _GROUP_TREES[key] = tree
+        while len(_GROUP_TREES) > 2:
+            _GROUP_TREES.popitem(last=False)
+    return tree
+
+
+def group_state_key(token: str) -> str:
+    """The ``Context.state`` key of a vectorized group's stacked state (client-state=context)."""
+    return f"{STATE_KEY}.group.{token}"
 
 
 def _state_record(context: Context, member: Member) -> ConfigRecord | None:
@@ -226,6 +272,57 @@ def _save(context: Context, client: FDClient, member: Member) -> None:
     client.restored = True  # its state is current: no need to reload a disk checkpoint
     size = len(blob) + client.data.train_x.nbytes + client.data.train_y.nbytes
     LIVE_CLIENTS.put(member.key, token, client, size, client.cfg)
+
+
+def _save_group(context: Context, cfg: FDConfig, served: Sequence[tuple[Member, FDClient]]) -> bool:
+    """Save a vectorized group's trained members as one stacked state (one serialisation and
+    one file or record for the group, not one per member; each member's record names the
+    group and its row). ``False`` when their states do not stack: each then saves its own."""
+    tree = state_blob.stack([client.state_tree() for _, client in served])
+    if tree is None:
+        return False
+    blob = state_blob.dumps(tree)
+    token = uuid.uuid4().hex
+    first = served[0][0]
+    files = StateFiles(cfg.client_state_dir)
+    if cfg.client_state == "disk":
+        files.write(first.run_id, first.node_id, token, blob, kind="group")
+    else:
+        context.state[group_state_key(token)] = ConfigRecord({"blob": blob})
+    for row, (member, client) in enumerate(served):
+        old = _state_record(context, member)
+        if cfg.client_state == "disk" and old is not None and "token" in old and "group" not in old:
+            files.remove(*member.key, str(old["token"]))  # its own file, now superseded
+        member_token = uuid.uuid4().hex
+        context.state[member.state_key] = ConfigRecord(
+            {"token": member_token, "group": token, "row": row}
+        )
+        client.fresh_blob = None
+        client.restored = True
+        size = len(blob) // len(served) + client.data.train_x.nbytes + client.data.train_y.nbytes
+        LIVE_CLIENTS.put(member.key, member_token, client, size, client.cfg)
+    return True
+
+
+def _prune_groups(context: Context, cfg: FDConfig, run_id: int, node_id: int) -> None:
+    """Drop the node's saved group states that no member's record names any more."""
+    named = {
+        str(record["group"])
+        for record in context.state.values()
+        if isinstance(record, ConfigRecord) and "group" in record
+    }
+    known = context.state.get(GROUPS_KEY)
+    tokens = known["tokens"] if isinstance(known, ConfigRecord) else []
+    previous = {str(t) for t in tokens} if isinstance(tokens, list) else set()
+    for token in previous - named:
+        if cfg.client_state == "disk":
+            StateFiles(cfg.client_state_dir).remove(run_id, node_id, token, kind="group")
+        else:
+            context.state.pop(group_state_key(token), None)
+    if named:
+        context.state[GROUPS_KEY] = ConfigRecord({"tokens": sorted(named)})
+    elif known is not None:
+        del context.state[GROUPS_KEY]
 
 
 def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> Message:
@@ -279,6 +376,7 @@ def _serve_vectorized(
         if outcomes is None:  # the batched call failed: one by one, as without the option
             singles += group
             continue
+        done: list[tuple[int, RoundOutcome]] = []
         for slot, outcome in zip(group, outcomes, strict=True):
             member, client = served[slot]
             if isinstance(outcome, Exception):
@@ -292,12 +390,21 @@ def _serve_vectorized(
                 )
                 parts[slot] = _error_part(outcome)
             else:
-                parts[slot] = _reply(msg, context, req, member, client, outcome, train=train)
+                done.append((slot, outcome))
+        saved = train and len(done) > 1 and _save_group(context, cfg, [served[s] for s, _ in done])
+        for slot, outcome in done:
+            member, client = served[slot]
+            parts[slot] = _reply(
+                msg, context, req, member, client, outcome, train=train, save=not saved
+            )
     for slot in singles:
         member, client = served[slot]
         parts[slot] = _serve(
             msg, context, cfg, req, member, train=train, contain=True, client=client
         )
+    if train and served:
+        first = next(iter(served.values()))[0]
+        _prune_groups(context, cfg, first.run_id, first.node_id)
     return {s: parts[s] for s in slots}
 
 
@@ -348,9 +455,11 @@ def _reply(
     outcome: RoundOutcome,
     *,
     train: bool,
+    save: bool = True,
 ) -> RecordDict:
-    """A served member's reply records; a trained member's new state saved first."""
-    if train:
+    """A served member's reply records; a trained member's new state saved first (unless
+    ``save`` is off: its group saved it, :func:`_save_group`)."""
+    if train and save:
         _save(context, client, member)
     echo = P.Echo(req.server_round, msg.metadata.message_type, req.public_hash)
     return P.reply_content(

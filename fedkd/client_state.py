@@ -40,14 +40,22 @@ class StateFiles:
     def __init__(self, root: str | Path = "") -> None:
         self.root = Path(root) if root else default_state_dir()
 
-    def path(self, run_id: int, node_id: int, token: str) -> Path:
-        """Where the state ``token`` of node ``node_id`` in run ``run_id`` is kept."""
+    def path(self, run_id: int, node_id: int, token: str, kind: str = "") -> Path:
+        """Where the state ``token`` of node ``node_id`` in run ``run_id`` is kept; ``kind``
+        ``"group"``: a vectorized group's stacked states, saved by the node serving it."""
         if len(token) != _TOKEN_BYTES or not token.isalnum():
             raise ValueError(f"token must be {_TOKEN_BYTES} letters or digits")
-        return self.root / f"run-{run_id}" / f"node-{node_id}.{token}.pt"
+        infix = f".{kind}" if kind else ""
+        return self.root / f"run-{run_id}" / f"node-{node_id}{infix}.{token}.pt"
 
     def write(
-        self, run_id: int, node_id: int, token: str, blob: bytes, previous: str | None = None
+        self,
+        run_id: int,
+        node_id: int,
+        token: str,
+        blob: bytes,
+        previous: str | None = None,
+        kind: str = "",
     ) -> None:
         """Keep ``blob`` as state ``token``, then drop the node's ``previous`` state file.
 
@@ -56,7 +64,7 @@ class StateFiles:
         half-written file (a worker killed mid-write) is never read as a state: the node's
         ``Context`` still names its previous file.
         """
-        path = self.path(run_id, node_id, token)
+        path = self.path(run_id, node_id, token, kind)
         if path.parent not in _MADE:  # one mkdir per directory and process, not per save
             path.parent.mkdir(parents=True, exist_ok=True)
             _MADE.add(path.parent)
@@ -67,11 +75,15 @@ class StateFiles:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(blob)
         if previous and previous != token:
-            self.path(run_id, node_id, previous).unlink(missing_ok=True)
+            self.remove(run_id, node_id, previous, kind)
 
-    def read(self, run_id: int, node_id: int, token: str) -> bytes:
+    def remove(self, run_id: int, node_id: int, token: str, kind: str = "") -> None:
+        """Drop a state file nobody names any more (gone already is fine)."""
+        self.path(run_id, node_id, token, kind).unlink(missing_ok=True)
+
+    def read(self, run_id: int, node_id: int, token: str, kind: str = "") -> bytes:
         """The blob saved as ``token``; ``LookupError`` when that file is not there."""
-        path = self.path(run_id, node_id, token)
+        path = self.path(run_id, node_id, token, kind)
         try:
             return path.read_bytes()
         except FileNotFoundError:

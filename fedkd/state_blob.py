@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,61 @@ def _decode(node: dict[str, Any], data: memoryview, device: torch.device | str |
     if kind == "v":
         return body
     raise ValueError(f"not a fedkd state blob (node kind {kind!r})")
+
+
+# ----------------------------------------------------------------------------- stacked states
+def stack(trees: Sequence[Any]) -> Any | None:
+    """One tree for several states of the same shape (a vectorized group's members): each
+    tensor stacked along a new first dimension, everything else as in the first tree, so one
+    :func:`dumps` saves them all. ``None`` when they do not stack: a different structure or
+    key order, an unequal non-tensor value, or tensors of different shape, dtype or device.
+    :func:`row` gives each state back."""
+    if not trees:
+        return None
+    try:
+        return _stack(list(trees))
+    except _Unsupported:
+        return None
+
+
+def row(tree: Any, index: int) -> Any:
+    """State ``index`` of a :func:`stack`-ed tree; each tensor is its own copy (a view would
+    keep the whole group's storage alive for as long as one member's state)."""
+    if isinstance(tree, torch.Tensor):
+        return tree[index].clone()
+    if isinstance(tree, dict):
+        return {k: row(v, index) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(row(v, index) for v in tree)
+    return tree
+
+
+def _stack(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        if any(
+            not isinstance(v, torch.Tensor)
+            or v.shape != first.shape
+            or v.dtype != first.dtype
+            or v.device != first.device
+            for v in values
+        ):
+            raise _Unsupported("tensors differ")
+        return torch.stack([v.detach() for v in values])
+    if any(type(v) is not type(first) for v in values):
+        raise _Unsupported("types differ")
+    if isinstance(first, dict):
+        keys = list(first)
+        if any(list(v) != keys for v in values):
+            raise _Unsupported("keys differ")
+        return {k: _stack([v[k] for v in values]) for k in keys}
+    if isinstance(first, list | tuple):
+        if any(len(v) != len(first) for v in values):
+            raise _Unsupported("lengths differ")
+        return type(first)(_stack([v[i] for v in values]) for i in range(len(first)))
+    if any(v != first for v in values):
+        raise _Unsupported("values differ")
+    return first
 
 
 # ----------------------------------------------------------------------------- fast restore

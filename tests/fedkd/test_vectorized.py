@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,14 @@ from flwr.clientapp import ClientApp
 from fedkd import protocol as P
 from fedkd import state_blob, vectorized
 from fedkd.client import ClientData, FDClient, RoundOutcome, load_client_data
-from fedkd.client_app import STATE_KEY, make_client_app
+from fedkd.client_app import (
+    GROUPS_KEY,
+    LIVE_CLIENTS,
+    _cohort_member,
+    _restore,
+    group_state_key,
+    make_client_app,
+)
 from fedkd.config import ConfigError, FDConfig, from_run_config, to_run_config
 from simulations.local_grid import run_local
 from strategies.fed_distill import RoundRecord
@@ -107,12 +115,20 @@ def _run(cfg: FDConfig) -> tuple[list[RoundRecord], Replies, dict[str, Any]]:
         cfg.num_nodes,
     )
     states = {
-        f"{node}/{key}": state_blob.loads(record["blob"])
+        f"{node}/{key}": _member_state(context, record)
         for node, context in grid.contexts.items()
         for key, record in context.state.config_records.items()
-        if key.startswith(STATE_KEY)
+        if ("blob" in record and "token" in record) or "group" in record
     }
     return records, replies, states
+
+
+def _member_state(context: Context, record: Any) -> Any:
+    """A member's saved state: its own blob, or its row of its group's stacked state."""
+    if "group" not in record:
+        return state_blob.loads(record["blob"])
+    group = context.state[group_state_key(record["group"])]["blob"]
+    return state_blob.row(state_blob.loads(group), record["row"])
 
 
 def _assert_trees_close(a: Any, b: Any) -> None:
@@ -352,3 +368,84 @@ def test_a_failing_batched_call_falls_back_to_one_by_one(
     for key, mine in replies_v.items():
         np.testing.assert_array_equal(mine["probs"], replies[key]["probs"])
     _assert_trees_close(states_v, states)
+
+
+# ----------------------------------------------------------------------------- group states
+def _named_groups(context: Context) -> set[str]:
+    return {
+        str(record["group"])
+        for record in context.state.config_records.values()
+        if "group" in record
+    }
+
+
+@pytest.mark.parametrize("where", ["context", "disk"])
+def test_a_batched_group_saves_one_stacked_state_and_drops_those_nobody_names(
+    where: str, tmp_path: Path
+) -> None:
+    """One state per group (not per member); every member's record names an existing group
+    state and its row; no group state outlives the records naming it; and a member rebuilt
+    from its row (another worker) holds exactly the bytes its live object would save."""
+    cfg = dataclasses.replace(
+        BASE,
+        vectorize_cohort=True,
+        num_rounds=4,
+        client_state=where,
+        client_state_dir=str(tmp_path) if where == "disk" else "",
+    )
+    grid = run_local(
+        make_server_app(to_run_config(cfg), []), make_client_app(to_run_config(cfg)), 2
+    )
+    rows = 0
+    for node, context in grid.contexts.items():
+        named = _named_groups(context)
+        stored = (
+            {p.name.split(".")[2] for p in tmp_path.glob(f"run-*/node-{node}.group.*.pt")}
+            if where == "disk"
+            else {k.rsplit(".", 1)[1] for k in context.state.config_records if ".group." in k}
+        )
+        assert named and stored == named  # no orphans, nothing missing
+        assert set(context.state[GROUPS_KEY]["tokens"]) == named
+        for key, record in context.state.config_records.items():
+            if "group" not in record:
+                continue
+            rows += 1
+            member = _cohort_member(context, cfg, int(key.rsplit(".", 1)[1]))
+            live = LIVE_CLIENTS.get(member.key, str(record["token"]), cfg)
+            assert live is not None
+            LIVE_CLIENTS.drop(member.key)  # as if another worker served it next
+            rebuilt = _restore(context, cfg, member)
+            assert rebuilt is not live and rebuilt.state_bytes() == live.state_bytes()
+    assert rows >= 4
+    if where == "disk":  # a member's own file only while its record names it (not its group)
+        own = {p.name.split(".")[1] for p in tmp_path.glob("run-*/node-*.pt")} - {"group"}
+        named = {
+            str(record["token"])
+            for context in grid.contexts.values()
+            for record in context.state.config_records.values()
+            if "token" in record and "group" not in record
+        }
+        assert own == named
+
+
+def test_states_stack_only_when_they_match_exactly() -> None:
+    torch.manual_seed(0)
+    trees = [
+        {"w": torch.randn(3, 2), "s": {0: {"step": torch.tensor(4.0)}}, "lr": 0.1, "k": [1, "a"]}
+        for _ in range(3)
+    ]
+    stacked = state_blob.stack(trees)
+    assert stacked is not None and stacked["w"].shape == (3, 3, 2)
+    for i, tree in enumerate(trees):  # each member's bytes exactly
+        assert state_blob.dumps(state_blob.row(stacked, i)) == state_blob.dumps(tree)
+    assert state_blob.row(stacked, 1)["w"].untyped_storage().size() == 3 * 2 * 4  # its own copy
+    bad = [
+        {**trees[0], "w": torch.randn(2, 2)},  # a shape
+        {**trees[0], "lr": 0.2},  # a setting
+        {"lr": 0.1, "w": trees[0]["w"], "s": trees[0]["s"], "k": [1, "a"]},  # key order
+        {**trees[0], "w": trees[0]["w"].double()},  # a dtype
+        {**trees[0], "k": [1]},  # a length
+    ]
+    for other in bad:
+        assert state_blob.stack([trees[0], other]) is None
+    assert state_blob.stack([]) is None
