@@ -1,19 +1,20 @@
 """K stacked MLPs run as batched matrix products: the fast path of a vectorized forward.
 
 :mod:`fedkd.vectorized` runs a cohort's K stacked models with ``torch.func.vmap``. For the
-local test scores and the soft labels every member sees the same rows, and vmap's batching
-rule for ``linear`` with a shared input leaves its output in a ``(rows, K, features)`` memory
-layout viewed as ``(K, rows, features)``: the bias add and the ReLU that follow then walk a
-strided tensor, and for the tiny MLP they cost more than the matrix products (measured with
-``torch.profiler``, 50 members × 600 rows: ``clamp_min`` 5.5 ms, the two ``bmm`` 5.3 ms each;
-the whole vmap forward took twice a per-member loop). A model that is exactly a chain of
-``Flatten``, ``Linear`` and ``ReLU`` (fedkd's ``mlp`` and ``scaled_mlp``) is run here instead
-as one ``baddbmm`` per layer on contiguous ``(K, rows, features)`` tensors: the same sums as
-the members' own ``nn.Linear`` (a matrix product plus bias), in one call for all K.
+local test scores and the soft labels every member sees the same rows. Under vmap each layer
+is separate out-of-place ops (product, bias add, ReLU), each allocating a fresh
+``(K, rows, features)`` tensor: with 256-row chunks those are megabytes, taken fresh from the
+OS on every call (``getrusage`` counted thousands of page faults per forward), and in a
+``torch.profiler`` trace of the tiny MLP the bias adds and ReLUs cost nearly as much as the
+products. A model that is exactly a chain of ``Flatten``, ``Linear`` and ``ReLU`` (fedkd's
+``mlp`` and ``scaled_mlp``) is run here instead as one ``baddbmm`` per layer (the bias folded
+into the product, as ``nn.Linear``'s ``addmm`` does for one member), ReLU in place, in chunks
+sized to stay small (:data:`CHUNK_FLOATS`). ``benchmarks/vectorized_phases.py`` times the
+forward phase per member.
 
-Anything else (convolutions, a custom ``forward``, a subclass of a layer) gets ``None`` from
-:func:`chain_forward`, and the caller keeps vmap. This module imports torch and
-:mod:`fedkd.models` only.
+Anything else (convolutions, a custom ``forward``, a subclass of a layer, a forward hook)
+gets ``None`` from :func:`chain_forward`, and the caller keeps vmap. This module imports
+torch and :mod:`fedkd.models` only.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ __all__ = ["StackedChain", "chain_forward"]
 _Layer = tuple[str, nn.Module]  # (parameter-name prefix, module)
 # Floats in one chunk's widest activation (K × rows × width): 1 MiB keeps it in cache and
 # below glibc's mmap threshold, so chunks reuse freed memory instead of faulting in fresh
-# pages each time (at 50 members × 256 rows × 128 a chunk took page faults worth a third
-# of its time on this 2-core VM).
+# pages on every call (with 256-row chunks, 50 members × 128 wide, ``getrusage`` counted
+# thousands of page faults per forward).
 CHUNK_FLOATS = 2**18
 
 
