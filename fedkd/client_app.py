@@ -284,14 +284,15 @@ def _save_group(context: Context, cfg: FDConfig, served: Sequence[tuple[Member, 
     blob = state_blob.dumps(tree)
     token = uuid.uuid4().hex
     first = served[0][0]
+    disk = cfg.client_state == "disk"
     files = StateFiles(cfg.client_state_dir)
-    if cfg.client_state == "disk":
+    if disk:
         files.write(first.run_id, first.node_id, token, blob, kind="group")
     else:
         context.state[group_state_key(token)] = ConfigRecord({"blob": blob})
     for row, (member, client) in enumerate(served):
         old = _state_record(context, member)
-        if cfg.client_state == "disk" and old is not None and "token" in old and "group" not in old:
+        if disk and old is not None and "token" in old and "group" not in old:
             files.remove(*member.key, str(old["token"]))  # its own file, now superseded
         member_token = uuid.uuid4().hex
         context.state[member.state_key] = ConfigRecord(
