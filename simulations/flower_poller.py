@@ -1,4 +1,4 @@
-"""The one place fedkd changes Flower's behaviour: the simulation's message poller.
+"""The one place fedkd changes Flower's behaviour: how the simulation moves messages.
 
 Flower 1.41's simulation engine (``flwr.server.superlink.fleet.vce.vce_api``) moves
 messages from the link state to its workers in ``add_messages_to_queue``: every 0.1 s it calls
@@ -7,42 +7,100 @@ link state answers each call by scanning *every* stored message (and re-checking
 One pass costs nodes × stored messages: measured at 2.65 µs per pair, 2.7 s per pass at 1,000
 nodes × 1,000 messages, which saturates the driver while Ray's workers idle; at a 100,000-node
 population with 100 sampled clients it is 10 M pairs (~26 s) per pass, so the run never ends.
-There is no supported knob (the 0.1 s, the per-node loop and the scan are all fixed), so
-:func:`indexed_poller` replaces that one function for the duration of one simulation:
 
-* one pass over the stored messages per tick (O(messages), not O(nodes × messages));
-* the same semantics otherwise: at most one undelivered message per node per tick, in store
-  order, expired / cross-federation messages dropped by the state's own
-  ``_check_stored_messages``, ``delivered_at`` stamped as ``get_message_ins`` stamps it.
+Both ends also *sleep* rather than wait: the poller 0.1 s between passes, and the ServerApp's
+``InMemoryGrid`` 0.1 s between pulls (``pull_interval``). A message exchange therefore idles
+up to 0.2 s (0.1 s on average) whatever the clients' work: at 100 tiny clients in two cohort
+messages that was ~40 % of a round's wall time (0.25 s a warm round; 0.15 s with both waits
+cut to 0.01 s, same CPU, measured with ``/tmp`` probes of ``benchmarks.bench_scale``'s
+``flower-ray-k50-vec``).
 
-It uses three attributes of ``InMemoryLinkState`` (``lock``, ``message_ins_store``,
-``_check_stored_messages``); :func:`flower_has_expected_shape` checks them and the poller's
-signature, a test asserts it, and :func:`patched_poller` falls back to Flower's own poller
-(with a warning) when the shape differs. Upstream: the fix belongs in Flower as an index of
-undelivered messages by destination node in ``InMemoryLinkState`` (or a ``get_message_ins``
-over many nodes); when Flower has one, delete this module.
+There is no supported knob for either (the 0.1 s, the per-node loop and the scan are all
+fixed inside ``run_simulation``), so :func:`patched_poller` swaps three things for the
+duration of one simulation:
+
+* :func:`indexed_poller` for ``add_messages_to_queue``: one pass over the stored messages per
+  tick (O(messages), not O(nodes × messages)), and the tick starts as soon as the grid stores
+  a message instead of at the next 0.1 s;
+* :func:`signalling_injector` for ``put_message_into_state``: the same loop, and it flags each
+  stored reply for the grid;
+* :class:`PromptGrid` for the ``InMemoryGrid`` that ``run_simulation`` builds: a pull
+  happens as soon as a reply has been stored (checked every :data:`PROMPT_PULL_SECONDS`, a flag
+  test, not a pull) and in any case every 0.1 s as before, so expiry and node-availability
+  errors surface on Flower's schedule.
+
+Same semantics otherwise: at most one undelivered message per node per tick, in store order,
+expired / cross-federation messages dropped by the state's own ``_check_stored_messages``,
+``delivered_at`` stamped as ``get_message_ins`` stamps it; replies stored and pulled by
+Flower's own ``store_message_res`` / ``pull_messages``.
+
+It uses Flower internals (three attributes of ``InMemoryLinkState``: ``lock``,
+``message_ins_store``, ``_check_stored_messages``; the two ``vce_api`` functions' and
+``InMemoryGrid``'s signatures; ``run_simulation``'s module-level ``InMemoryGrid``):
+:func:`flower_has_expected_shape` checks them, a test asserts it, and :func:`patched_poller`
+keeps Flower's own (correct, only slower) machinery with a warning when the shape differs.
+Upstream: the fixes belong in Flower as an index of undelivered messages by destination node
+in ``InMemoryLinkState`` (or a ``get_message_ins`` over many nodes) and a condition variable
+instead of the two sleeps; when Flower has them, delete this module.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import threading
-from collections.abc import Iterator
+import time
+import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from queue import Queue
+from dataclasses import dataclass, field
+from queue import Empty, Queue
 from typing import Any
+
+from flwr.superlink.grid import InMemoryGrid
 
 log = logging.getLogger(__name__)
 TESTED_FLWR = ("1.41",)  # minor versions this adapter was checked against
-POLL_SECONDS = 0.1  # Flower's interval, unchanged
-_ORIGINAL: dict[str, Any] = {}  # Flower's poller while patched
+POLL_SECONDS = 0.1  # Flower's poller interval: now the longest a stored message waits
+FLOWER_PULL_SECONDS = 0.1  # InMemoryGrid's default pull_interval: the longest between real pulls
+PROMPT_PULL_SECONDS = 0.005  # how often PromptGrid checks whether a reply has been stored
+PULL_TIME_SHARE = 0.05  # at most this share of PromptGrid's waiting goes into real pulls
+_ORIGINAL: dict[str, Any] = {}  # Flower's functions while patched
+_clock = time.monotonic  # PromptGrid's clock (tests drive it by hand)
 
 
-def _vce_api() -> Any:
+@dataclass
+class Wakeups:
+    """Flags one link state's writers raise for its readers (instead of their fixed sleeps)."""
+
+    messages: threading.Event = field(default_factory=threading.Event)  # grid stored a message
+    replies: threading.Event = field(default_factory=threading.Event)  # a reply was stored
+
+
+_WAKEUPS: weakref.WeakKeyDictionary[Any, Wakeups] = weakref.WeakKeyDictionary()
+_WAKEUPS_LOCK = threading.Lock()
+
+
+def wakeups(state: Any) -> Wakeups:
+    """The :class:`Wakeups` of ``state`` (one per link state, created on first use)."""
+    with _WAKEUPS_LOCK:
+        found = _WAKEUPS.get(state)
+        if found is None:
+            found = _WAKEUPS[state] = Wakeups()
+        return found
+
+
+def _modules() -> tuple[Any, Any]:
+    """Flower's simulation engine module and its ``run_simulation`` module."""
     from flwr.server.superlink.fleet.vce import vce_api
 
-    return vce_api
+    # the module, not the function of the same name that flwr.simulation re-exports
+    return vce_api, importlib.import_module("flwr.simulation.run_simulation")
+
+
+def _params(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
 
 
 def flower_has_expected_shape() -> str | None:
@@ -53,14 +111,24 @@ def flower_has_expected_shape() -> str | None:
     version = ".".join(flwr.__version__.split(".")[:2])
     if version not in TESTED_FLWR:
         return f"flwr {flwr.__version__} (adapter checked against {', '.join(TESTED_FLWR)})"
-    original = getattr(_vce_api(), "add_messages_to_queue", None)
-    if original is None:
-        return "vce_api.add_messages_to_queue is gone"
-    params = list(inspect.signature(original).parameters)
-    if params != ["state", "queue", "nodes_mapping", "f_stop"]:
-        return f"vce_api.add_messages_to_queue takes {params}"
-    if not callable(getattr(InMemoryLinkState, "_check_stored_messages", None)):
-        return "InMemoryLinkState._check_stored_messages is gone"
+    vce_api, run_simulation = _modules()
+    expected = {
+        "add_messages_to_queue": ["state", "queue", "nodes_mapping", "f_stop"],
+        "put_message_into_state": ["state", "queue", "f_stop"],
+    }
+    for name, params in expected.items():
+        function = getattr(vce_api, name, None)
+        if function is None:
+            return f"vce_api.{name} is gone"
+        if _params(function) != params:
+            return f"vce_api.{name} takes {_params(function)}"
+    if getattr(run_simulation, "InMemoryGrid", None) is not InMemoryGrid:
+        return "run_simulation no longer builds flwr.superlink.grid.InMemoryGrid"
+    if _params(InMemoryGrid.__init__) != ["self", "state_factory", "pull_interval"]:
+        return f"InMemoryGrid.__init__ takes {_params(InMemoryGrid.__init__)}"
+    for name in ("_check_stored_messages", "store_message_res"):
+        if not callable(getattr(InMemoryLinkState, name, None)):
+            return f"InMemoryLinkState.{name} is gone"
     return None
 
 
@@ -99,31 +167,99 @@ def indexed_poller(
     from flwr.server.superlink.linkstate import InMemoryLinkState
 
     if not isinstance(state, InMemoryLinkState):  # another state kind: Flower's own loop
-        _ORIGINAL["poller"](state, queue, nodes_mapping, f_stop)
+        _ORIGINAL["add_messages_to_queue"](state, queue, nodes_mapping, f_stop)
         return
+    poll_loop(state, queue, nodes_mapping, f_stop)
+
+
+def poll_loop(
+    state: Any, queue: Queue[Any], nodes: set[int] | dict[int, int], f_stop: threading.Event
+) -> None:
+    """Queue :func:`pending_once`'s messages every :data:`POLL_SECONDS`, as Flower's poller
+    does, and at once when :class:`PromptGrid` has stored a message. The flag is lowered
+    *before* each pass, so a message stored during a pass raises it again for the next."""
+    stored = wakeups(state).messages
     while not f_stop.is_set():
-        for msg in pending_once(state, nodes_mapping):
+        stored.clear()
+        for msg in pending_once(state, nodes):
             queue.put(msg)
-        f_stop.wait(POLL_SECONDS)
+        stored.wait(POLL_SECONDS)
+
+
+def signalling_injector(state: Any, queue: Queue[Any], f_stop: threading.Event) -> None:
+    """Drop-in for ``vce_api.put_message_into_state``: Flower's loop (store each reply the
+    workers queue), plus a raised :attr:`Wakeups.replies` flag after each stored reply."""
+    stored = wakeups(state).replies
+    while not f_stop.is_set():
+        try:
+            reply = queue.get(timeout=1.0)
+        except Empty:  # as Flower's: a timeout only to re-check f_stop
+            continue
+        state.store_message_res(reply)
+        stored.set()
+
+
+class PromptGrid(InMemoryGrid):
+    """``InMemoryGrid`` that pulls as soon as a reply is stored, not at the next 0.1 s.
+
+    Its ``pull_interval`` is :data:`PROMPT_PULL_SECONDS`. A call while no reply has been
+    stored since the last real pull returns nothing without touching the state, since a real
+    pull costs O(outstanding messages) (~3 µs each). Real pulls are also spaced so that they
+    take at most :data:`PULL_TIME_SHARE` of the waiting time (a pull over 1,000 one-client
+    messages waits for a few replies to gather), and one happens at least every
+    :data:`FLOWER_PULL_SECONDS` whatever was stored, so Flower's expiry and node-availability
+    errors arrive as before. Pushing raises the poller's flag, so new messages reach the
+    workers at once.
+    """
+
+    def __init__(self, state_factory: Any, pull_interval: float = PROMPT_PULL_SECONDS) -> None:
+        super().__init__(state_factory, pull_interval=min(pull_interval, PROMPT_PULL_SECONDS))
+        self._wakeups = wakeups(self.state)
+        self._last_pull = float("-inf")  # when the last real pull started
+        self._next_pull = float("-inf")  # earliest next real pull after a stored reply
+
+    def push_messages(self, messages: Iterable[Any]) -> Iterable[str]:
+        ids = list(super().push_messages(messages))
+        self._wakeups.messages.set()
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Any]:
+        now = _clock()
+        stored = self._wakeups.replies
+        due = now - self._last_pull >= FLOWER_PULL_SECONDS
+        if not due and not (stored.is_set() and now >= self._next_pull):
+            return []
+        stored.clear()  # before the pull: a reply stored during it raises the flag again
+        self._last_pull = now
+        replies = super().pull_messages(message_ids)
+        self._next_pull = now + (_clock() - now) / PULL_TIME_SHARE
+        return replies
 
 
 @contextmanager
 def patched_poller() -> Iterator[bool]:
-    """Use :func:`indexed_poller` inside the block; yields whether it is in use.
+    """Use :func:`indexed_poller`, :func:`signalling_injector` and :class:`PromptGrid` inside
+    the block; yields whether they are in use.
 
     Restored on exit. If Flower's shape differs from what this adapter knows, Flower's own
-    poller stays (correct, only slower) and one warning says why.
+    machinery stays (correct, only slower) and one warning says why.
     """
     problem = flower_has_expected_shape()
     if problem is not None:
         log.warning("keeping Flower's simulation poller (O(nodes x messages)): %s", problem)
         yield False
         return
-    api = _vce_api()
-    original = _ORIGINAL["poller"] = api.add_messages_to_queue
-    api.add_messages_to_queue = indexed_poller
+    vce_api, run_simulation = _modules()
+    swaps = [
+        (vce_api, "add_messages_to_queue", indexed_poller),
+        (vce_api, "put_message_into_state", signalling_injector),
+        (run_simulation, "InMemoryGrid", PromptGrid),
+    ]
+    for module, name, ours in swaps:
+        _ORIGINAL[name] = getattr(module, name)
+        setattr(module, name, ours)
     try:
         yield True
     finally:
-        api.add_messages_to_queue = original
-        _ORIGINAL.pop("poller", None)
+        for module, name, _ in swaps:
+            setattr(module, name, _ORIGINAL.pop(name))

@@ -1,12 +1,18 @@
-"""The indexed simulation poller: Flower's shape as the adapter expects it, same semantics."""
+"""The simulation's message movement: Flower's shape as the adapter expects it, the indexed
+poller's semantics, and the wake-ups that replace Flower's two fixed sleeps."""
 
 from __future__ import annotations
 
 import threading
+import time
+from queue import Queue
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from simulations import flower_poller
+from strategies import receive
 
 
 def test_flower_still_has_the_shape_the_adapter_patches() -> None:
@@ -15,17 +21,44 @@ def test_flower_still_has_the_shape_the_adapter_patches() -> None:
     assert flower_poller.flower_has_expected_shape() is None
     from flwr.server.superlink.fleet.vce import vce_api
 
-    original = vce_api.add_messages_to_queue
+    _, run_simulation = flower_poller._modules()
+    original = (
+        vce_api.add_messages_to_queue,
+        vce_api.put_message_into_state,
+        run_simulation.InMemoryGrid,
+    )
     with flower_poller.patched_poller() as used:
-        assert used and vce_api.add_messages_to_queue is flower_poller.indexed_poller
-    assert vce_api.add_messages_to_queue is original
+        assert used
+        assert vce_api.add_messages_to_queue is flower_poller.indexed_poller
+        assert vce_api.put_message_into_state is flower_poller.signalling_injector
+        assert run_simulation.InMemoryGrid is flower_poller.PromptGrid
+    assert (
+        vce_api.add_messages_to_queue,
+        vce_api.put_message_into_state,
+        run_simulation.InMemoryGrid,
+    ) == original
+
+
+class _CountingLock:
+    """A lock that counts how often it was taken (one per poller pass)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.taken = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 class _State:
     """What pending_once reads of InMemoryLinkState: lock, store, validity check."""
 
     def __init__(self, messages: list[tuple[str, int]]) -> None:
-        self.lock = threading.RLock()
+        self.lock = _CountingLock()
         self.message_ins_store = {
             mid: SimpleNamespace(id=mid, metadata=SimpleNamespace(dst_node_id=n, delivered_at=""))
             for mid, n in messages
@@ -46,3 +79,158 @@ def test_one_message_per_node_per_tick_in_store_order() -> None:
     assert [m.id for m in flower_poller.pending_once(state, nodes)] == ["c", "e"]
     assert flower_poller.pending_once(state, nodes) == []
     assert state.message_ins_store["d"].metadata.delivered_at == ""
+
+
+def _wait_for(condition: Any, seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+class _Factory:
+    """What PromptGrid reads of a LinkStateFactory: ``state()``."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def state(self) -> Any:
+        return self._state
+
+
+class _GridState(_State):
+    """_State plus what InMemoryGrid's push and pull call; a pull advances ``clock``."""
+
+    def __init__(self, clock: list[float], pull_cost: float = 0.0) -> None:
+        super().__init__([])
+        self.clock, self.pull_cost = clock, pull_cost
+        self.pulls: list[set[str]] = []
+        self.replies: list[Any] = []
+
+    def store_message_ins(self, msg: Any) -> str:
+        self.message_ins_store[msg.metadata.message_id] = msg
+        return str(msg.metadata.message_id)
+
+    def store_message_res(self, msg: Any) -> str:
+        self.replies.append(msg)
+        return "reply"
+
+    def get_message_res(self, message_ids: set[str], run_id: int) -> list[Any]:
+        self.pulls.append(set(message_ids))
+        self.clock[0] += self.pull_cost
+        found, self.replies = self.replies, []
+        return found
+
+    def delete_messages(self, message_ins_ids: set[str]) -> None:
+        pass
+
+
+class _Metadata(SimpleNamespace):
+    """A message's metadata as InMemoryGrid.push_messages fills and checks it."""
+
+    @property
+    def message_id(self) -> str:
+        return str(self.__dict__.get("_message_id", ""))
+
+
+def _message(dst: int) -> Any:
+    meta = _Metadata(dst_node_id=dst, reply_to_message_id="", ttl=60.0, delivered_at="")
+    return SimpleNamespace(metadata=meta)
+
+
+def _reply(to: str) -> Any:
+    return SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=to))
+
+
+def _grid(
+    monkeypatch: pytest.MonkeyPatch, pull_cost: float = 0.0
+) -> tuple[flower_poller.PromptGrid, _GridState, list[float]]:
+    clock = [100.0]
+    monkeypatch.setattr(flower_poller, "_clock", lambda: clock[0])
+    state = _GridState(clock, pull_cost)
+    grid = flower_poller.PromptGrid(_Factory(state))
+    grid._run = SimpleNamespace(run_id=1)  # what set_run stores; pull reads its run_id
+    return grid, state, clock
+
+
+def test_a_pushed_message_reaches_the_queue_without_waiting_for_the_next_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Flower's poller would take it at its next tick; with an hour between ticks only the
+    # push's wake-up can deliver it within the test's 10 s.
+    monkeypatch.setattr(flower_poller, "POLL_SECONDS", 3600.0)
+    grid, state, _ = _grid(monkeypatch)
+    queue: Queue[Any] = Queue()
+    stop = threading.Event()
+    poller = threading.Thread(target=flower_poller.poll_loop, args=(state, queue, {7: 0}, stop))
+    poller.start()
+    try:
+        assert _wait_for(lambda: state.lock.taken >= 1)  # its first pass found nothing
+        (msg_id,) = grid.push_messages([_message(7)])
+        delivered = queue.get(timeout=10)
+        assert delivered.metadata.message_id == msg_id
+        assert delivered.metadata.delivered_at != ""
+    finally:
+        stop.set()
+        flower_poller.wakeups(state).messages.set()
+        poller.join(timeout=10)
+    assert not poller.is_alive()
+
+
+def test_the_injector_stores_each_reply_and_raises_the_grids_flag() -> None:
+    state = _GridState([0.0])
+    queue: Queue[Any] = Queue()
+    stop = threading.Event()
+    injector = threading.Thread(target=flower_poller.signalling_injector, args=(state, queue, stop))
+    injector.start()
+    flag = flower_poller.wakeups(state).replies
+    try:
+        assert not flag.is_set()
+        queue.put("reply-1")
+        assert flag.wait(timeout=10)
+        assert state.replies == ["reply-1"]
+    finally:
+        stop.set()
+        injector.join(timeout=10)
+    assert not injector.is_alive()
+
+
+def test_prompt_grid_pulls_when_a_reply_is_stored_and_at_least_every_flower_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grid, state, clock = _grid(monkeypatch)
+    assert grid.pull_interval == flower_poller.PROMPT_PULL_SECONDS
+    assert receive.mode(grid) == "poll"  # replies still stream to the strategy per pull
+    flag = flower_poller.wakeups(state).replies
+    assert list(grid.pull_messages({"a"})) == [] and len(state.pulls) == 1  # first: real
+    clock[0] += 0.01
+    assert list(grid.pull_messages({"a"})) == [] and len(state.pulls) == 1  # nothing stored
+    reply = _reply("a")
+    state.replies, clock[0] = [reply], clock[0] + 0.01
+    flag.set()
+    assert list(grid.pull_messages({"a"})) == [reply] and len(state.pulls) == 2
+    assert not flag.is_set()
+    clock[0] += flower_poller.FLOWER_PULL_SECONDS - 0.001
+    grid.pull_messages({"b"})
+    assert len(state.pulls) == 2  # still inside Flower's interval, nothing stored
+    clock[0] += 0.001
+    grid.pull_messages({"b"})
+    assert state.pulls[-1] == {"b"}  # Flower's interval passed: a real pull (expiry checks)
+
+
+def test_prompt_grid_spaces_costly_pulls_by_their_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    cost = 0.002  # a pull over many outstanding messages
+    grid, state, clock = _grid(monkeypatch, pull_cost=cost)
+    flag = flower_poller.wakeups(state).replies
+    grid.pull_messages({"a"})
+    started = clock[0] - cost
+    flag.set()
+    earliest = started + cost / flower_poller.PULL_TIME_SHARE
+    clock[0] = earliest - 0.001
+    grid.pull_messages({"a"})
+    assert len(state.pulls) == 1 and flag.is_set()  # waits for more replies to gather
+    clock[0] = earliest
+    grid.pull_messages({"a"})
+    assert len(state.pulls) == 2 and not flag.is_set()
