@@ -335,14 +335,15 @@ class _Stacked:
         chunks as :func:`fedkd.training.predict_logits` (eval mode, no autograd)."""
         device = self.clients[0].device
         rows = inference_batch_size(device)
+        chain = chain_forward(self.template)  # a plain MLP: batched matrix products instead
+        if chain is not None:
+            with torch.no_grad():
+                return chain.logits(self.params, x, rows).float().cpu()
 
         def forward(params: Params, xb: Tensor) -> Tensor:
             return functional_call(self.template, params, (xb,))
 
         batched: Callable[[Params, Tensor], Tensor] = vmap(forward, in_dims=(0, None))
-        chain = chain_forward(self.template)  # a plain MLP: batched matrix products instead
-        if chain is not None:
-            batched, rows = chain, chain.chunk_rows(len(self.clients), rows)
         was_training = self.template.training
         self.template.eval()
         try:

@@ -42,6 +42,28 @@ def test_stacked_logits_are_each_members_own(
     torch.testing.assert_close(out, own, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [("mlp", {}), ("scaled_mlp", {"width": 8, "depth": 3})]
+)
+def test_chunks_sharing_one_workspace_give_each_members_own_logits(
+    name: str, kwargs: dict[str, int]
+) -> None:
+    # 37 rows in chunks of 7: every hidden layer of every chunk writes into the same two
+    # buffers, so a chunk whose logits still pointed into them would be overwritten.
+    torch.manual_seed(2)
+    models: list[nn.Module] = [build_model(name, (16,), 10, **kwargs) for _ in range(4)]
+    forward = chain_forward(models[0])
+    assert forward is not None
+    params = {k: v.requires_grad_() for k, v in _stacked(models).items()}  # as in training
+    x = torch.randn(37, 16)
+    with torch.no_grad():
+        out = forward.logits(params, x, at_most=7)
+        own = torch.stack([m(x) for m in models])
+    assert forward.chunk_rows(4, 7) == 7
+    assert out.shape == (4, 37, 10)
+    torch.testing.assert_close(out, own, atol=ATOL, rtol=0)
+
+
 def test_a_linear_without_bias_is_run_without_one() -> None:
     torch.manual_seed(1)
     models: list[nn.Module] = []
@@ -53,9 +75,9 @@ def test_a_linear_without_bias_is_run_without_one() -> None:
     assert forward is not None
     x = torch.randn(9, 6)
     with torch.no_grad():
-        torch.testing.assert_close(
-            forward(_stacked(models), x), torch.stack([m(x) for m in models]), atol=ATOL, rtol=0
-        )
+        own = torch.stack([m(x) for m in models])
+        torch.testing.assert_close(forward(_stacked(models), x), own, atol=ATOL, rtol=0)
+        torch.testing.assert_close(forward.logits(_stacked(models), x, 4), own, atol=ATOL, rtol=0)
 
 
 class _Scaled(Classifier):
