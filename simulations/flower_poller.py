@@ -10,10 +10,9 @@ population with 100 sampled clients it is 10 M pairs (~26 s) per pass, so the ru
 
 Both ends also *sleep* rather than wait: the poller 0.1 s between passes, and the ServerApp's
 ``InMemoryGrid`` 0.1 s between pulls (``pull_interval``). A message exchange therefore idles
-up to 0.2 s (0.1 s on average) whatever the clients' work: at 100 tiny clients in two cohort
-messages that was ~40 % of a round's wall time (0.25 s a warm round; 0.15 s with both waits
-cut to 0.01 s, same CPU, measured with ``/tmp`` probes of ``benchmarks.bench_scale``'s
-``flower-ray-k50-vec``).
+up to 0.2 s whatever the clients' work, which at 100 tiny clients in two cohort messages was
+a large part of a round's wall time (docs/benchmarks.md §2b, *Wake-ups instead of Flower's
+sleeps*).
 
 There is no supported knob for either (the 0.1 s, the per-node loop and the scan are all
 fixed inside ``run_simulation``), so :func:`patched_poller` swaps three things for the
@@ -203,13 +202,13 @@ class PromptGrid(InMemoryGrid):
     """``InMemoryGrid`` that pulls as soon as a reply is stored, not at the next 0.1 s.
 
     Its ``pull_interval`` is :data:`PROMPT_PULL_SECONDS`. A call while no reply has been
-    stored since the last real pull returns nothing without touching the state, since a real
-    pull costs O(outstanding messages) (~3 µs each). Real pulls are also spaced so that they
-    take at most :data:`PULL_TIME_SHARE` of the waiting time (a pull over 1,000 one-client
-    messages waits for a few replies to gather), and one happens at least every
-    :data:`FLOWER_PULL_SECONDS` whatever was stored, so Flower's expiry and node-availability
-    errors arrive as before. Pushing raises the poller's flag, so new messages reach the
-    workers at once.
+    stored since the last real pull returns nothing without touching the state, since a
+    real pull costs time in proportion to the outstanding messages. Real pulls are also
+    spaced so that they take at most :data:`PULL_TIME_SHARE` of the waiting time (a pull
+    over 1,000 one-client messages waits for a few replies to gather), and one happens at
+    least every :data:`FLOWER_PULL_SECONDS` whatever was stored, so Flower's expiry and
+    node-availability errors arrive as before. Pushing raises the poller's flag, so new
+    messages reach the workers at once.
     """
 
     def __init__(self, state_factory: Any, pull_interval: float = PROMPT_PULL_SECONDS) -> None:
