@@ -15,7 +15,7 @@ a large part of a round's wall time (docs/benchmarks.md §2b, *Wake-ups instead 
 sleeps*).
 
 There is no supported knob for either (the 0.1 s, the per-node loop and the scan are all
-fixed inside ``run_simulation``), so :func:`patched_poller` swaps three things for the
+fixed inside ``run_simulation``), so :func:`patched_poller` swaps four things for the
 duration of one simulation:
 
 * :func:`indexed_poller` for ``add_messages_to_queue``: one pass over the stored messages per
@@ -26,7 +26,11 @@ duration of one simulation:
 * :class:`PromptGrid` for the ``InMemoryGrid`` that ``run_simulation`` builds: a pull
   happens as soon as a reply has been stored (checked every :data:`PROMPT_PULL_SECONDS`, a flag
   test, not a pull) and in any case every 0.1 s as before, so expiry and node-availability
-  errors surface on Flower's schedule.
+  errors surface on Flower's schedule;
+* :class:`StickyActorPool` for the Ray backend's ``BasicActorPool``: a node's message goes to
+  the actor that served that node last when that actor is idle (Flower's pool hands it to
+  whichever idle actor is last in its list, so a cohort changed worker from round to round
+  and the new worker rebuilt or reloaded its clients); otherwise to any idle actor, as before.
 
 Same semantics otherwise: at most one undelivered message per node per tick, in store order,
 expired / cross-federation messages dropped by the state's own ``_check_stored_messages``,
@@ -35,12 +39,15 @@ Flower's own ``store_message_res`` / ``pull_messages``.
 
 It uses Flower internals (three attributes of ``InMemoryLinkState``: ``lock``,
 ``message_ins_store``, ``_check_stored_messages``; the two ``vce_api`` functions' and
-``InMemoryGrid``'s signatures; ``run_simulation``'s module-level ``InMemoryGrid``):
+``InMemoryGrid``'s signatures; ``run_simulation``'s module-level ``InMemoryGrid``; the Ray
+backend's module-level ``BasicActorPool``, its ``submit`` and ``add_actor_back_to_pool`` and
+its ``pool`` list of idle actors):
 :func:`flower_has_expected_shape` checks them, a test asserts it, and :func:`patched_poller`
 keeps Flower's own (correct, only slower) machinery with a warning when the shape differs.
 Upstream: the fixes belong in Flower as an index of undelivered messages by destination node
-in ``InMemoryLinkState`` (or a ``get_message_ins`` over many nodes) and a condition variable
-instead of the two sleeps; when Flower has them, delete this module.
+in ``InMemoryLinkState`` (or a ``get_message_ins`` over many nodes), a condition variable
+instead of the two sleeps, and node affinity in the actor pool; when Flower has them, delete
+this module.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from dataclasses import dataclass, field
 from queue import Empty, Queue
 from typing import Any
 
+from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 from flwr.superlink.grid import InMemoryGrid
 
 log = logging.getLogger(__name__)
@@ -90,12 +98,13 @@ def wakeups(state: Any) -> Wakeups:
         return found
 
 
-def _modules() -> tuple[Any, Any]:
-    """Flower's simulation engine module and its ``run_simulation`` module."""
+def _modules() -> tuple[Any, Any, Any]:
+    """Flower's simulation engine module, its ``run_simulation`` module and its Ray backend."""
     from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.fleet.vce.backend import raybackend
 
     # the module, not the function of the same name that flwr.simulation re-exports
-    return vce_api, importlib.import_module("flwr.simulation.run_simulation")
+    return vce_api, importlib.import_module("flwr.simulation.run_simulation"), raybackend
 
 
 def _params(function: Any) -> list[str]:
@@ -110,7 +119,7 @@ def flower_has_expected_shape() -> str | None:
     version = ".".join(flwr.__version__.split(".")[:2])
     if version not in TESTED_FLWR:
         return f"flwr {flwr.__version__} (adapter checked against {', '.join(TESTED_FLWR)})"
-    vce_api, run_simulation = _modules()
+    vce_api, run_simulation, raybackend = _modules()
     expected = {
         "add_messages_to_queue": ["state", "queue", "nodes_mapping", "f_stop"],
         "put_message_into_state": ["state", "queue", "f_stop"],
@@ -128,6 +137,12 @@ def flower_has_expected_shape() -> str | None:
     for name in ("_check_stored_messages", "store_message_res"):
         if not callable(getattr(InMemoryLinkState, name, None)):
             return f"InMemoryLinkState.{name} is gone"
+    if getattr(raybackend, "BasicActorPool", None) is not BasicActorPool:
+        return "the Ray backend no longer builds ray_actor.BasicActorPool"
+    if _params(BasicActorPool.submit) != ["self", "actor_fn", "job"]:
+        return f"BasicActorPool.submit takes {_params(BasicActorPool.submit)}"
+    if _params(BasicActorPool.add_actor_back_to_pool) != ["self", "future"]:
+        return "BasicActorPool.add_actor_back_to_pool changed"
     return None
 
 
@@ -235,10 +250,42 @@ class PromptGrid(InMemoryGrid):
         return replies
 
 
+class StickyActorPool(BasicActorPool):
+    """``BasicActorPool`` that gives a node's message to the actor that served the node last.
+
+    Flower's ``submit`` pops the last idle actor, so which worker serves a node changes from
+    round to round, and a worker that has not served it (or not lately) rebuilds the node's
+    clients or reloads their saved state. Here, when the node's last actor is idle it is
+    moved to the end of the idle list first, and Flower's ``submit`` then takes it; otherwise
+    Flower's choice stands. Moving the actor and taking it happen under one lock that
+    returning actors also take, so another thread cannot slip in between.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._last_actor: dict[str, Any] = {}  # node's partition id -> actor that served it
+
+    def submit(self, actor_fn: Any, job: tuple[Any, Any, str, Any]) -> Any:
+        node = job[2]  # (app_fn, message, partition id, context)
+        with self._lock:
+            last = self._last_actor.get(node)
+            at = next((i for i, actor in enumerate(self.pool) if actor is last), None)
+            if at is not None:
+                self.pool.append(self.pool.pop(at))
+            future = super().submit(actor_fn, job)
+            self._last_actor[node] = self._future_to_actor[future]
+        return future
+
+    def add_actor_back_to_pool(self, future: Any) -> None:
+        with self._lock:
+            super().add_actor_back_to_pool(future)
+
+
 @contextmanager
 def patched_poller() -> Iterator[bool]:
-    """Use :func:`indexed_poller`, :func:`signalling_injector` and :class:`PromptGrid` inside
-    the block; yields whether they are in use.
+    """Use :func:`indexed_poller`, :func:`signalling_injector`, :class:`PromptGrid` and
+    :class:`StickyActorPool` inside the block; yields whether they are in use.
 
     Restored on exit. If Flower's shape differs from what this adapter knows, Flower's own
     machinery stays (correct, only slower) and one warning says why.
@@ -248,11 +295,12 @@ def patched_poller() -> Iterator[bool]:
         log.warning("keeping Flower's simulation poller (O(nodes x messages)): %s", problem)
         yield False
         return
-    vce_api, run_simulation = _modules()
+    vce_api, run_simulation, raybackend = _modules()
     swaps = [
         (vce_api, "add_messages_to_queue", indexed_poller),
         (vce_api, "put_message_into_state", signalling_injector),
         (run_simulation, "InMemoryGrid", PromptGrid),
+        (raybackend, "BasicActorPool", StickyActorPool),
     ]
     for module, name, ours in swaps:
         _ORIGINAL[name] = getattr(module, name)

@@ -21,22 +21,26 @@ def test_flower_still_has_the_shape_the_adapter_patches() -> None:
     assert flower_poller.flower_has_expected_shape() is None
     from flwr.server.superlink.fleet.vce import vce_api
 
-    _, run_simulation = flower_poller._modules()
-    original = (
-        vce_api.add_messages_to_queue,
-        vce_api.put_message_into_state,
-        run_simulation.InMemoryGrid,
-    )
+    _, run_simulation, raybackend = flower_poller._modules()
+
+    def current() -> tuple[Any, ...]:
+        return (
+            vce_api.add_messages_to_queue,
+            vce_api.put_message_into_state,
+            run_simulation.InMemoryGrid,
+            raybackend.BasicActorPool,
+        )
+
+    original = current()
     with flower_poller.patched_poller() as used:
         assert used
-        assert vce_api.add_messages_to_queue is flower_poller.indexed_poller
-        assert vce_api.put_message_into_state is flower_poller.signalling_injector
-        assert run_simulation.InMemoryGrid is flower_poller.PromptGrid
-    assert (
-        vce_api.add_messages_to_queue,
-        vce_api.put_message_into_state,
-        run_simulation.InMemoryGrid,
-    ) == original
+        assert current() == (
+            flower_poller.indexed_poller,
+            flower_poller.signalling_injector,
+            flower_poller.PromptGrid,
+            flower_poller.StickyActorPool,
+        )
+    assert current() == original
 
 
 class _CountingLock:
@@ -234,3 +238,46 @@ def test_prompt_grid_spaces_costly_pulls_by_their_cost(monkeypatch: pytest.Monke
     clock[0] = earliest
     grid.pull_messages({"a"})
     assert len(state.pulls) == 2 and not flag.is_set()
+
+
+def _sticky_pool(monkeypatch: pytest.MonkeyPatch, actors: list[str]) -> Any:
+    from flwr.simulation.ray_transport import ray_actor
+
+    monkeypatch.setattr(ray_actor, "pool_size_from_resources", lambda _resources: len(actors))
+    pool = flower_poller.StickyActorPool(actor_type=object, client_resources={}, actor_kwargs={})
+    pool.pool = list(actors)  # idle actors (Flower's add_actors_to_pool would start Ray ones)
+    return pool
+
+
+def _served_by(pool: Any, node: str) -> tuple[str, object]:
+    """Submit a job for ``node``; (the actor it went to, its future)."""
+    future = object()
+    served = []
+
+    def actor_fn(actor: str, *_job: object) -> object:
+        served.append(actor)
+        return future
+
+    assert pool.submit(actor_fn, (None, None, node, None)) is future
+    return served[0], future
+
+
+def test_sticky_pool_gives_a_node_the_actor_that_served_it_when_that_one_is_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = _sticky_pool(monkeypatch, ["x", "y"])
+    first_a, fa = _served_by(pool, "a")
+    first_b, fb = _served_by(pool, "b")
+    assert {first_a, first_b} == {"x", "y"} and pool.pool == []
+    pool.add_actor_back_to_pool(fa)  # a's actor returns first: Flower would pop b's last
+    pool.add_actor_back_to_pool(fb)
+    assert pool.pool == [first_a, first_b]
+    again_a, fa = _served_by(pool, "a")
+    again_b, fb = _served_by(pool, "b")
+    assert (again_a, again_b) == (first_a, first_b)
+    pool.add_actor_back_to_pool(fb)  # a's actor still busy: b's is the only one idle
+    moved, f3 = _served_by(pool, "a")
+    assert moved == first_b and pool.pool == []  # a takes what is idle, as Flower would
+    pool.add_actor_back_to_pool(f3)
+    pool.add_actor_back_to_pool(fa)  # Flower would now pop first_a
+    assert _served_by(pool, "a")[0] == first_b  # the actor that served a last
