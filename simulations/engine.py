@@ -49,7 +49,6 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedkd.config import FDConfig
-from simulations.flower_poller import patched_poller
 from simulations.noise import flower_logs_once, ray_tip_silenced
 from simulations.ray_workers import READY_DIR_ENV, SETUP_HOOK, WorkerBarrier
 
@@ -146,6 +145,8 @@ def run_ray(
     """Run the apps on Flower's Ray simulation engine (the one deprecated call lives here)."""
     import ray
     from flwr.simulation import run_simulation
+
+    from simulations.flower_poller import patched_poller  # imports Ray's actor pool
 
     barrier: WorkerBarrier | None = None
     backend_config: dict[str, Any] = {
