@@ -264,14 +264,32 @@ def _save(context: Context, client: FDClient, member: Member) -> None:
     client.fresh_blob = None
     if client.cfg.client_state == "disk":
         old = _state_record(context, member)
-        previous = str(old["token"]) if old is not None and "token" in old else None
-        StateFiles(client.cfg.client_state_dir).write(*member.key, token, blob, previous)
-        context.state[member.state_key] = ConfigRecord({"token": token})
+        files = StateFiles(client.cfg.client_state_dir)
+        files.write(*member.key, token, blob, previous=_prior(old))
+        context.state[member.state_key] = ConfigRecord({"token": token, **_keeping(old)})
     else:
         context.state[member.state_key] = ConfigRecord({"blob": blob, "token": token})
     client.restored = True  # its state is current: no need to reload a disk checkpoint
     size = len(blob) + client.data.train_x.nbytes + client.data.train_y.nbytes
     LIVE_CLIENTS.put(member.key, token, client, size, client.cfg)
+
+
+def _prior(record: ConfigRecord | None) -> str | None:
+    """The member's state file that its record keeps one save longer: removed at this save."""
+    return str(record["prior"]) if record is not None and "prior" in record else None
+
+
+def _keeping(old: ConfigRecord | None) -> dict[str, str]:
+    """What a new disk record keeps of the ``old`` one: the old state's own file, as ``prior``.
+
+    A save does not remove the file the node's ``Context`` names: a worker that dies after
+    saving, before its reply reaches the driver, leaves the driver with that ``Context``
+    (Flower updates it only from a reply), and its next message must find the file. The file
+    goes at the save after, when the ``Context`` that arrives names the newer state.
+    """
+    if old is None or "token" not in old or "group" in old or "blob" in old:
+        return {}
+    return {"prior": str(old["token"])}
 
 
 def _save_group(context: Context, cfg: FDConfig, served: Sequence[tuple[Member, FDClient]]) -> bool:
@@ -292,11 +310,14 @@ def _save_group(context: Context, cfg: FDConfig, served: Sequence[tuple[Member, 
         context.state[group_state_key(token)] = ConfigRecord({"blob": blob})
     for row, (member, client) in enumerate(served):
         old = _state_record(context, member)
-        if disk and old is not None and "token" in old and "group" not in old:
-            files.remove(*member.key, str(old["token"]))  # its own file, now superseded
+        kept: dict[str, str] = {}
+        if disk:
+            if prior := _prior(old):
+                files.remove(*member.key, prior)
+            kept = _keeping(old)  # its own file, superseded by the group's: one save longer
         member_token = uuid.uuid4().hex
         context.state[member.state_key] = ConfigRecord(
-            {"token": member_token, "group": token, "row": row}
+            {"token": member_token, "group": token, "row": row, **kept}
         )
         client.fresh_blob = None
         client.restored = True
@@ -306,24 +327,32 @@ def _save_group(context: Context, cfg: FDConfig, served: Sequence[tuple[Member, 
 
 
 def _prune_groups(context: Context, cfg: FDConfig, run_id: int, node_id: int) -> None:
-    """Drop the node's saved group states that no member's record names any more."""
+    """Drop the node's saved group states that no member's record has named for a message."""
     named = {
         str(record["group"])
         for record in context.state.values()
         if isinstance(record, ConfigRecord) and "group" in record
     }
     known = context.state.get(GROUPS_KEY)
-    tokens = known["tokens"] if isinstance(known, ConfigRecord) else []
-    previous = {str(t) for t in tokens} if isinstance(tokens, list) else set()
-    for token in previous - named:
-        if cfg.client_state == "disk":
+    previous, retired = _group_tokens(known, "tokens"), _group_tokens(known, "retired")
+    if cfg.client_state == "disk":  # a file goes one message after nobody names it (_keeping)
+        for token in retired - named:
             StateFiles(cfg.client_state_dir).remove(run_id, node_id, token, kind="group")
-        else:
+        retired = previous - named
+    else:  # in the Context: a death discards this Context whole, its old records with it
+        for token in previous - named:
             context.state.pop(group_state_key(token), None)
-    if named:
-        context.state[GROUPS_KEY] = ConfigRecord({"tokens": sorted(named)})
+        retired = set()
+    lists = {"tokens": sorted(named), "retired": sorted(retired)}
+    if any(lists.values()):
+        context.state[GROUPS_KEY] = ConfigRecord({k: v for k, v in lists.items() if v})
     elif known is not None:
         del context.state[GROUPS_KEY]
+
+
+def _group_tokens(known: object, key: str) -> set[str]:
+    tokens = known.get(key, []) if isinstance(known, ConfigRecord) else []
+    return {str(t) for t in tokens} if isinstance(tokens, list) else set()
 
 
 def _fd_round(msg: Message, context: Context, cfg: FDConfig, *, train: bool) -> Message:

@@ -30,7 +30,14 @@ def default_state_dir() -> Path:
 
 
 class StateFiles:
-    """One file per saved state, named by (run, node, token); the previous one is removed.
+    """One file per saved state, named by (run, node, token), removed one save after it is
+    superseded (the ClientApp keeps the older token in the node's record as ``prior``).
+
+    The file a node's ``Context`` names outlives the save that supersedes it, because that
+    save's worker may die before its reply reaches the driver: Flower then keeps the old
+    ``Context`` (it is updated only from a reply), whose next message must find its file. So a
+    node keeps at most two files, plus one orphan per such death, removed with the run's
+    directory.
 
     The token in the file name makes a read exact: a worker asks for the state the node's
     ``Context`` names, and either finds exactly that file or fails loudly. Two runs that share
@@ -57,7 +64,8 @@ class StateFiles:
         previous: str | None = None,
         kind: str = "",
     ) -> None:
-        """Keep ``blob`` as state ``token``, then drop the node's ``previous`` state file.
+        """Keep ``blob`` as state ``token``, then drop ``previous``: the node's state file
+        from the save before the one its ``Context`` names now.
 
         Written in place, no temporary file and rename: a file is only ever read under a token
         some ``Context`` names, and the token reaches the ``Context`` after this returns, so a

@@ -125,9 +125,12 @@ class LocalGrid(Grid):
         inbound = _wire_copy(msg)
         # Served in turn here, side by side on a SuperLink: each node gets its message now.
         inbound.metadata.created_at = time.time()
+        before = dict(context.state.items())  # the records, not copies: handlers replace them
         try:
             reply = self.client_app(inbound, context)
-        except Exception as exc:  # a crashing client becomes an error reply, as in Flower
+        except Exception as exc:  # a crashing client becomes an error reply, as in Flower,
+            # and, as in Flower, keeps the Context it had: its changes died with the worker
+            context.state = RecordDict(before)
             return Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=inbound)
         reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         return reply

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
 
 from fedkd import client_app
+from fedkd import protocol as P
+from fedkd.client_app import make_client_app
 from fedkd.client_state import LiveClients, StateFiles
-from fedkd.config import FDConfig, replace
+from fedkd.config import FDConfig, replace, to_run_config
 from simulations.local_grid import run_fd_local
+from tests.helpers import tiny_federation
 
 pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
 
@@ -100,8 +106,9 @@ def test_disk_state_gives_the_same_numbers_and_ships_only_a_token(tmp_path: Path
     in_context = _run(cfg)
     disk = replace(cfg, client_state="disk", client_state_dir=str(tmp_path))
     assert _run(disk) == in_context
-    files = list(tmp_path.glob("run-*/node-*.pt"))
-    assert len(files) == cfg.num_clients
+    # each node keeps the file its Context names and the one before it (StateFiles), no more
+    files = Counter(f.name.split(".")[0] for f in tmp_path.glob("run-*/node-*.pt"))
+    assert len(files) == cfg.num_clients and set(files.values()) == {2}  # trained twice
 
 
 def test_a_state_file_is_found_by_its_token_or_not_at_all(tmp_path: Path) -> None:
@@ -113,3 +120,60 @@ def test_a_state_file_is_found_by_its_token_or_not_at_all(tmp_path: Path) -> Non
     with pytest.raises(LookupError, match="client-state=context"):
         files.read(1, 7, "a" * 32)
     assert len(list(tmp_path.rglob("*.pt"))) == 1
+
+
+def _dying_after_its_save(cfg: FDConfig, server_round: int) -> ClientApp:
+    """The real ClientApp, except that the first node served in ``server_round`` saves its new
+    state and then dies before its reply leaves: Flower keeps the Context it had, which names
+    the state saved before (``flwr/server/superlink/fleet/vce/vce_api.py``: no context update
+    on an exception; the local grid does the same)."""
+    inner = make_client_app(to_run_config(cfg))
+    app = ClientApp()
+    died: list[int] = []
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        client_app._GROUP_TREES.clear()  # as if another worker: states come from their files
+        reply = inner(msg, context)
+        if not died and P.parse_request(msg.content).server_round == server_round:
+            died.append(context.node_id)
+            raise RuntimeError("worker died after saving, before its reply left")
+        return reply
+
+    @app.query("soft_labels")
+    def query(msg: Message, context: Context) -> Message:
+        return inner(msg, context)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return inner(msg, context)
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"clients_per_message": 3, "vectorize_cohort": True}],
+    ids=["one-client-per-message", "vectorized-cohorts"],
+)
+def test_a_worker_dying_after_its_save_leaves_the_state_its_context_names(
+    changes: dict[str, Any], tmp_path: Path
+) -> None:
+    # Every node trains every round; nothing is kept alive, so each state comes from its file.
+    cfg = tiny_federation(
+        num_rounds=3,
+        fraction_train=1.0,
+        min_train_nodes=1,
+        client_state="disk",
+        client_state_dir=str(tmp_path),
+        live_client_mib=0,
+        **changes,
+    )
+    records = run_fd_local(cfg, _dying_after_its_save(cfg, server_round=2))
+    assert [r.status for r in records] == ["ok"] * 3
+    # the death: its reply is an error (one client's, or a cohort's members')
+    assert records[1].valid_replies == cfg.num_clients - cfg.clients_per_message
+    # afterwards the node resumes from the state its Context names, instead of failing every
+    # round on a file its worker removed when it saved the newer one
+    assert records[2].rejected == 0 and records[2].valid_replies == records[0].valid_replies
+    assert records[0].valid_replies == cfg.num_clients

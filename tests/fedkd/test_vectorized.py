@@ -396,7 +396,7 @@ def test_a_batched_group_saves_one_stacked_state_and_drops_those_nobody_names(
     grid = run_local(
         make_server_app(to_run_config(cfg), []), make_client_app(to_run_config(cfg)), 2
     )
-    rows = 0
+    rows = retired = 0
     for node, context in grid.contexts.items():
         named = _named_groups(context)
         stored = (
@@ -404,8 +404,14 @@ def test_a_batched_group_saves_one_stacked_state_and_drops_those_nobody_names(
             if where == "disk"
             else {k.rsplit(".", 1)[1] for k in context.state.config_records if ".group." in k}
         )
-        assert named and stored == named  # no orphans, nothing missing
-        assert set(context.state[GROUPS_KEY]["tokens"]) == named
+        groups = context.state[GROUPS_KEY]
+        assert set(groups["tokens"]) == named
+        # on disk, the groups this message superseded stay one message longer (a worker dying
+        # before its reply leaves the driver a Context naming them); in the Context, they go
+        kept = set(groups.get("retired", []))
+        assert kept.isdisjoint(named) and (where == "disk" or not kept)
+        retired += len(kept)
+        assert named and stored == named | kept  # no orphans, nothing missing
         for key, record in context.state.config_records.items():
             if "group" not in record:
                 continue
@@ -416,16 +422,13 @@ def test_a_batched_group_saves_one_stacked_state_and_drops_those_nobody_names(
             LIVE_CLIENTS.drop(member.key)  # as if another worker served it next
             rebuilt = _restore(context, cfg, member)
             assert rebuilt is not live and rebuilt.state_bytes() == live.state_bytes()
-    assert rows >= 4
+    assert rows >= 4 and (retired > 0) == (where == "disk")
     if where == "disk":  # a member's own file only while its record names it (not its group)
         own = {p.name.split(".")[1] for p in tmp_path.glob("run-*/node-*.pt")} - {"group"}
-        named = {
-            str(record["token"])
-            for context in grid.contexts.values()
-            for record in context.state.config_records.values()
-            if "token" in record and "group" not in record
-        }
-        assert own == named
+        records = [r for c in grid.contexts.values() for r in c.state.config_records.values()]
+        named = {str(r["token"]) for r in records if "token" in r and "group" not in r}
+        prior = {str(r["prior"]) for r in records if "prior" in r}  # kept one save longer
+        assert own == named | prior
 
 
 def test_states_stack_only_when_they_match_exactly() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,12 @@ def test_cohorts_give_the_numbers_of_one_client_per_message(
     assert _numbers(records) == expected  # exactly: same clients, seeds and summation order
     assert all(r.status == "ok" for r in records)
     # it really ran as cohorts: 2 nodes, state kept per virtual client (a token per slot
-    # in the node's context, a file per virtual client on disk)
+    # in the node's context, files per virtual client on disk: the one named, the one before)
     assert len(grid.contexts) == 2
     keys = {k for c in grid.contexts.values() for k in c.state.config_records}
     assert keys and keys <= {f"{STATE_KEY}.{s}" for s in range(3)} and len(keys) > 1
-    files = list(tmp_path.rglob("node-*.pt"))
-    assert len(files) == len({f.name.split(".")[0] for f in files}) >= 3
+    files = Counter(f.name.split(".")[0] for f in tmp_path.rglob("node-*.pt"))
+    assert len(files) >= 3 and max(files.values()) == 2
 
 
 def _corrupting(cfg: FDConfig, slot: int) -> ClientApp:
