@@ -351,6 +351,8 @@ def _prune_groups(context: Context, cfg: FDConfig, run_id: int, node_id: int) ->
 
 
 def _group_tokens(known: object, key: str) -> set[str]:
+    """The group tokens listed under ``key`` in the node's ``GROUPS_KEY`` record (none yet:
+    empty)."""
     tokens = known.get(key, []) if isinstance(known, ConfigRecord) else []
     return {str(t) for t in tokens} if isinstance(tokens, list) else set()
 
