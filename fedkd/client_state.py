@@ -36,8 +36,8 @@ class StateFiles:
     The file a node's ``Context`` names outlives the save that supersedes it, because that
     save's worker may die before its reply reaches the driver: Flower then keeps the old
     ``Context`` (it is updated only from a reply), whose next message must find its file. So a
-    node keeps at most two files, plus one orphan per such death, removed with the run's
-    directory.
+    node keeps at most two files per member; a death leaves the files its message wrote (one
+    per member saved alone, or its group's) until the run's directory is removed.
 
     The token in the file name makes a read exact: a worker asks for the state the node's
     ``Context`` names, and either finds exactly that file or fails loudly. Two runs that share

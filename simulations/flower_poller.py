@@ -220,16 +220,17 @@ class PromptGrid(InMemoryGrid):
     stored since the last real pull returns nothing without touching the state, since a
     real pull costs time in proportion to the outstanding messages. Real pulls are also
     spaced so that they take at most :data:`PULL_TIME_SHARE` of the waiting time (a pull
-    over 1,000 one-client messages waits for a few replies to gather), and one happens at
-    least every :data:`FLOWER_PULL_SECONDS` whatever was stored, so Flower's expiry and
-    node-availability errors arrive as before. Pushing raises the poller's flag, so new
-    messages reach the workers at once.
+    over 1,000 one-client messages waits for a few replies to gather), and one happens
+    :data:`FLOWER_PULL_SECONDS` after the last one ended whatever was stored (Flower's own
+    loop sleeps that long after each pull), so Flower's expiry and node-availability errors
+    arrive as before and a pull slower than that interval never runs back to back. Pushing
+    raises the poller's flag, so new messages reach the workers at once.
     """
 
     def __init__(self, state_factory: Any, pull_interval: float = PROMPT_PULL_SECONDS) -> None:
         super().__init__(state_factory, pull_interval=min(pull_interval, PROMPT_PULL_SECONDS))
         self._wakeups = wakeups(self.state)
-        self._last_pull = float("-inf")  # when the last real pull started
+        self._last_pull = float("-inf")  # when the last real pull ended
         self._next_pull = float("-inf")  # earliest next real pull after a stored reply
 
     def push_messages(self, messages: Iterable[Any]) -> Iterable[str]:
@@ -244,9 +245,9 @@ class PromptGrid(InMemoryGrid):
         if not due and not (stored.is_set() and now >= self._next_pull):
             return []
         stored.clear()  # before the pull: a reply stored during it raises the flag again
-        self._last_pull = now
         replies = super().pull_messages(message_ids)
-        self._next_pull = now + (_clock() - now) / PULL_TIME_SHARE
+        self._last_pull = _clock()
+        self._next_pull = now + (self._last_pull - now) / PULL_TIME_SHARE
         return replies
 
 

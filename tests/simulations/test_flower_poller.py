@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("ray")  # the adapter subclasses Flower's Ray actor pool (the `sim` extra)
+
 from simulations import flower_poller
 from strategies import receive
 
@@ -168,7 +170,9 @@ def test_a_pushed_message_reaches_the_queue_without_waiting_for_the_next_tick(
     grid, state, _ = _grid(monkeypatch)
     queue: Queue[Any] = Queue()
     stop = threading.Event()
-    poller = threading.Thread(target=flower_poller.poll_loop, args=(state, queue, {7: 0}, stop))
+    poller = threading.Thread(
+        target=flower_poller.poll_loop, args=(state, queue, {7: 0}, stop), daemon=True
+    )
     poller.start()
     try:
         assert _wait_for(lambda: state.lock.taken >= 1)  # its first pass found nothing
@@ -178,8 +182,13 @@ def test_a_pushed_message_reaches_the_queue_without_waiting_for_the_next_tick(
         assert delivered.metadata.delivered_at != ""
     finally:
         stop.set()
-        flower_poller.wakeups(state).messages.set()
-        poller.join(timeout=10)
+        # raised until the poller sees the stop: one raise could be cleared by a pass
+        # already past its stop check, which would then sleep the patched hour
+        for _ in range(100):
+            flower_poller.wakeups(state).messages.set()
+            poller.join(timeout=0.1)
+            if not poller.is_alive():
+                break
     assert not poller.is_alive()
 
 
@@ -238,6 +247,23 @@ def test_prompt_grid_spaces_costly_pulls_by_their_cost(monkeypatch: pytest.Monke
     clock[0] = earliest
     grid.pull_messages({"a"})
     assert len(state.pulls) == 2 and not flag.is_set()
+
+
+def test_a_pull_slower_than_flowers_interval_still_waits_that_interval_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Counted from the pull's start, a 0.15 s pull would make every 5 ms call a real pull:
+    # the server thread would hold the link state's lock almost all the time.
+    cost = 0.15
+    grid, state, clock = _grid(monkeypatch, pull_cost=cost)
+    grid.pull_messages({"a"})
+    ended = clock[0]
+    clock[0] = ended + flower_poller.PROMPT_PULL_SECONDS
+    grid.pull_messages({"a"})
+    assert len(state.pulls) == 1  # nothing stored, and Flower's interval not over
+    clock[0] = ended + flower_poller.FLOWER_PULL_SECONDS + 1e-9
+    grid.pull_messages({"a"})
+    assert len(state.pulls) == 2
 
 
 def _sticky_pool(monkeypatch: pytest.MonkeyPatch, actors: list[str]) -> Any:
