@@ -45,6 +45,7 @@ from fedkd.device_data import load_device_data
 log = logging.getLogger(__name__)
 STATE_KEY = "fedkd-client"  # Context.state ConfigRecord holding the model/optimizer blob
 GROUPS_KEY = f"{STATE_KEY}.groups"  # the node's saved vectorized-group states, by token
+SAVES_KEY = f"{STATE_KEY}.saves"  # how many FD train messages the node's Context has seen
 # Flower's code for "the ClientApp raised" (flwr.common.constant.ErrorCode, a compatibility
 # module we do not import): a simulated crash reads on the server exactly like a real one.
 CLIENT_APP_RAISED_EXCEPTION = 2
@@ -67,7 +68,9 @@ def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
         cfg = config_of(context)
         if P.carries_weights(msg.content):  # FedAvg / FedDF baselines
             return _weights_train(msg, context, cfg)
-        return _fd_round(msg, context, cfg, train=True)
+        reply = _fd_round(msg, context, cfg, train=True)
+        context.state[SAVES_KEY] = ConfigRecord({"n": saves(context) + 1})
+        return reply
 
     @app.query("soft_labels")
     def query(msg: Message, context: Context) -> Message:
@@ -87,6 +90,19 @@ def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     app.evaluate("fcl")(client_fcl.evaluate)
 
     return app
+
+
+def saves(context: Context) -> int:
+    """How many FD train messages this node's ``Context`` has been through (0: none).
+
+    A node's state only moves forward, so a Context that has been through fewer than the one
+    a simulation holds is an older one coming back (a straggler's reply that completed after
+    the node trained again elsewhere): :class:`simulations.flower_poller.OrderedContexts`
+    keeps the newer one.
+    """
+    record = context.state.get(SAVES_KEY)
+    count = record.get("n") if isinstance(record, ConfigRecord) else None
+    return count if isinstance(count, int) else 0
 
 
 def _config(mapping: Mapping[str, Any]) -> FDConfig:

@@ -15,7 +15,7 @@ a large part of a round's wall time (docs/benchmarks.md §2b, *Wake-ups instead 
 sleeps*).
 
 There is no supported knob for either (the 0.1 s, the per-node loop and the scan are all
-fixed inside ``run_simulation``), so :func:`patched_poller` swaps four things for the
+fixed inside ``run_simulation``), so :func:`patched_poller` swaps five things for the
 duration of one simulation:
 
 * :func:`indexed_poller` for ``add_messages_to_queue``: one pass over the stored messages per
@@ -30,7 +30,10 @@ duration of one simulation:
 * :class:`StickyActorPool` for the Ray backend's ``BasicActorPool``: a node's message goes to
   the actor that served that node last when that actor is idle (Flower's pool hands it to
   whichever idle actor is last in its list, so a cohort changed worker from round to round
-  and the new worker rebuilt or reloaded its clients); otherwise to any idle actor, as before.
+  and the new worker rebuilt or reloaded its clients); otherwise to any idle actor, as before;
+* :class:`OrderedContexts` for ``vce_api``'s ``DeprecatedRunInfoStore`` (Flower's per-node
+  Context store): a straggler's reply that completes after the node trained again elsewhere
+  no longer brings back the node's older Context.
 
 Same semantics otherwise: at most one undelivered message per node per tick, in store order,
 expired / cross-federation messages dropped by the state's own ``_check_stored_messages``,
@@ -41,13 +44,14 @@ It uses Flower internals (three attributes of ``InMemoryLinkState``: ``lock``,
 ``message_ins_store``, ``_check_stored_messages``; the two ``vce_api`` functions' and
 ``InMemoryGrid``'s signatures; ``run_simulation``'s module-level ``InMemoryGrid``; the Ray
 backend's module-level ``BasicActorPool``, its ``submit`` and ``add_actor_back_to_pool`` and
-its ``pool`` list of idle actors):
+its ``pool`` list of idle actors; ``vce_api``'s module-level ``DeprecatedRunInfoStore``, its
+``update_context`` and ``run_infos``):
 :func:`flower_has_expected_shape` checks them, a test asserts it, and :func:`patched_poller`
 keeps Flower's own (correct, only slower) machinery with a warning when the shape differs.
 Upstream: the fixes belong in Flower as an index of undelivered messages by destination node
 in ``InMemoryLinkState`` (or a ``get_message_ins`` over many nodes), a condition variable
-instead of the two sleeps, and node affinity in the actor pool; when Flower has them, delete
-this module.
+instead of the two sleeps, node affinity in the actor pool, and a Context update that
+refuses a reply older than the node's last; when Flower has them, delete this module.
 """
 
 from __future__ import annotations
@@ -64,8 +68,12 @@ from dataclasses import dataclass, field
 from queue import Empty, Queue
 from typing import Any
 
+from flwr.app import Context
+from flwr.compat.client.run_info_store import DeprecatedRunInfoStore
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 from flwr.superlink.grid import InMemoryGrid
+
+from fedkd.client_app import saves
 
 log = logging.getLogger(__name__)
 TESTED_FLWR = ("1.41",)  # minor versions this adapter was checked against
@@ -143,6 +151,10 @@ def flower_has_expected_shape() -> str | None:
         return f"BasicActorPool.submit takes {_params(BasicActorPool.submit)}"
     if _params(BasicActorPool.add_actor_back_to_pool) != ["self", "future"]:
         return "BasicActorPool.add_actor_back_to_pool changed"
+    if getattr(vce_api, "DeprecatedRunInfoStore", None) is not DeprecatedRunInfoStore:
+        return "vce_api no longer keeps contexts in DeprecatedRunInfoStore"
+    if _params(DeprecatedRunInfoStore.update_context) != ["self", "run_id", "context"]:
+        return f"update_context takes {_params(DeprecatedRunInfoStore.update_context)}"
     return None
 
 
@@ -283,10 +295,42 @@ class StickyActorPool(BasicActorPool):
             super().add_actor_back_to_pool(future)
 
 
+class OrderedContexts(DeprecatedRunInfoStore):
+    """Flower's per-node Context store, where a late reply cannot bring back an older state.
+
+    Flower's simulation worker stores the Context of every reply that completes, in the order
+    they complete, including a straggler's that finished after its phase timed out. If the
+    node trained meanwhile on another worker, that Context is older than the one stored:
+    storing it rolled the node back (``client-state=context``), or named a state file a newer
+    save had removed, so every later message of the node failed (``disk``). Here a Context
+    that has been through fewer FD train messages (:func:`fedkd.client_app.saves`) than the
+    stored one is dropped with a warning; an equal or newer one is stored as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()  # Flower's worker threads update concurrently
+
+    def update_context(self, run_id: int, context: Context) -> None:
+        with self._lock:
+            stored = self.run_infos[run_id].context if run_id in self.run_infos else None
+            if stored is not None and saves(context) < saves(stored):
+                log.warning(
+                    "node %d: dropped a late reply's Context (%d train messages) older than "
+                    "the node's (%d)",
+                    self.node_id,
+                    saves(context),
+                    saves(stored),
+                )
+                return
+            super().update_context(run_id, context)
+
+
 @contextmanager
 def patched_poller() -> Iterator[bool]:
-    """Use :func:`indexed_poller`, :func:`signalling_injector`, :class:`PromptGrid` and
-    :class:`StickyActorPool` inside the block; yields whether they are in use.
+    """Use :func:`indexed_poller`, :func:`signalling_injector`, :class:`PromptGrid`,
+    :class:`StickyActorPool` and :class:`OrderedContexts` inside the block; yields whether
+    they are in use.
 
     Restored on exit. If Flower's shape differs from what this adapter knows, Flower's own
     machinery stays (correct, only slower) and one warning says why.
@@ -295,7 +339,7 @@ def patched_poller() -> Iterator[bool]:
     if problem is not None:
         log.warning(
             "keeping Flower's own simulation machinery (an O(nodes x messages) poller, 0.1 s "
-            "sleeps, no node affinity): %s",
+            "sleeps, no node affinity, late replies' Contexts stored): %s",
             problem,
         )
         yield False
@@ -306,6 +350,7 @@ def patched_poller() -> Iterator[bool]:
         (vce_api, "put_message_into_state", signalling_injector),
         (run_simulation, "InMemoryGrid", PromptGrid),
         (raybackend, "BasicActorPool", StickyActorPool),
+        (vce_api, "DeprecatedRunInfoStore", OrderedContexts),
     ]
     for module, name, ours in swaps:
         _ORIGINAL[name] = getattr(module, name)

@@ -15,7 +15,8 @@ from fedkd import protocol as P
 from fedkd.client_app import make_client_app
 from fedkd.client_state import LiveClients, StateFiles
 from fedkd.config import FDConfig, replace, to_run_config
-from simulations.local_grid import run_fd_local
+from simulations.local_grid import run_fd_local, run_local
+from strategies.server_app import make_server_app
 from tests.helpers import tiny_federation
 
 pytestmark = pytest.mark.usefixtures("quiet_logs")  # tests/conftest.py
@@ -177,3 +178,13 @@ def test_a_worker_dying_after_its_save_leaves_the_state_its_context_names(
     # round on a file its worker removed when it saved the newer one
     assert records[2].rejected == 0 and records[2].valid_replies == records[0].valid_replies
     assert records[0].valid_replies == cfg.num_clients
+
+
+def test_a_nodes_context_counts_its_train_messages_and_not_its_queries() -> None:
+    # What OrderedContexts (simulations/flower_poller.py) compares to keep a straggler's late
+    # reply from bringing back an older Context.
+    cfg = tiny_federation(num_rounds=3, fraction_train=1.0, separate_query=True)
+    grid = run_local(
+        make_server_app(to_run_config(cfg), []), make_client_app(to_run_config(cfg)), 6
+    )
+    assert [client_app.saves(c) for c in grid.contexts.values()] == [cfg.num_rounds] * 6

@@ -3,6 +3,7 @@ poller's semantics, and the wake-ups that replace Flower's two fixed sleeps."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from queue import Queue
@@ -13,6 +14,7 @@ import pytest
 
 pytest.importorskip("ray")  # the adapter subclasses Flower's Ray actor pool (the `sim` extra)
 
+from fedkd import client_app
 from simulations import flower_poller
 from strategies import receive
 
@@ -31,6 +33,7 @@ def test_flower_still_has_the_shape_the_adapter_patches() -> None:
             vce_api.put_message_into_state,
             run_simulation.InMemoryGrid,
             raybackend.BasicActorPool,
+            vce_api.DeprecatedRunInfoStore,
         )
 
     original = current()
@@ -41,8 +44,34 @@ def test_flower_still_has_the_shape_the_adapter_patches() -> None:
             flower_poller.signalling_injector,
             flower_poller.PromptGrid,
             flower_poller.StickyActorPool,
+            flower_poller.OrderedContexts,
         )
     assert current() == original
+
+
+def _context_after(trained: int) -> Any:
+    from flwr.app import ConfigRecord, Context, RecordDict
+
+    state = RecordDict({client_app.SAVES_KEY: ConfigRecord({"n": trained})} if trained else {})
+    return Context(run_id=1, node_id=7, node_config={}, state=state, run_config={})
+
+
+def test_a_late_replys_older_context_does_not_replace_the_nodes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = flower_poller.OrderedContexts(node_id=7, node_config={})
+    store.register_context(run_id=1)
+    assert client_app.saves(store.retrieve_context(1)) == 0
+    store.update_context(1, _context_after(2))  # two train messages on another worker
+    with caplog.at_level(logging.WARNING, logger=flower_poller.__name__):
+        store.update_context(1, _context_after(1))  # a straggler's, read before both
+    assert client_app.saves(store.retrieve_context(1)) == 2
+    assert "dropped a late reply's Context (1 train messages) older than the node's (2)" in (
+        caplog.text
+    )
+    late = _context_after(2)  # as new (a query, or a train read from the same Context): stored
+    store.update_context(1, late)
+    assert store.retrieve_context(1) is late
 
 
 class _CountingLock:

@@ -5,15 +5,22 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
 
-from fedkd.client_app import make_client_app
+from fedkd import protocol as P
+from fedkd.client_app import STATE_KEY, make_client_app
 from fedkd.config import FDConfig, to_run_config
 from simulations.engine import SimulationConfig, run_apps
 from strategies.fed_distill import RoundRecord
 from strategies.server_app import make_server_app
+from tests.helpers import tiny_federation
 
 
 @pytest.mark.slow
@@ -200,3 +207,65 @@ def test_ray_init_args_pin_loopback_unless_switched_off() -> None:
     assert ray_init_args(SimulationConfig())["_node_ip_address"] == "127.0.0.1"
     assert "_node_ip_address" not in ray_init_args(SimulationConfig(node_ip_address=None))
     assert "_node_ip_address" not in ray_init_args(SimulationConfig(address="auto"))
+
+
+def _late_query_reply(run_config: dict[str, Any], state_dir: Path) -> ClientApp:
+    """The real ClientApp, except that partition 0's round-1 query reply waits (with the
+    Context it read) until the state file that Context names has been removed, i.e. until
+    the node has trained twice on the other worker: a straggler whose reply completes late."""
+    inner = make_client_app(run_config)
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return inner(msg, context)
+
+    @app.query("soft_labels")
+    def query(msg: Message, context: Context) -> Message:
+        reply = inner(msg, context)
+        late = P.parse_request(msg.content).server_round == 1
+        if late and int(context.node_config["partition-id"]) == 0:
+            token = str(context.state[STATE_KEY]["token"])  # type: ignore[index]
+            deadline = time.monotonic() + 60
+            while list(state_dir.rglob(f"*.{token}.pt")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return reply
+
+    return app
+
+
+@pytest.mark.slow
+def test_a_stragglers_late_reply_does_not_bring_back_its_nodes_older_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Flower stores the Context of any reply that completes, late ones included; this one
+    # names a state file that two newer saves removed, so before OrderedContexts
+    # (simulations/flower_poller.py) the node failed every later round (LookupError), and
+    # with client-state=context it would silently have gone back to its round-1 state.
+    pytest.importorskip("ray")
+    state_dir = tmp_path / "state"
+    cfg = tiny_federation(
+        num_clients=3,
+        min_train_nodes=1,
+        fraction_train=1.0,
+        num_rounds=8,
+        separate_query=True,  # a query message after each train message
+        co_distillation=False,
+        round_timeout=0.5,
+        client_state="disk",
+        client_state_dir=str(state_dir),
+        live_client_mib=0,  # every state comes from its file
+    )
+    run_config = to_run_config(cfg)
+    records: list[RoundRecord] = []
+    sim = SimulationConfig(backend="ray", client_cpus=1, ray_num_cpus=2)
+    with caplog.at_level(logging.WARNING, logger="simulations.flower_poller"):
+        run_apps(
+            make_server_app(run_config, [records.append]),
+            _late_query_reply(run_config, state_dir),
+            cfg.num_clients,
+            sim,
+        )
+    assert "dropped a late reply's Context" in caplog.text  # it came back during the run
+    assert records[0].missing == 1  # round 1 went on without it
+    assert [r.valid_replies for r in records[1:]] == [cfg.num_clients] * (cfg.num_rounds - 1)
