@@ -1,4 +1,5 @@
-"""The one place fedkd changes Flower's behaviour: how the simulation moves messages.
+"""The one place fedkd changes Flower's behaviour: how the simulation moves messages (and keeps
+nodes' Contexts in order).
 
 Flower 1.41's simulation engine (``flwr.server.superlink.fleet.vce.vce_api``) moves
 messages from the link state to its workers in ``add_messages_to_queue``: every 0.1 s it calls
