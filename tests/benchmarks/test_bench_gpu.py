@@ -134,11 +134,12 @@ def test_run_bounded_reports_errors_and_kills_overruns() -> None:
     assert died == {"error": "exited with code 3 and no result"}
     assert time.monotonic() - started < 50
     started = time.monotonic()
-    slow = G.run_bounded("subprocess:run", 2, args=["sleep", "300"])
+    # an argument nothing else on the machine uses: `ps` sees every process, not just ours
+    slow = G.run_bounded("subprocess:run", 2, args=["sleep", "300.4217"])
     assert slow == {"error": "timed out after 2 s"}
     assert time.monotonic() - started < 60
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "sleep 300" not in ps.splitlines()
+    assert "sleep 300.4217" not in ps.splitlines()
 
 
 def _run(variant: str, clients: int, walls: list[float], **extra: Any) -> dict[str, Any]:
