@@ -11,8 +11,9 @@ Flower removes the function, this file is the one to change.
 
 Flower's message poller scans nodes × messages every 0.1 s and both ends of a message exchange
 sleep 0.1 s between looks; :mod:`simulations.flower_poller` swaps in an indexed poller,
-wake-ups and an actor pool that keeps a node on the worker that served it, during
-:func:`run_ray` (the one place fedkd changes Flower's behaviour).
+wake-ups, an actor pool that keeps a node on the worker that served it, and a Context store
+that a straggler's late reply cannot roll back, during :func:`run_ray` (the one place fedkd
+changes Flower's behaviour).
 On a locally started Ray the ServerApp's lifespan waits until Flower's ClientApp workers have
 started and imported their modules (:mod:`simulations.ray_workers`), so round 1 is a round and
 not the workers' start-up; the actor count comes from Flower's own sizing rule

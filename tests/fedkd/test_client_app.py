@@ -185,6 +185,9 @@ def test_a_nodes_context_counts_its_train_messages_and_not_its_queries() -> None
     # reply from bringing back an older Context.
     cfg = tiny_federation(num_rounds=3, fraction_train=1.0, separate_query=True)
     grid = run_local(
-        make_server_app(to_run_config(cfg), []), make_client_app(to_run_config(cfg)), 6
+        make_server_app(to_run_config(cfg), []),
+        make_client_app(to_run_config(cfg)),
+        cfg.num_clients,
     )
-    assert [client_app.saves(c) for c in grid.contexts.values()] == [cfg.num_rounds] * 6
+    counts = [client_app.saves(c) for c in grid.contexts.values()]
+    assert counts == [cfg.num_rounds] * cfg.num_clients
